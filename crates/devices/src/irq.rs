@@ -1,0 +1,202 @@
+//! Interrupt lines as the devices see them.
+//!
+//! Devices only know "my output line is high or low". The VMM decides what that means
+//! (KVM_IRQ_LINE on an SPI, an irqfd, a test double), which keeps this crate free of KVM.
+
+use std::io;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use thiserror::Error;
+
+/// Errors from driving an interrupt line.
+#[derive(Debug, Error)]
+pub enum IrqError {
+    /// The host refused to raise the line.
+    #[error("Failed to assert interrupt line {line}")]
+    Assert {
+        /// The line's number as the implementation knows it (e.g. the SPI).
+        line: u32,
+        /// What the host reported.
+        #[source]
+        source: io::Error,
+    },
+    /// The host refused to lower the line.
+    #[error("Failed to deassert interrupt line {line}")]
+    Deassert {
+        /// The line's number as the implementation knows it (e.g. the SPI).
+        line: u32,
+        /// What the host reported.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl IrqError {
+    /// Builds the error for a failed change of `line` to `high`.
+    pub fn set_level(line: u32, high: bool, source: io::Error) -> Self {
+        if high {
+            Self::Assert { line, source }
+        } else {
+            Self::Deassert { line, source }
+        }
+    }
+}
+
+/// One interrupt output of a device, wired to the interrupt controller.
+///
+/// Level-triggered devices (PL031, PL061) call [`IrqLine::set_level`] whenever their
+/// output changes; edge-triggered ones (16550) call [`IrqLine::pulse`].
+pub trait IrqLine: Send + Sync {
+    /// Drives the line to `high` (asserted) or low (deasserted).
+    fn set_level(&self, high: bool) -> Result<(), IrqError>;
+
+    /// Raises then lowers the line: one rising edge for an edge-triggered input.
+    fn pulse(&self) -> Result<(), IrqError> {
+        self.set_level(true)?;
+        self.set_level(false)
+    }
+}
+
+/// Adapts an [`IrqLine`] to `vm_superio::Trigger`, whose devices only ever "trigger".
+///
+/// Each trigger is a [`IrqLine::pulse`], so the line must be edge-triggered in the DT.
+#[derive(Clone)]
+pub struct IrqLineTrigger {
+    line: Arc<dyn IrqLine>,
+}
+
+impl IrqLineTrigger {
+    /// Wraps `line`.
+    pub fn new(line: Arc<dyn IrqLine>) -> Self {
+        Self { line }
+    }
+}
+
+impl vm_superio::Trigger for IrqLineTrigger {
+    type E = IrqError;
+
+    fn trigger(&self) -> Result<(), IrqError> {
+        self.line.pulse()
+    }
+}
+
+/// A test double that records every level it is driven to.
+///
+/// Public so that other crates' tests can observe device interrupts.
+#[derive(Debug, Default)]
+pub struct RecordingIrqLine {
+    inner: Mutex<Recording>,
+}
+
+#[derive(Debug, Default)]
+struct Recording {
+    levels: Vec<bool>,
+    failing: bool,
+}
+
+impl RecordingIrqLine {
+    /// A line that starts low with nothing recorded.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn recording(&self) -> std::sync::MutexGuard<'_, Recording> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Every level set so far, oldest first.
+    pub fn levels(&self) -> Vec<bool> {
+        self.recording().levels.clone()
+    }
+
+    /// The current level (low if never driven).
+    pub fn is_high(&self) -> bool {
+        self.recording().levels.last().copied().unwrap_or(false)
+    }
+
+    /// How many low-to-high transitions were recorded (a pulse counts once).
+    pub fn rising_edges(&self) -> usize {
+        let rec = self.recording();
+        let mut previous = false;
+        rec.levels
+            .iter()
+            .filter(|&&level| {
+                let rising = level && !previous;
+                previous = level;
+                rising
+            })
+            .count()
+    }
+
+    /// Forgets the recorded levels (the current level is then reported as low).
+    pub fn clear(&self) {
+        self.recording().levels.clear();
+    }
+
+    /// Makes later [`IrqLine::set_level`] calls fail (and not record) while `failing`.
+    pub fn set_failing(&self, failing: bool) {
+        self.recording().failing = failing;
+    }
+}
+
+impl IrqLine for RecordingIrqLine {
+    fn set_level(&self, high: bool) -> Result<(), IrqError> {
+        let mut rec = self.recording();
+        if rec.failing {
+            return Err(IrqError::set_level(0, high, io::Error::other("injected")));
+        }
+        rec.levels.push(high);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use vm_superio::Trigger;
+
+    use super::*;
+
+    #[test]
+    fn pulse_is_one_rising_edge_and_ends_low() {
+        let line = RecordingIrqLine::new();
+        line.pulse().unwrap();
+        assert_eq!(line.levels(), vec![true, false]);
+        assert_eq!(line.rising_edges(), 1);
+        assert!(!line.is_high());
+    }
+
+    #[test]
+    fn repeated_high_counts_one_edge() {
+        let line = RecordingIrqLine::new();
+        line.set_level(true).unwrap();
+        line.set_level(true).unwrap();
+        assert!(line.is_high());
+        assert_eq!(line.rising_edges(), 1);
+        line.set_level(false).unwrap();
+        line.set_level(true).unwrap();
+        assert_eq!(line.rising_edges(), 2);
+    }
+
+    #[test]
+    fn trigger_adapter_pulses_the_line() {
+        let line = Arc::new(RecordingIrqLine::new());
+        let trigger = IrqLineTrigger::new(line.clone());
+        trigger.trigger().unwrap();
+        trigger.trigger().unwrap();
+        assert_eq!(line.rising_edges(), 2);
+        assert!(!line.is_high());
+    }
+
+    #[test]
+    fn failing_line_reports_which_direction_failed() {
+        let line = RecordingIrqLine::new();
+        line.set_failing(true);
+        assert!(matches!(line.set_level(true), Err(IrqError::Assert { .. })));
+        assert!(matches!(
+            line.set_level(false),
+            Err(IrqError::Deassert { .. })
+        ));
+        assert!(line.levels().is_empty());
+        assert!(line.pulse().is_err());
+    }
+}

@@ -1,0 +1,186 @@
+//! The VM: guest memory, capabilities, vCPU creation and interrupt lines.
+
+use kvm_bindings::{
+    KVM_ARM_IRQ_TYPE_SHIFT, KVM_ARM_IRQ_TYPE_SPI, KVM_ARM_VCPU_POWER_OFF, KVM_ARM_VCPU_PSCI_0_2,
+    KVM_CAP_ARM_SYSTEM_SUSPEND, kvm_enable_cap, kvm_userspace_memory_region, kvm_vcpu_init,
+};
+use kvm_ioctls::VmFd;
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
+
+use super::{GicV3, Hypervisor, KvmVcpu, gic::GicError};
+
+/// Failures creating or configuring a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// `KVM_CREATE_VM` failed.
+    #[error("Failed to create the VM")]
+    Create(#[source] std::io::Error),
+    /// A guest memory region could not be registered.
+    #[error("Failed to register guest memory at {guest_addr:#x}")]
+    Memory {
+        /// Start of the region.
+        guest_addr: u64,
+        /// The errno, or the reason the host address is unknown.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `KVM_ARM_PREFERRED_TARGET` failed.
+    #[error("Failed to query the preferred vCPU target")]
+    PreferredTarget(#[source] std::io::Error),
+    /// Enabling `KVM_CAP_ARM_SYSTEM_SUSPEND` failed although KVM reported it.
+    #[error("Failed to enable KVM_CAP_ARM_SYSTEM_SUSPEND")]
+    EnableSystemSuspend(#[source] std::io::Error),
+    /// `KVM_CREATE_VCPU` or `KVM_ARM_VCPU_INIT` failed.
+    #[error("Failed to create vCPU {index}")]
+    CreateVcpu {
+        /// The vCPU index.
+        index: u32,
+        /// The errno.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The vGIC could not be created.
+    #[error("Failed to create the vGICv3")]
+    Gic(#[source] GicError),
+    /// `KVM_IRQ_LINE` failed.
+    #[error("Failed to set SPI {spi}")]
+    IrqLine {
+        /// The SPI number (INTID - 32).
+        spi: u32,
+        /// The errno.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How to create a VM.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VmOptions {
+    /// Enable `KVM_CAP_ARM_SYSTEM_SUSPEND` if the host has it.
+    pub system_suspend: bool,
+}
+
+/// A KVM VM with its guest memory registered.
+#[derive(Debug)]
+pub struct Vm {
+    fd: VmFd,
+    // Held so the mappings KVM points at live as long as the VM.
+    memory: GuestMemoryMmap,
+    vcpu_init: kvm_vcpu_init,
+    system_suspend: bool,
+}
+
+impl Vm {
+    /// Creates a VM, registers every region of `memory`, and enables SYSTEM_SUSPEND exits when
+    /// asked and available. Check [`Vm::system_suspend_enabled`] for the outcome.
+    pub fn new(
+        hypervisor: &Hypervisor,
+        memory: GuestMemoryMmap,
+        options: VmOptions,
+    ) -> Result<Self, VmError> {
+        let fd = hypervisor
+            .kvm()
+            .create_vm()
+            .map_err(|err| VmError::Create(err.into()))?;
+        for (slot, region) in memory.iter().enumerate() {
+            let guest_addr = region.start_addr().0;
+            let host_addr = region
+                .get_host_address(MemoryRegionAddress(0))
+                .map_err(|err| VmError::Memory {
+                    guest_addr,
+                    source: std::io::Error::other(err),
+                })?;
+            let descriptor = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: guest_addr,
+                memory_size: region.len(),
+                userspace_addr: host_addr as u64,
+            };
+            // SAFETY: the region is a live mapping of `memory_size` bytes owned by `memory`,
+            // which the VM keeps until it is dropped, so KVM never sees a dangling address.
+            unsafe { fd.set_user_memory_region(descriptor) }.map_err(|err| VmError::Memory {
+                guest_addr,
+                source: err.into(),
+            })?;
+        }
+
+        let mut vcpu_init = kvm_vcpu_init::default();
+        fd.get_preferred_target(&mut vcpu_init)
+            .map_err(|err| VmError::PreferredTarget(err.into()))?;
+        // PSCI 0.2+ makes KVM implement PSCI 1.x in-kernel, which SYSTEM_SUSPEND needs.
+        vcpu_init.features[0] |= 1 << KVM_ARM_VCPU_PSCI_0_2;
+
+        let mut system_suspend = false;
+        if options.system_suspend && hypervisor.supports_system_suspend() {
+            let cap = kvm_enable_cap {
+                cap: KVM_CAP_ARM_SYSTEM_SUSPEND,
+                ..Default::default()
+            };
+            fd.enable_cap(&cap)
+                .map_err(|err| VmError::EnableSystemSuspend(err.into()))?;
+            system_suspend = true;
+        }
+        Ok(Self {
+            fd,
+            memory,
+            vcpu_init,
+            system_suspend,
+        })
+    }
+
+    /// Whether the guest can use PSCI SYSTEM_SUSPEND.
+    pub fn system_suspend_enabled(&self) -> bool {
+        self.system_suspend
+    }
+
+    /// The guest memory.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.memory
+    }
+
+    /// Creates and initialises vCPU `index` with PSCI 0.2. vCPU 0 starts runnable; the others
+    /// start powered off, for the guest to start with PSCI CPU_ON.
+    pub fn create_vcpu(&self, index: u32) -> Result<KvmVcpu, VmError> {
+        let fd = self
+            .fd
+            .create_vcpu(u64::from(index))
+            .map_err(|err| VmError::CreateVcpu {
+                index,
+                source: err.into(),
+            })?;
+        let mut init = self.vcpu_init;
+        if index > 0 {
+            init.features[0] |= 1 << KVM_ARM_VCPU_POWER_OFF;
+        }
+        KvmVcpu::new(fd, index, init).map_err(|source| VmError::CreateVcpu {
+            index,
+            source: match source {
+                crate::VcpuError::Init { source, .. } => source,
+                other => std::io::Error::other(other),
+            },
+        })
+    }
+
+    /// Creates the in-kernel vGICv3. Call it after every vCPU exists.
+    pub fn create_gic(
+        &self,
+        distributor: u64,
+        redistributors: u64,
+        spis: u32,
+    ) -> Result<GicV3, VmError> {
+        GicV3::new(&self.fd, distributor, redistributors, spis).map_err(VmError::Gic)
+    }
+
+    /// Drives the level of shared peripheral interrupt `spi` (INTID `32 + spi`). An edge-
+    /// triggered SPI latches on the rising edge; a level one follows the line.
+    pub fn set_spi_level(&self, spi: u32, high: bool) -> Result<(), VmError> {
+        let irq = (KVM_ARM_IRQ_TYPE_SPI << KVM_ARM_IRQ_TYPE_SHIFT) | (32 + spi);
+        self.fd
+            .set_irq_line(irq, high)
+            .map_err(|err| VmError::IrqLine {
+                spi,
+                source: err.into(),
+            })
+    }
+}

@@ -1,0 +1,145 @@
+//! Real-KVM tests: tiny guests of raw A64 code make PSCI calls through `hvc`, the way the
+//! kernel's `psci_test.c` selftest does, and the host checks the exits and the results.
+//! They need an arm64 host with `/dev/kvm`; the testbed runs them inside an emulated one.
+#![cfg(target_arch = "aarch64")]
+
+use arch_aarch64::a64::Assembler;
+use arch_aarch64::psci::{
+    PSCI_FEATURES, PsciReturn, SYSTEM_OFF, SYSTEM_RESET, SYSTEM_SUSPEND_32, SYSTEM_SUSPEND_64,
+};
+use arch_aarch64::regs;
+use hypervisor::kvm::{Hypervisor, KvmVcpu, Vm, VmOptions};
+use hypervisor::{SystemEvent, Vcpu, VmExit};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+const RAM_BASE: u64 = 0x4000_0000;
+const RAM_SIZE: usize = 1 << 20;
+/// An unmapped address below RAM: guest stores there reach the host as MMIO writes.
+const REPORT_ADDR: u64 = 0x0A00_0000;
+/// A register the guest programs use as the report pointer.
+const REPORT_REG: u32 = 9;
+const ENTRY: u64 = RAM_BASE + 0x1000;
+const CONTEXT_ID: u64 = 0xDEAD_C0DE_1234;
+
+struct Guest {
+    vm: Vm,
+    vcpu: KvmVcpu,
+}
+
+impl Guest {
+    fn new(system_suspend: bool, program: &Assembler) -> Self {
+        let hypervisor = Hypervisor::new().expect("open /dev/kvm");
+        let memory =
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(RAM_BASE), RAM_SIZE)]).unwrap();
+        memory
+            .write_slice(&program.to_bytes(), GuestAddress(RAM_BASE))
+            .unwrap();
+        let vm = Vm::new(&hypervisor, memory, VmOptions { system_suspend }).expect("create VM");
+        let vcpu = vm.create_vcpu(0).expect("create vCPU 0");
+        vcpu.set_reg(regs::PC, RAM_BASE).unwrap();
+        vcpu.set_reg(regs::PSTATE, regs::PSTATE_EL1H_DAIF_MASKED)
+            .unwrap();
+        Self { vm, vcpu }
+    }
+
+    /// Runs until the next exit that is not an MMIO write to the report address, collecting
+    /// the reported values.
+    fn run_collecting(&mut self, reports: &mut Vec<u64>) -> VmExit {
+        loop {
+            match self.vcpu.run().expect("KVM_RUN") {
+                VmExit::MmioWrite { addr, data } if addr == REPORT_ADDR => {
+                    reports.push(data.value())
+                }
+                VmExit::Interrupted => continue,
+                other => return other,
+            }
+        }
+    }
+}
+
+/// A program prologue that points the report register at the report address.
+fn program() -> Assembler {
+    let mut asm = Assembler::new();
+    asm.mov_imm(REPORT_REG, REPORT_ADDR);
+    asm
+}
+
+/// Calls PSCI_FEATURES(function) and reports the result.
+fn report_features(asm: &mut Assembler, function: u32) {
+    asm.psci_call(PSCI_FEATURES, &[u64::from(function)]);
+    asm.str_x(0, REPORT_REG, 0);
+}
+
+fn halt(asm: &mut Assembler) {
+    let here = asm.offset();
+    asm.b_to(here);
+}
+
+#[test]
+fn psci_system_off_gives_a_shutdown_exit() {
+    let mut asm = program();
+    asm.psci_call(SYSTEM_OFF, &[]);
+    halt(&mut asm);
+    let mut guest = Guest::new(false, &asm);
+    let exit = guest.run_collecting(&mut Vec::new());
+    assert!(
+        matches!(exit, VmExit::SystemEvent(SystemEvent::Shutdown { .. })),
+        "{exit:?}"
+    );
+}
+
+#[test]
+fn psci_system_reset_gives_a_reset_exit() {
+    let mut asm = program();
+    asm.psci_call(SYSTEM_RESET, &[]);
+    halt(&mut asm);
+    let mut guest = Guest::new(false, &asm);
+    let exit = guest.run_collecting(&mut Vec::new());
+    assert!(
+        matches!(exit, VmExit::SystemEvent(SystemEvent::Reset { .. })),
+        "{exit:?}"
+    );
+}
+
+#[test]
+fn with_the_cap_features_reports_system_suspend_and_the_call_exits_to_userspace() {
+    let mut asm = program();
+    report_features(&mut asm, SYSTEM_SUSPEND_64);
+    report_features(&mut asm, SYSTEM_SUSPEND_32);
+    asm.psci_call(SYSTEM_SUSPEND_64, &[ENTRY, CONTEXT_ID]);
+    halt(&mut asm);
+    let mut guest = Guest::new(true, &asm);
+    assert!(guest.vm.system_suspend_enabled(), "host lacks KVM_CAP_ARM_SYSTEM_SUSPEND");
+
+    let mut reports = Vec::new();
+    let exit = guest.run_collecting(&mut reports);
+    let features: Vec<_> = reports.iter().map(|x0| PsciReturn::from_x0(*x0)).collect();
+    assert_eq!(features, [Some(PsciReturn::Success), Some(PsciReturn::Success)]);
+    assert_eq!(exit, VmExit::SystemEvent(SystemEvent::Suspend));
+    // KVM leaves the call's registers in place for the VMM to decide.
+    assert_eq!(guest.vcpu.reg(regs::xreg(0)).unwrap(), u64::from(SYSTEM_SUSPEND_64));
+    assert_eq!(guest.vcpu.reg(regs::xreg(1)).unwrap(), ENTRY);
+    assert_eq!(guest.vcpu.reg(regs::xreg(2)).unwrap(), CONTEXT_ID);
+}
+
+#[test]
+fn without_the_cap_features_and_the_call_return_not_supported() {
+    let mut asm = program();
+    report_features(&mut asm, SYSTEM_SUSPEND_64);
+    report_features(&mut asm, SYSTEM_SUSPEND_32);
+    asm.psci_call(SYSTEM_SUSPEND_64, &[ENTRY, CONTEXT_ID]);
+    asm.str_x(0, REPORT_REG, 0);
+    asm.psci_call(SYSTEM_OFF, &[]);
+    halt(&mut asm);
+    let mut guest = Guest::new(false, &asm);
+    assert!(!guest.vm.system_suspend_enabled());
+
+    let mut reports = Vec::new();
+    let exit = guest.run_collecting(&mut reports);
+    let results: Vec<_> = reports.iter().map(|x0| PsciReturn::from_x0(*x0)).collect();
+    assert_eq!(results, [Some(PsciReturn::NotSupported); 3]);
+    assert!(
+        matches!(exit, VmExit::SystemEvent(SystemEvent::Shutdown { .. })),
+        "{exit:?}"
+    );
+}

@@ -1,0 +1,193 @@
+//! Stages the tree the arm64 host runs from and packs it as a newc cpio initramfs.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::artefacts::Artefacts;
+use crate::scenarios::{Scenario, Steps};
+
+/// Failures staging or packing the initramfs.
+#[derive(Debug, thiserror::Error)]
+pub enum InitramfsError {
+    /// A file operation failed.
+    #[error("Cannot stage {path}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A scenario names a test executable that was not built.
+    #[error("Scenario {scenario} needs test {package}::{target}, which was not built")]
+    MissingTest {
+        /// The scenario.
+        scenario: &'static str,
+        /// The package.
+        package: &'static str,
+        /// The test target.
+        target: &'static str,
+    },
+    /// `cpio` failed.
+    #[error("cpio failed to pack {0}")]
+    Cpio(PathBuf),
+}
+
+/// The staged tree.
+#[derive(Debug)]
+pub struct Staged {
+    /// Its root directory.
+    pub root: PathBuf,
+    /// The scenarios it runs, with their time limits already scaled.
+    pub scenarios: Vec<(String, u64)>,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> InitramfsError + '_ {
+    move |source| InitramfsError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn copy(from: &Path, to: &Path) -> Result<(), InitramfsError> {
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+    }
+    std::fs::copy(from, to).map_err(io_err(from))?;
+    Ok(())
+}
+
+fn write(path: &Path, text: &str, executable: bool) -> Result<(), InitramfsError> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+    }
+    std::fs::write(path, text).map_err(io_err(path))?;
+    let mode = if executable { 0o755 } else { 0o644 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err(path))
+}
+
+/// Lays out `work_dir/root`: busybox, the binaries, the scenario scripts and `/init`.
+pub fn stage(
+    work_dir: &Path,
+    artefacts: &Artefacts,
+    scenarios: &[Scenario],
+    time_scale: f64,
+) -> Result<Staged, InitramfsError> {
+    let root = work_dir.join("root");
+    if root.exists() {
+        std::fs::remove_dir_all(&root).map_err(io_err(&root))?;
+    }
+    for dir in ["bin", "sbin", "dev", "proc", "sys", "tmp", "tests", "testbed/scenarios"] {
+        let path = root.join(dir);
+        std::fs::create_dir_all(&path).map_err(io_err(&path))?;
+    }
+    copy(&artefacts.busybox, &root.join("bin/busybox"))?;
+    if let Some(vmm) = &artefacts.vmm {
+        copy(vmm, &root.join("bin/vmm"))?;
+    }
+
+    let mut staged_scenarios = Vec::new();
+    for scenario in scenarios {
+        let script = match scenario.steps {
+            Steps::CargoTests(selection) => {
+                let tests: Vec<_> = if selection.is_empty() {
+                    artefacts.tests.iter().collect()
+                } else {
+                    selection
+                        .iter()
+                        .map(|&(package, target)| {
+                            artefacts.test(package, target).ok_or(InitramfsError::MissingTest {
+                                scenario: scenario.name,
+                                package,
+                                target,
+                            })
+                        })
+                        .collect::<Result<_, _>>()?
+                };
+                let mut names = Vec::new();
+                for test in tests {
+                    let name = test.staged_name();
+                    let target = root.join("tests").join(&name);
+                    if !target.exists() {
+                        copy(&test.path, &target)?;
+                    }
+                    names.push(name);
+                }
+                cargo_tests_script(&names)
+            }
+        };
+        let path = root.join(format!("testbed/scenarios/{}.sh", scenario.name));
+        write(&path, &script, true)?;
+        let limit = (scenario.timeout.as_secs_f64() * time_scale).ceil() as u64;
+        staged_scenarios.push((scenario.name.to_owned(), limit));
+    }
+
+    write(&root.join("testbed/run.sh"), &run_script(&staged_scenarios), true)?;
+    write(&root.join("init"), INIT, true)?;
+    Ok(Staged {
+        root,
+        scenarios: staged_scenarios,
+    })
+}
+
+/// Runs test executables one after the other; the libtest lines are the result lines.
+fn cargo_tests_script(names: &[String]) -> String {
+    let mut script = String::from("#!/bin/sh\nrc=0\ncd /tmp\n");
+    for name in names {
+        let _ = writeln!(
+            script,
+            "echo \"@@testbed exec {name}\"\n\"$ROOT/tests/{name}\" --test-threads=1 || rc=1"
+        );
+    }
+    script.push_str("exit $rc\n");
+    script
+}
+
+fn run_script(scenarios: &[(String, u64)]) -> String {
+    let mut script = String::from(
+        "#!/bin/sh\n# Runs each scenario under its time limit between begin and end markers.\n",
+    );
+    for (name, limit) in scenarios {
+        let _ = writeln!(
+            script,
+            "echo \"@@testbed begin {name} limit={limit}\"\n\
+             ROOT=\"$ROOT\" timeout {limit} sh \"$ROOT/testbed/scenarios/{name}.sh\"\n\
+             echo \"@@testbed end {name} rc=$?\""
+        );
+    }
+    script.push_str("echo \"@@testbed done\"\n");
+    script
+}
+
+/// The emulated host's init: mount the basics, report readiness, run, power off.
+const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin:/sbin ROOT=/
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp
+echo "@@testbed ready uptime=$(cut -d' ' -f1 /proc/uptime) kvm=$(test -c /dev/kvm && echo yes || echo no) cpus=$(nproc)"
+sh /testbed/run.sh
+poweroff -f
+"#;
+
+/// Packs the staged tree into `work_dir/arm64-host.cpio`.
+pub fn pack(staged: &Staged) -> Result<PathBuf, InitramfsError> {
+    let work_dir = staged.root.parent().unwrap_or(Path::new("."));
+    let image = work_dir.join("arm64-host.cpio");
+    let output = std::fs::File::create(&image).map_err(io_err(&image))?;
+    let status = Command::new("sh")
+        .args(["-c", "find . -print0 | cpio --null -o -H newc --quiet"])
+        .current_dir(&staged.root)
+        .stdout(output)
+        .stderr(Stdio::inherit())
+        .status()
+        .map_err(io_err(&image))?;
+    if !status.success() {
+        return Err(InitramfsError::Cpio(image));
+    }
+    Ok(image)
+}

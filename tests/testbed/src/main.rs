@@ -1,0 +1,136 @@
+//! `testbed`: runs the project's KVM scenarios on real arm64 KVM.
+//!
+//! On an x86-64 machine it boots an emulated arm64 host (QEMU TCG with EL2 and a GICv3), whose
+//! Debian kernel has `/dev/kvm`, from an initramfs holding busybox, the cross-built aarch64
+//! binaries and the scenario scripts. It streams the host's serial console to a log, enforces
+//! each scenario's time limit, and parses the result lines. On a native arm64 host with
+//! `/dev/kvm` it runs the same scenario scripts directly.
+
+mod artefacts;
+mod console;
+mod initramfs;
+mod report;
+mod scenarios;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::artefacts::Artefacts;
+use crate::scenarios::Scenario;
+
+/// Runs KVM scenarios inside an emulated arm64 host, or natively on one.
+#[derive(Debug, Parser)]
+#[command(name = "testbed", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Lists the scenarios.
+    List,
+    /// Runs scenarios in one boot of the emulated host: the default set when none is named,
+    /// every one for `all`.
+    Run {
+        /// Scenario names.
+        scenarios: Vec<String>,
+        /// The unpacked arm64 artefacts (kernel, modules, busybox) from scripts/setup.sh.
+        #[arg(long, env = "VMM_ARTEFACTS")]
+        artefacts: Option<PathBuf>,
+        /// Where the initramfs, logs and results go.
+        #[arg(long, default_value = "target/testbed")]
+        work_dir: PathBuf,
+        /// Multiplies every time limit, for slow machines.
+        #[arg(long, default_value_t = 1.0)]
+        time_scale: f64,
+        /// Forces the emulated host even on a native arm64 KVM host.
+        #[arg(long)]
+        emulate: bool,
+    },
+}
+
+/// Failures of the runner itself, as opposed to failing scenarios.
+#[derive(Debug, thiserror::Error)]
+pub enum TestbedError {
+    /// A named scenario does not exist.
+    #[error("Unknown scenario {0:?} (see `testbed list`)")]
+    UnknownScenario(String),
+    /// The artefacts are missing or incomplete.
+    #[error(transparent)]
+    Artefacts(#[from] artefacts::ArtefactError),
+    /// The initramfs could not be assembled.
+    #[error(transparent)]
+    Initramfs(#[from] initramfs::InitramfsError),
+    /// The host could not be booted or watched.
+    #[error(transparent)]
+    Console(#[from] console::ConsoleError),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(err) => {
+            eprintln!("testbed: {err}");
+            let mut source = std::error::Error::source(&err);
+            while let Some(cause) = source {
+                eprintln!("  caused by: {cause}");
+                source = cause.source();
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<bool, TestbedError> {
+    match cli.command {
+        Command::List => {
+            for scenario in scenarios::all() {
+                println!("{:<24} {}", scenario.name, scenario.description);
+            }
+            Ok(true)
+        }
+        Command::Run {
+            scenarios: names,
+            artefacts,
+            work_dir,
+            time_scale,
+            emulate,
+        } => {
+            let selected = select(&names)?;
+            let artefacts = Artefacts::locate(artefacts)?;
+            let staged = initramfs::stage(&work_dir, &artefacts, &selected, time_scale)?;
+            let native = !emulate && console::native_kvm_host();
+            let outcome = if native {
+                console::run_native(&staged, &work_dir)?
+            } else {
+                let image = initramfs::pack(&staged)?;
+                console::run_emulated(&artefacts, &image, &staged, &work_dir)?
+            };
+            Ok(report::summarise(&selected, &outcome))
+        }
+    }
+}
+
+fn select(names: &[String]) -> Result<Vec<Scenario>, TestbedError> {
+    let all = scenarios::all();
+    if names.is_empty() {
+        return Ok(all.into_iter().filter(|scenario| scenario.default).collect());
+    }
+    if names.iter().any(|name| name == "all") {
+        return Ok(all);
+    }
+    names
+        .iter()
+        .map(|name| {
+            all.iter()
+                .find(|scenario| scenario.name == name)
+                .cloned()
+                .ok_or_else(|| TestbedError::UnknownScenario(name.clone()))
+        })
+        .collect()
+}

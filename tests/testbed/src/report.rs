@@ -1,0 +1,315 @@
+//! Parses the machine-readable lines of a run and summarises them.
+//!
+//! Markers come from the runner's own scripts (`@@testbed begin|end|done|ready`); results come
+//! from libtest (`test NAME ... ok|FAILED|ignored`) and from scenario scripts
+//! (`@@result NAME pass|fail [detail]`).
+
+use std::time::Duration;
+
+use crate::scenarios::Scenario;
+
+/// How a scenario ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ScenarioStatus {
+    /// It never started.
+    NotRun,
+    /// It started and has not ended.
+    Running,
+    /// Its script exited 0.
+    Passed,
+    /// Its script exited non-zero (124 or 143: killed by its time limit).
+    Failed(i32),
+    /// The run was cut short while it ran.
+    Aborted(String),
+}
+
+/// One test case or result line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaseResult {
+    /// The test's name.
+    pub name: String,
+    /// Whether it passed; `None` for ignored tests.
+    pub passed: Option<bool>,
+}
+
+/// A scenario's results.
+#[derive(Clone, Debug)]
+pub struct ScenarioResult {
+    /// Its name.
+    pub name: String,
+    /// How it ended.
+    pub status: ScenarioStatus,
+    /// How long it took, from the watcher's clock.
+    pub duration: Duration,
+    /// Its test cases.
+    pub cases: Vec<CaseResult>,
+    started_at: Duration,
+}
+
+/// A whole run.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// Every selected scenario, in order.
+    pub scenarios: Vec<ScenarioResult>,
+    /// Time from start to the host's init, and the host's own uptime then.
+    pub host_ready: Option<(Duration, String)>,
+    /// Why the run was cut short, if it was.
+    pub aborted: Option<String>,
+    current: Option<usize>,
+}
+
+/// A marker the watcher acts on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Marker {
+    /// The host reached its init.
+    Ready,
+    /// A scenario started, with its time limit in seconds.
+    Begin {
+        /// Its name.
+        name: String,
+        /// Its limit.
+        limit: u64,
+    },
+    /// A scenario ended.
+    End,
+    /// Every scenario ran.
+    Done,
+}
+
+impl Outcome {
+    /// An outcome where nothing ran yet.
+    pub fn new(scenarios: &[(String, u64)]) -> Self {
+        Self {
+            scenarios: scenarios
+                .iter()
+                .map(|(name, _)| ScenarioResult {
+                    name: name.clone(),
+                    status: ScenarioStatus::NotRun,
+                    duration: Duration::ZERO,
+                    cases: Vec::new(),
+                    started_at: Duration::ZERO,
+                })
+                .collect(),
+            host_ready: None,
+            aborted: None,
+            current: None,
+        }
+    }
+
+    /// Takes one console line seen `now` after the start.
+    pub fn feed(&mut self, line: &str, now: Duration) -> Option<Marker> {
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix("@@testbed ") {
+            return self.marker(rest, now);
+        }
+        let current = self.current?;
+        let case = if let Some(rest) = line.strip_prefix("@@result ") {
+            let mut words = rest.split_whitespace();
+            let name = words.next()?.to_owned();
+            let passed = match words.next()? {
+                "pass" => Some(true),
+                "fail" => Some(false),
+                _ => return None,
+            };
+            CaseResult { name, passed }
+        } else {
+            let rest = line.strip_prefix("test ")?;
+            let (name, verdict) = rest.rsplit_once(" ... ")?;
+            let passed = match verdict {
+                "ok" => Some(true),
+                "FAILED" => Some(false),
+                "ignored" => None,
+                _ => return None,
+            };
+            CaseResult {
+                name: name.to_owned(),
+                passed,
+            }
+        };
+        self.scenarios[current].cases.push(case);
+        None
+    }
+
+    fn marker(&mut self, rest: &str, now: Duration) -> Option<Marker> {
+        let mut words = rest.split_whitespace();
+        match words.next()? {
+            "ready" => {
+                self.host_ready = Some((now, rest.to_owned()));
+                Some(Marker::Ready)
+            }
+            "begin" => {
+                let name = words.next()?.to_owned();
+                let limit = words
+                    .next()
+                    .and_then(|word| word.strip_prefix("limit="))
+                    .and_then(|value| value.parse().ok())
+                    .unwrap_or(60);
+                let index = self.scenarios.iter().position(|s| s.name == name)?;
+                let scenario = &mut self.scenarios[index];
+                scenario.status = ScenarioStatus::Running;
+                scenario.started_at = now;
+                self.current = Some(index);
+                Some(Marker::Begin { name, limit })
+            }
+            "end" => {
+                let name = words.next()?;
+                let rc: i32 = words
+                    .next()
+                    .and_then(|word| word.strip_prefix("rc="))
+                    .and_then(|value| value.parse().ok())
+                    .unwrap_or(-1);
+                let scenario = self.scenarios.iter_mut().find(|s| s.name == name)?;
+                scenario.duration = now.saturating_sub(scenario.started_at);
+                scenario.status = if rc == 0 {
+                    ScenarioStatus::Passed
+                } else {
+                    ScenarioStatus::Failed(rc)
+                };
+                self.current = None;
+                Some(Marker::End)
+            }
+            "done" => Some(Marker::Done),
+            _ => None,
+        }
+    }
+
+    /// Cuts the run short: the running scenario, if any, is marked aborted.
+    pub fn abort(&mut self, reason: String) {
+        if let Some(index) = self.current.take() {
+            self.scenarios[index].status = ScenarioStatus::Aborted(reason.clone());
+        }
+        self.aborted = Some(reason);
+    }
+}
+
+/// Prints the summary and returns whether everything passed.
+pub fn summarise(selected: &[Scenario], outcome: &Outcome) -> bool {
+    println!();
+    println!("testbed summary");
+    if let Some((elapsed, detail)) = &outcome.host_ready {
+        println!(
+            "  arm64 host ready after {:.1} s ({detail})",
+            elapsed.as_secs_f64()
+        );
+    }
+    let (mut passed, mut failed, mut ignored) = (0, 0, 0);
+    let mut all_ok = outcome.aborted.is_none();
+    for (scenario, result) in selected.iter().zip(&outcome.scenarios) {
+        let cases_passed = result.cases.iter().filter(|c| c.passed == Some(true)).count();
+        let cases_failed = result.cases.iter().filter(|c| c.passed == Some(false)).count();
+        passed += cases_passed;
+        failed += cases_failed;
+        ignored += result.cases.iter().filter(|c| c.passed.is_none()).count();
+        let status = match &result.status {
+            ScenarioStatus::Passed if result.cases.is_empty() => {
+                // A scenario that reports no result proves nothing.
+                failed += 1;
+                all_ok = false;
+                "FAILED (no results)".to_owned()
+            }
+            ScenarioStatus::Passed => "ok".to_owned(),
+            other => {
+                all_ok = false;
+                if cases_failed == 0 {
+                    failed += 1;
+                }
+                format!("FAILED ({other:?})")
+            }
+        };
+        println!(
+            "  {:<20} {:<24} {:>6.1} s  {} passed, {} failed  (limit {} s)",
+            scenario.name,
+            status,
+            result.duration.as_secs_f64(),
+            cases_passed,
+            cases_failed,
+            scenario.timeout.as_secs()
+        );
+        for case in result.cases.iter().filter(|c| c.passed == Some(false)) {
+            println!("      failed: {}", case.name);
+        }
+    }
+    if let Some(reason) = &outcome.aborted {
+        println!("  run aborted: {reason}");
+    }
+    all_ok &= failed == 0;
+    println!("testbed: {passed} passed, {failed} failed, {ignored} skipped");
+    all_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome() -> Outcome {
+        Outcome::new(&[("kvm".into(), 60), ("linux".into(), 90)])
+    }
+
+    #[test]
+    fn follows_markers_and_collects_libtest_and_result_lines() {
+        let mut out = outcome();
+        let t = Duration::from_secs;
+        assert_eq!(out.feed("@@testbed ready uptime=5.1 kvm=yes", t(6)), Some(Marker::Ready));
+        assert_eq!(
+            out.feed("@@testbed begin kvm limit=60", t(7)),
+            Some(Marker::Begin { name: "kvm".into(), limit: 60 })
+        );
+        out.feed("test psci_system_off_gives_a_shutdown_exit ... ok", t(8));
+        out.feed("test suspend_denied ... FAILED", t(8));
+        out.feed("test slow ... ignored", t(8));
+        out.feed("some noise ... ok?", t(8));
+        assert_eq!(out.feed("@@testbed end kvm rc=101", t(9)), Some(Marker::End));
+        out.feed("test outside_any_scenario ... ok", t(9));
+        out.feed("@@testbed begin linux limit=90", t(10));
+        out.feed("@@result linux-boot pass uptime=7.2", t(20));
+        out.feed("@@testbed end linux rc=0", t(21));
+        assert_eq!(out.feed("@@testbed done", t(22)), Some(Marker::Done));
+
+        let kvm = &out.scenarios[0];
+        assert_eq!(kvm.status, ScenarioStatus::Failed(101));
+        assert_eq!(kvm.duration, t(2));
+        assert_eq!(
+            kvm.cases,
+            [
+                CaseResult { name: "psci_system_off_gives_a_shutdown_exit".into(), passed: Some(true) },
+                CaseResult { name: "suspend_denied".into(), passed: Some(false) },
+                CaseResult { name: "slow".into(), passed: None },
+            ]
+        );
+        let linux = &out.scenarios[1];
+        assert_eq!(linux.status, ScenarioStatus::Passed);
+        assert_eq!(linux.cases, [CaseResult { name: "linux-boot".into(), passed: Some(true) }]);
+    }
+
+    #[test]
+    fn an_abort_marks_the_running_scenario() {
+        let mut out = outcome();
+        out.feed("@@testbed begin kvm limit=60", Duration::ZERO);
+        out.abort("kernel panic".into());
+        assert_eq!(out.scenarios[0].status, ScenarioStatus::Aborted("kernel panic".into()));
+        assert_eq!(out.scenarios[1].status, ScenarioStatus::NotRun);
+    }
+
+    #[test]
+    fn summary_fails_on_failed_cases_on_silent_scenarios_and_on_scenarios_not_run() {
+        let selected: Vec<_> = crate::scenarios::all().into_iter().take(2).collect();
+        let names: Vec<_> = selected.iter().map(|s| (s.name.to_owned(), 1)).collect();
+        let mut out = Outcome::new(&names);
+        for scenario in &names {
+            out.feed(&format!("@@testbed begin {} limit=1", scenario.0), Duration::ZERO);
+            out.feed("test a ... ok", Duration::ZERO);
+            out.feed(&format!("@@testbed end {} rc=0", scenario.0), Duration::ZERO);
+        }
+        assert!(summarise(&selected, &out));
+
+        let mut silent = Outcome::new(&names);
+        for scenario in &names {
+            silent.feed(&format!("@@testbed begin {} limit=1", scenario.0), Duration::ZERO);
+            silent.feed(&format!("@@testbed end {} rc=0", scenario.0), Duration::ZERO);
+        }
+        assert!(!summarise(&selected, &silent));
+
+        let not_run = Outcome::new(&names);
+        assert!(!summarise(&selected, &not_run));
+    }
+}

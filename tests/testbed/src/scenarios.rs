@@ -1,0 +1,46 @@
+//! The named scenarios. Each one is a shell script run inside the arm64 host with `$ROOT`
+//! pointing at the staged tree (`/` in the emulated host), and a time limit.
+
+use std::time::Duration;
+
+/// What a scenario runs.
+#[derive(Clone, Copy, Debug)]
+pub enum Steps {
+    /// Cargo test executables, by `(package, target)`; an empty list means all of them.
+    CargoTests(&'static [(&'static str, &'static str)]),
+}
+
+/// A named scenario.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// Its name on the command line and in result lines.
+    pub name: &'static str,
+    /// One line for `testbed list`.
+    pub description: &'static str,
+    /// Its time limit inside the emulated host.
+    pub timeout: Duration,
+    /// What it runs.
+    pub steps: Steps,
+    /// Whether `testbed run` with no names runs it.
+    pub default: bool,
+}
+
+/// Every scenario, in the order they run.
+pub fn all() -> Vec<Scenario> {
+    vec![
+        Scenario {
+            name: "kvm-smoke",
+            description: "PSCI guests of raw A64 code on real KVM (hypervisor crate)",
+            timeout: Duration::from_secs(120),
+            steps: Steps::CargoTests(&[("hypervisor", "psci_guests")]),
+            default: false,
+        },
+        Scenario {
+            name: "aarch64-tests",
+            description: "every crate's test executables on arm64, the KVM ones included",
+            timeout: Duration::from_secs(600),
+            steps: Steps::CargoTests(&[]),
+            default: true,
+        },
+    ]
+}

@@ -1,0 +1,1 @@
+//! The `vmm` library: configuration, vCPU threads and the event loop.
