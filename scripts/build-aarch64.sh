@@ -16,6 +16,8 @@ target=aarch64-unknown-linux-gnu
 export CARGO_TARGET_DIR="$PWD/target/aarch64"
 # Static binaries run in the bare busybox initramfs of the emulated host.
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static"
+# No debuginfo: it triples the binaries that go into the emulated host's initramfs.
+export CARGO_PROFILE_DEV_DEBUG=false CARGO_PROFILE_TEST_DEBUG=false
 
 if [[ "$(uname -m)" == aarch64 ]]; then
     cargo=(cargo)

@@ -1,1 +1,105 @@
-//! The `vmm` library: configuration, vCPU threads and the event loop.
+//! The `vmm` library: an arm64 KVM virtual machine monitor whose guests can suspend to RAM.
+//!
+//! [`run`] boots a [`VmConfig`] and returns the [`ExitReason`]. The `vmm` binary is a thin
+//! command line over it. KVM is only reached on aarch64 hosts; elsewhere [`run`] explains why
+//! the host cannot run the VM.
+
+pub mod boot_images;
+pub mod config;
+pub mod control;
+#[cfg(target_arch = "aarch64")]
+mod event_loop;
+#[cfg(target_arch = "aarch64")]
+mod machine;
+#[cfg(target_arch = "aarch64")]
+mod runner;
+#[cfg(target_arch = "aarch64")]
+mod signals;
+#[cfg(target_arch = "aarch64")]
+mod terminal;
+pub mod vcpu;
+
+use std::path::PathBuf;
+
+pub use boot_images::{BootImageError, BootImages};
+pub use config::{ConfigError, VmConfig};
+pub use control::{ControlError, ExitReason};
+#[cfg(target_arch = "aarch64")]
+pub use event_loop::EventLoopError;
+pub use hypervisor::HypervisorError;
+#[cfg(target_arch = "aarch64")]
+pub use machine::MachineError;
+#[cfg(target_arch = "aarch64")]
+pub use signals::SignalError;
+
+/// Environment variable naming the KVM device, `/dev/kvm` when unset. Tests use it to check
+/// the errors for a missing device or a file that is not KVM.
+pub const KVM_PATH_ENV: &str = "VMM_KVM_PATH";
+
+/// Why the VMM could not run the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The kernel or initramfs cannot be used.
+    #[error(transparent)]
+    BootImages(#[from] BootImageError),
+    /// The host cannot run the VM.
+    #[error(transparent)]
+    Hypervisor(#[from] HypervisorError),
+    /// The VM could not be built.
+    #[cfg(target_arch = "aarch64")]
+    #[error(transparent)]
+    Machine(#[from] MachineError),
+    /// The VM's control block could not be created.
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    /// The event loop failed.
+    #[cfg(target_arch = "aarch64")]
+    #[error(transparent)]
+    EventLoop(#[from] EventLoopError),
+    /// SIGTERM/SIGINT handling could not be installed.
+    #[cfg(target_arch = "aarch64")]
+    #[error("Cannot handle signals")]
+    Signals(#[source] SignalError),
+    /// The terminal could not be switched to raw mode.
+    #[error("Cannot put the terminal in raw mode")]
+    Terminal(#[source] std::io::Error),
+    /// A vCPU thread could not be started.
+    #[error("Cannot start the thread of vCPU {index}")]
+    VcpuThread {
+        /// The vCPU.
+        index: u32,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The KVM device to use: `$VMM_KVM_PATH` or `/dev/kvm`.
+pub fn kvm_path() -> PathBuf {
+    std::env::var_os(KVM_PATH_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(hypervisor::DEFAULT_KVM_PATH))
+}
+
+/// Runs the VM `config` describes until it powers off, and reboots it in-process when the
+/// guest resets (unless `no_reboot`). Everything is checked before KVM is touched.
+pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
+    config.validate()?;
+    drop(BootImages::open(config)?);
+    let kvm_path = kvm_path();
+    hypervisor::check_kvm_device(&kvm_path)?;
+    #[cfg(target_arch = "aarch64")]
+    {
+        runner::run(config, &kvm_path)
+    }
+    #[cfg(not(target_arch = "aarch64"))]
+    {
+        Err(HypervisorError::WrongArchitecture {
+            arch: std::env::consts::ARCH,
+        }
+        .into())
+    }
+}

@@ -14,7 +14,7 @@ pub const XZR: Reg = 31;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SysReg(pub u32, pub u32, pub u32, pub u32, pub u32);
 
-/// `CurrentEL`: bits [3:2] hold the exception level.
+/// `CurrentEL`: bits 3..2 hold the exception level.
 pub const CURRENT_EL: SysReg = SysReg(3, 0, 4, 2, 2);
 /// `SCTLR_EL1`.
 pub const SCTLR_EL1: SysReg = SysReg(3, 0, 1, 0, 0);
@@ -85,19 +85,28 @@ impl Assembler {
 
     /// `str xt, [xn, #offset]`, `offset` a multiple of 8 below 32 KiB.
     pub fn str_x(&mut self, rt: Reg, rn: Reg, offset: u32) -> &mut Self {
-        assert!(offset % 8 == 0 && offset / 8 < 4096, "str offset out of range");
+        assert!(
+            offset % 8 == 0 && offset / 8 < 4096,
+            "str offset out of range"
+        );
         self.word(0xF900_0000 | ((offset / 8) << 10) | (rn << 5) | rt)
     }
 
     /// `str wt, [xn, #offset]`, `offset` a multiple of 4 below 16 KiB.
     pub fn str_w(&mut self, rt: Reg, rn: Reg, offset: u32) -> &mut Self {
-        assert!(offset % 4 == 0 && offset / 4 < 4096, "str offset out of range");
+        assert!(
+            offset % 4 == 0 && offset / 4 < 4096,
+            "str offset out of range"
+        );
         self.word(0xB900_0000 | ((offset / 4) << 10) | (rn << 5) | rt)
     }
 
     /// `ldr xt, [xn, #offset]`, `offset` a multiple of 8 below 32 KiB.
     pub fn ldr_x(&mut self, rt: Reg, rn: Reg, offset: u32) -> &mut Self {
-        assert!(offset % 8 == 0 && offset / 8 < 4096, "ldr offset out of range");
+        assert!(
+            offset % 8 == 0 && offset / 8 < 4096,
+            "ldr offset out of range"
+        );
         self.word(0xF940_0000 | ((offset / 8) << 10) | (rn << 5) | rt)
     }
 
@@ -157,7 +166,10 @@ impl Assembler {
 
     /// The program as little-endian bytes, ready to copy into guest memory.
     pub fn to_bytes(&self) -> Vec<u8> {
-        self.words.iter().flat_map(|word| word.to_le_bytes()).collect()
+        self.words
+            .iter()
+            .flat_map(|word| word.to_le_bytes())
+            .collect()
     }
 }
 
@@ -205,7 +217,10 @@ mod tests {
         asm.b_to(0); // b .-4
         asm.cbz_to(5, 16); // cbz x5, .+8
         asm.cbnz_to(5, 0); // cbnz x5, .-12
-        assert_eq!(asm.words, [0x1400_0000, 0x17ff_ffff, 0xb400_0045, 0xb5ff_ffa5]);
+        assert_eq!(
+            asm.words,
+            [0x1400_0000, 0x17ff_ffff, 0xb400_0045, 0xb5ff_ffa5]
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod a64;
 pub mod boot;
 pub mod fdt;
+pub mod image;
 pub mod layout;
 pub mod psci;
 pub mod regs;

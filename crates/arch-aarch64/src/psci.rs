@@ -215,7 +215,10 @@ mod tests {
     fn return_codes_are_sign_extended_in_x0() {
         assert_eq!(PsciReturn::Denied.to_x0(), 0xFFFF_FFFF_FFFF_FFFD);
         assert_eq!(PsciReturn::InvalidAddress.to_x0(), 0xFFFF_FFFF_FFFF_FFF7);
-        assert_eq!(PsciReturn::from_x0(0xFFFF_FFFF_FFFF_FFFF), Some(PsciReturn::NotSupported));
+        assert_eq!(
+            PsciReturn::from_x0(0xFFFF_FFFF_FFFF_FFFF),
+            Some(PsciReturn::NotSupported)
+        );
         // A 32-bit caller only sees w0.
         assert_eq!(PsciReturn::from_x0(0xFFFF_FFFD), Some(PsciReturn::Denied));
         assert_eq!(PsciReturn::from_x0(7), None);
@@ -236,7 +239,8 @@ mod tests {
 
     #[test]
     fn the_32_bit_call_uses_w1_and_w2() {
-        let call = SystemSuspendCall::decode(0x8400_000E, 0xFFFF_FFFF_4000_1000, 0x5555_0000_1234).unwrap();
+        let call = SystemSuspendCall::decode(0x8400_000E, 0xFFFF_FFFF_4000_1000, 0x5555_0000_1234)
+            .unwrap();
         assert_eq!(call.width, CallWidth::Smc32);
         assert_eq!(call.entry, 0x4000_1000);
         assert_eq!(call.context_id, 0x1234);
@@ -253,7 +257,10 @@ mod tests {
         let call = SystemSuspendCall::decode(0xC400_000E, 0x4008_0000, 7).unwrap();
         assert_eq!(validate_system_suspend(&call, &RAM, 0), Ok(()));
         let resume = ResumeState::for_call(&call);
-        assert_eq!((resume.pc, resume.x0, resume.pstate), (0x4008_0000, 7, 0x3c5));
+        assert_eq!(
+            (resume.pc, resume.x0, resume.pstate),
+            (0x4008_0000, 7, 0x3c5)
+        );
     }
 
     #[test]

@@ -80,7 +80,12 @@ impl MmioBus {
     }
 
     /// Maps `device` at `[base, base + len)`.
-    pub fn insert(&mut self, base: u64, len: u64, device: SharedMmioDevice) -> Result<(), BusError> {
+    pub fn insert(
+        &mut self,
+        base: u64,
+        len: u64,
+        device: SharedMmioDevice,
+    ) -> Result<(), BusError> {
         if len == 0 {
             return Err(BusError::ZeroLength { base });
         }
@@ -197,7 +202,10 @@ mod tests {
         assert_eq!(data, [0x10; 4]);
 
         bus.write(0x1ffc, &[1, 2, 3, 4]).unwrap();
-        assert_eq!(low.lock().unwrap().last_write, Some((0xffc, vec![1, 2, 3, 4])));
+        assert_eq!(
+            low.lock().unwrap().last_write,
+            Some((0xffc, vec![1, 2, 3, 4]))
+        );
         assert_eq!(high.lock().unwrap().last_write, None);
     }
 
@@ -217,7 +225,10 @@ mod tests {
         // Overlaps at the start, at the end, inside, and around the existing range.
         for (base, len) in [(0x800, 0x801), (0x1fff, 0x10), (0x1800, 0x10), (0, 0x3000)] {
             assert!(
-                matches!(bus.insert(base, len, probe()), Err(BusError::Overlap { .. })),
+                matches!(
+                    bus.insert(base, len, probe()),
+                    Err(BusError::Overlap { .. })
+                ),
                 "{base:#x}+{len:#x} should overlap"
             );
         }

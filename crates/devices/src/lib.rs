@@ -1,1 +1,18 @@
 //! Guest devices. They raise interrupts through a small trait and never depend on KVM.
+//!
+//! The PL031 alarm, a gpio-keys button on the PL061 and serial input are the guest's
+//! wakeup sources for suspend-to-RAM.
+
+pub mod bus;
+pub mod gpio_pl061;
+pub mod irq;
+pub mod rtc_pl031;
+pub mod serial;
+
+pub use bus::{BusError, MmioBus, MmioDevice, SharedMmioDevice};
+pub use gpio_pl061::{GpioError, Pl061Gpio, Pl061State};
+pub use irq::{IrqError, IrqLine, IrqLineTrigger, RecordingIrqLine};
+pub use rtc_pl031::{
+    AlarmTimer, Clock, ManualClock, Pl031Rtc, Pl031State, RtcError, SystemClock, TimerFdAlarm,
+};
+pub use serial::{Serial16550, SerialError, SerialOutput, SerialState};

@@ -63,16 +63,17 @@ impl SerialEvents for RxSpaceEvents {
     }
 }
 
-type Output = Box<dyn Write + Send>;
+/// Where guest output goes (a terminal, a log file, `std::io::sink()`).
+pub type SerialOutput = Box<dyn Write + Send>;
 
 /// A 16550 UART whose interrupt is an edge-triggered [`IrqLine`].
 pub struct Serial16550 {
-    serial: vm_superio::Serial<IrqLineTrigger, RxSpaceEvents, Output>,
+    serial: vm_superio::Serial<IrqLineTrigger, RxSpaceEvents, SerialOutput>,
 }
 
 impl Serial16550 {
     /// A UART in its reset state that writes guest output to `out`.
-    pub fn new(irq: Arc<dyn IrqLine>, out: Output) -> Self {
+    pub fn new(irq: Arc<dyn IrqLine>, out: SerialOutput) -> Self {
         Self {
             serial: vm_superio::Serial::with_events(
                 IrqLineTrigger::new(irq),
@@ -84,7 +85,11 @@ impl Serial16550 {
 
     /// Like [`Serial16550::new`], and writes to `rx_space` whenever the guest empties the
     /// receive FIFO.
-    pub fn with_rx_space_event(irq: Arc<dyn IrqLine>, out: Output, rx_space: EventFd) -> Self {
+    pub fn with_rx_space_event(
+        irq: Arc<dyn IrqLine>,
+        out: SerialOutput,
+        rx_space: EventFd,
+    ) -> Self {
         Self {
             serial: vm_superio::Serial::with_events(
                 IrqLineTrigger::new(irq),
@@ -100,7 +105,7 @@ impl Serial16550 {
     pub fn from_state(
         state: &SerialState,
         irq: Arc<dyn IrqLine>,
-        out: Output,
+        out: SerialOutput,
         rx_space: Option<EventFd>,
     ) -> Result<Self, SerialError> {
         let serial = vm_superio::Serial::from_state(
@@ -148,10 +153,7 @@ impl MmioDevice for Serial16550 {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);
         if data.len() != 1 || offset >= REGISTER_COUNT {
-            debug!(
-                "serial: ignoring {}-byte read at {offset:#x}",
-                data.len()
-            );
+            debug!("serial: ignoring {}-byte read at {offset:#x}", data.len());
             return;
         }
         // `offset` < 8, so the narrowing is exact.
@@ -160,10 +162,7 @@ impl MmioDevice for Serial16550 {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         let &[value] = data else {
-            debug!(
-                "serial: ignoring {}-byte write at {offset:#x}",
-                data.len()
-            );
+            debug!("serial: ignoring {}-byte write at {offset:#x}", data.len());
             return;
         };
         if offset >= REGISTER_COUNT {
@@ -303,7 +302,7 @@ mod tests {
     #[test]
     fn drained_fifo_signals_rx_space() {
         let irq = Arc::new(RecordingIrqLine::new());
-        let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let evt = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
         let mut serial = Serial16550::with_rx_space_event(
             irq,
             Box::new(std::io::sink()),
@@ -325,7 +324,7 @@ mod tests {
         let mut wide = [0xff; 4];
         serial.read(SCR, &mut wide);
         assert_eq!(wide, [0; 4]);
-        serial.write(RBR_THR, &[b'x', b'y']);
+        serial.write(RBR_THR, b"xy");
         assert!(out.0.lock().unwrap().is_empty());
 
         assert_eq!(read_reg(&mut serial, 0x8), 0);

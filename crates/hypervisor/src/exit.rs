@@ -117,13 +117,25 @@ mod tests {
 
     #[test]
     fn decodes_system_events() {
-        assert_eq!(SystemEvent::decode(1, &[]), SystemEvent::Shutdown { flags: 0 });
-        assert_eq!(SystemEvent::decode(1, &[1]), SystemEvent::Shutdown { flags: 1 });
-        assert_eq!(SystemEvent::decode(2, &[1]), SystemEvent::Reset { flags: 1 });
+        assert_eq!(
+            SystemEvent::decode(1, &[]),
+            SystemEvent::Shutdown { flags: 0 }
+        );
+        assert_eq!(
+            SystemEvent::decode(1, &[1]),
+            SystemEvent::Shutdown { flags: 1 }
+        );
+        assert_eq!(
+            SystemEvent::decode(2, &[1]),
+            SystemEvent::Reset { flags: 1 }
+        );
         assert_eq!(SystemEvent::decode(3, &[]), SystemEvent::Crash);
         assert_eq!(SystemEvent::decode(4, &[]), SystemEvent::Wakeup);
         assert_eq!(SystemEvent::decode(5, &[]), SystemEvent::Suspend);
-        assert_eq!(SystemEvent::decode(6, &[]), SystemEvent::Unknown { kind: 6 });
+        assert_eq!(
+            SystemEvent::decode(6, &[]),
+            SystemEvent::Unknown { kind: 6 }
+        );
     }
 
     #[test]

@@ -8,9 +8,11 @@
 //! The KVM glue itself ([`kvm`]) only exists on aarch64; everything else builds everywhere.
 
 pub mod exit;
+pub mod host;
 #[cfg(target_arch = "aarch64")]
 pub mod kvm;
 pub mod vcpu;
 
 pub use exit::{MmioData, SystemEvent, VmExit};
-pub use vcpu::{MpState, Vcpu, VcpuError};
+pub use host::{DEFAULT_KVM_PATH, HypervisorError, check_kvm_device};
+pub use vcpu::{MpState, Vcpu, VcpuError, VcpuKick};

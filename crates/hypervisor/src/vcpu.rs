@@ -122,6 +122,20 @@ pub trait Vcpu: Send {
     fn reset(&mut self) -> Result<(), VcpuError>;
 }
 
+/// Kicks a vCPU's thread out of [`Vcpu::run`], which then returns [`VmExit::Interrupted`].
+/// A kick that lands before the thread enters the guest makes that entry return at once.
+pub trait VcpuKick: Send + Sync {
+    /// Records the calling thread as the one that runs the vCPU. Call it from that thread
+    /// before its first `run`.
+    fn bind_current_thread(&self);
+
+    /// Forgets the thread. Call it from that thread before it exits.
+    fn unbind_thread(&self);
+
+    /// Interrupts `run`, now or at its next entry.
+    fn kick(&self);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -109,15 +109,24 @@ fn with_the_cap_features_reports_system_suspend_and_the_call_exits_to_userspace(
     asm.psci_call(SYSTEM_SUSPEND_64, &[ENTRY, CONTEXT_ID]);
     halt(&mut asm);
     let mut guest = Guest::new(true, &asm);
-    assert!(guest.vm.system_suspend_enabled(), "host lacks KVM_CAP_ARM_SYSTEM_SUSPEND");
+    assert!(
+        guest.vm.system_suspend_enabled(),
+        "host lacks KVM_CAP_ARM_SYSTEM_SUSPEND"
+    );
 
     let mut reports = Vec::new();
     let exit = guest.run_collecting(&mut reports);
     let features: Vec<_> = reports.iter().map(|x0| PsciReturn::from_x0(*x0)).collect();
-    assert_eq!(features, [Some(PsciReturn::Success), Some(PsciReturn::Success)]);
+    assert_eq!(
+        features,
+        [Some(PsciReturn::Success), Some(PsciReturn::Success)]
+    );
     assert_eq!(exit, VmExit::SystemEvent(SystemEvent::Suspend));
     // KVM leaves the call's registers in place for the VMM to decide.
-    assert_eq!(guest.vcpu.reg(regs::xreg(0)).unwrap(), u64::from(SYSTEM_SUSPEND_64));
+    assert_eq!(
+        guest.vcpu.reg(regs::xreg(0)).unwrap(),
+        u64::from(SYSTEM_SUSPEND_64)
+    );
     assert_eq!(guest.vcpu.reg(regs::xreg(1)).unwrap(), ENTRY);
     assert_eq!(guest.vcpu.reg(regs::xreg(2)).unwrap(), CONTEXT_ID);
 }

@@ -96,10 +96,11 @@ fn existing(what: &'static str, path: PathBuf) -> Result<PathBuf, ArtefactError>
 
 /// Reads cargo's `--message-format=json` output for test executables.
 fn test_executables(messages: &Path) -> Result<Vec<TestExecutable>, ArtefactError> {
-    let text = std::fs::read_to_string(messages).map_err(|source| ArtefactError::BuildMessages {
-        path: messages.to_owned(),
-        source,
-    })?;
+    let text =
+        std::fs::read_to_string(messages).map_err(|source| ArtefactError::BuildMessages {
+            path: messages.to_owned(),
+            source,
+        })?;
     let mut tests = Vec::new();
     for line in text.lines() {
         let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {

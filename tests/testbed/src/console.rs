@@ -58,7 +58,14 @@ pub fn run_emulated(
     command
         .args(["-M", "virt,virtualization=on,gic-version=3", "-cpu", "max"])
         .args(["-smp", "2", "-m", &memory_mib])
-        .args(["-nodefaults", "-display", "none", "-serial", "stdio", "-no-reboot"])
+        .args([
+            "-nodefaults",
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+            "-no-reboot",
+        ])
         .arg("-kernel")
         .arg(&artefacts.kernel)
         .arg("-initrd")

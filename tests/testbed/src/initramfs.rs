@@ -79,7 +79,16 @@ pub fn stage(
     if root.exists() {
         std::fs::remove_dir_all(&root).map_err(io_err(&root))?;
     }
-    for dir in ["bin", "sbin", "dev", "proc", "sys", "tmp", "tests", "testbed/scenarios"] {
+    for dir in [
+        "bin",
+        "sbin",
+        "dev",
+        "proc",
+        "sys",
+        "tmp",
+        "tests",
+        "testbed/scenarios",
+    ] {
         let path = root.join(dir);
         std::fs::create_dir_all(&path).map_err(io_err(&path))?;
     }
@@ -87,6 +96,10 @@ pub fn stage(
     if let Some(vmm) = &artefacts.vmm {
         copy(vmm, &root.join("bin/vmm"))?;
     }
+
+    // Every scenario may boot a nested guest: the vmm's own tests use its kernel too.
+    stage_guest(work_dir, artefacts, &root)?;
+    write(&root.join("testbed/lib.sh"), LIB_SH, false)?;
 
     let mut staged_scenarios = Vec::new();
     for scenario in scenarios {
@@ -98,11 +111,13 @@ pub fn stage(
                     selection
                         .iter()
                         .map(|&(package, target)| {
-                            artefacts.test(package, target).ok_or(InitramfsError::MissingTest {
-                                scenario: scenario.name,
-                                package,
-                                target,
-                            })
+                            artefacts
+                                .test(package, target)
+                                .ok_or(InitramfsError::MissingTest {
+                                    scenario: scenario.name,
+                                    package,
+                                    target,
+                                })
                         })
                         .collect::<Result<_, _>>()?
                 };
@@ -117,6 +132,7 @@ pub fn stage(
                 }
                 cargo_tests_script(&names)
             }
+            Steps::Script(script) => script.to_owned(),
         };
         let path = root.join(format!("testbed/scenarios/{}.sh", scenario.name));
         write(&path, &script, true)?;
@@ -124,7 +140,11 @@ pub fn stage(
         staged_scenarios.push((scenario.name.to_owned(), limit));
     }
 
-    write(&root.join("testbed/run.sh"), &run_script(&staged_scenarios), true)?;
+    write(
+        &root.join("testbed/run.sh"),
+        &run_script(&staged_scenarios),
+        true,
+    )?;
     write(&root.join("init"), INIT, true)?;
     Ok(Staged {
         root,
@@ -132,9 +152,32 @@ pub fn stage(
     })
 }
 
-/// Runs test executables one after the other; the libtest lines are the result lines.
+const LIB_SH: &str = include_str!("../scenarios/lib.sh");
+const GUEST_INIT: &str = include_str!("../scenarios/guest-init.sh");
+
+/// Stages the nested guest: the kernel as `guest/Image` and a busybox initramfs as
+/// `guest/initrd.cpio`, whose init is `scenarios/guest-init.sh`.
+fn stage_guest(work_dir: &Path, artefacts: &Artefacts, root: &Path) -> Result<(), InitramfsError> {
+    copy(&artefacts.kernel, &root.join("guest/Image"))?;
+    let guest_root = work_dir.join("guest-root");
+    if guest_root.exists() {
+        std::fs::remove_dir_all(&guest_root).map_err(io_err(&guest_root))?;
+    }
+    for dir in ["bin", "sbin", "dev", "proc", "sys", "tmp"] {
+        let path = guest_root.join(dir);
+        std::fs::create_dir_all(&path).map_err(io_err(&path))?;
+    }
+    copy(&artefacts.busybox, &guest_root.join("bin/busybox"))?;
+    write(&guest_root.join("init"), GUEST_INIT, true)?;
+    cpio(&guest_root, &root.join("guest/initrd.cpio"))
+}
+
+/// Runs test executables one after the other; the libtest lines are the result lines. The
+/// vmm's own tests find the binary and a real kernel through the environment.
 fn cargo_tests_script(names: &[String]) -> String {
-    let mut script = String::from("#!/bin/sh\nrc=0\ncd /tmp\n");
+    let mut script = String::from(
+        "#!/bin/sh\nrc=0\ncd /tmp\nexport VMM_BIN=\"$ROOT/bin/vmm\" VMM_TEST_KERNEL=\"$ROOT/guest/Image\"\n",
+    );
     for name in names {
         let _ = writeln!(
             script,
@@ -178,10 +221,20 @@ poweroff -f
 pub fn pack(staged: &Staged) -> Result<PathBuf, InitramfsError> {
     let work_dir = staged.root.parent().unwrap_or(Path::new("."));
     let image = work_dir.join("arm64-host.cpio");
+    cpio(&staged.root, &image)?;
+    Ok(image)
+}
+
+/// Packs the tree at `root` into a newc cpio archive at `image`.
+fn cpio(root: &Path, image: &Path) -> Result<(), InitramfsError> {
+    if let Some(parent) = image.parent() {
+        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+    }
+    let image = std::path::absolute(image).map_err(io_err(image))?;
     let output = std::fs::File::create(&image).map_err(io_err(&image))?;
     let status = Command::new("sh")
         .args(["-c", "find . -print0 | cpio --null -o -H newc --quiet"])
-        .current_dir(&staged.root)
+        .current_dir(root)
         .stdout(output)
         .stderr(Stdio::inherit())
         .status()
@@ -189,5 +242,5 @@ pub fn pack(staged: &Staged) -> Result<PathBuf, InitramfsError> {
     if !status.success() {
         return Err(InitramfsError::Cpio(image));
     }
-    Ok(image)
+    Ok(())
 }

@@ -119,7 +119,10 @@ fn run(cli: Cli) -> Result<bool, TestbedError> {
 fn select(names: &[String]) -> Result<Vec<Scenario>, TestbedError> {
     let all = scenarios::all();
     if names.is_empty() {
-        return Ok(all.into_iter().filter(|scenario| scenario.default).collect());
+        return Ok(all
+            .into_iter()
+            .filter(|scenario| scenario.default)
+            .collect());
     }
     if names.iter().any(|name| name == "all") {
         return Ok(all);

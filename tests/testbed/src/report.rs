@@ -195,8 +195,16 @@ pub fn summarise(selected: &[Scenario], outcome: &Outcome) -> bool {
     let (mut passed, mut failed, mut ignored) = (0, 0, 0);
     let mut all_ok = outcome.aborted.is_none();
     for (scenario, result) in selected.iter().zip(&outcome.scenarios) {
-        let cases_passed = result.cases.iter().filter(|c| c.passed == Some(true)).count();
-        let cases_failed = result.cases.iter().filter(|c| c.passed == Some(false)).count();
+        let cases_passed = result
+            .cases
+            .iter()
+            .filter(|c| c.passed == Some(true))
+            .count();
+        let cases_failed = result
+            .cases
+            .iter()
+            .filter(|c| c.passed == Some(false))
+            .count();
         passed += cases_passed;
         failed += cases_failed;
         ignored += result.cases.iter().filter(|c| c.passed.is_none()).count();
@@ -249,16 +257,25 @@ mod tests {
     fn follows_markers_and_collects_libtest_and_result_lines() {
         let mut out = outcome();
         let t = Duration::from_secs;
-        assert_eq!(out.feed("@@testbed ready uptime=5.1 kvm=yes", t(6)), Some(Marker::Ready));
+        assert_eq!(
+            out.feed("@@testbed ready uptime=5.1 kvm=yes", t(6)),
+            Some(Marker::Ready)
+        );
         assert_eq!(
             out.feed("@@testbed begin kvm limit=60", t(7)),
-            Some(Marker::Begin { name: "kvm".into(), limit: 60 })
+            Some(Marker::Begin {
+                name: "kvm".into(),
+                limit: 60
+            })
         );
         out.feed("test psci_system_off_gives_a_shutdown_exit ... ok", t(8));
         out.feed("test suspend_denied ... FAILED", t(8));
         out.feed("test slow ... ignored", t(8));
         out.feed("some noise ... ok?", t(8));
-        assert_eq!(out.feed("@@testbed end kvm rc=101", t(9)), Some(Marker::End));
+        assert_eq!(
+            out.feed("@@testbed end kvm rc=101", t(9)),
+            Some(Marker::End)
+        );
         out.feed("test outside_any_scenario ... ok", t(9));
         out.feed("@@testbed begin linux limit=90", t(10));
         out.feed("@@result linux-boot pass uptime=7.2", t(20));
@@ -271,14 +288,29 @@ mod tests {
         assert_eq!(
             kvm.cases,
             [
-                CaseResult { name: "psci_system_off_gives_a_shutdown_exit".into(), passed: Some(true) },
-                CaseResult { name: "suspend_denied".into(), passed: Some(false) },
-                CaseResult { name: "slow".into(), passed: None },
+                CaseResult {
+                    name: "psci_system_off_gives_a_shutdown_exit".into(),
+                    passed: Some(true)
+                },
+                CaseResult {
+                    name: "suspend_denied".into(),
+                    passed: Some(false)
+                },
+                CaseResult {
+                    name: "slow".into(),
+                    passed: None
+                },
             ]
         );
         let linux = &out.scenarios[1];
         assert_eq!(linux.status, ScenarioStatus::Passed);
-        assert_eq!(linux.cases, [CaseResult { name: "linux-boot".into(), passed: Some(true) }]);
+        assert_eq!(
+            linux.cases,
+            [CaseResult {
+                name: "linux-boot".into(),
+                passed: Some(true)
+            }]
+        );
     }
 
     #[test]
@@ -286,7 +318,10 @@ mod tests {
         let mut out = outcome();
         out.feed("@@testbed begin kvm limit=60", Duration::ZERO);
         out.abort("kernel panic".into());
-        assert_eq!(out.scenarios[0].status, ScenarioStatus::Aborted("kernel panic".into()));
+        assert_eq!(
+            out.scenarios[0].status,
+            ScenarioStatus::Aborted("kernel panic".into())
+        );
         assert_eq!(out.scenarios[1].status, ScenarioStatus::NotRun);
     }
 
@@ -296,16 +331,28 @@ mod tests {
         let names: Vec<_> = selected.iter().map(|s| (s.name.to_owned(), 1)).collect();
         let mut out = Outcome::new(&names);
         for scenario in &names {
-            out.feed(&format!("@@testbed begin {} limit=1", scenario.0), Duration::ZERO);
+            out.feed(
+                &format!("@@testbed begin {} limit=1", scenario.0),
+                Duration::ZERO,
+            );
             out.feed("test a ... ok", Duration::ZERO);
-            out.feed(&format!("@@testbed end {} rc=0", scenario.0), Duration::ZERO);
+            out.feed(
+                &format!("@@testbed end {} rc=0", scenario.0),
+                Duration::ZERO,
+            );
         }
         assert!(summarise(&selected, &out));
 
         let mut silent = Outcome::new(&names);
         for scenario in &names {
-            silent.feed(&format!("@@testbed begin {} limit=1", scenario.0), Duration::ZERO);
-            silent.feed(&format!("@@testbed end {} rc=0", scenario.0), Duration::ZERO);
+            silent.feed(
+                &format!("@@testbed begin {} limit=1", scenario.0),
+                Duration::ZERO,
+            );
+            silent.feed(
+                &format!("@@testbed end {} rc=0", scenario.0),
+                Duration::ZERO,
+            );
         }
         assert!(!summarise(&selected, &silent));
 

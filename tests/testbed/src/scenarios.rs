@@ -8,6 +8,8 @@ use std::time::Duration;
 pub enum Steps {
     /// Cargo test executables, by `(package, target)`; an empty list means all of them.
     CargoTests(&'static [(&'static str, &'static str)]),
+    /// A shell script from `tests/testbed/scenarios/`, which boots nested Linux guests.
+    Script(&'static str),
 }
 
 /// A named scenario.
@@ -34,6 +36,27 @@ pub fn all() -> Vec<Scenario> {
             timeout: Duration::from_secs(120),
             steps: Steps::CargoTests(&[("hypervisor", "psci_guests")]),
             default: false,
+        },
+        Scenario {
+            name: "demo",
+            description: "boots Linux with 2 vCPUs on vmm and shows its console (the main job)",
+            timeout: Duration::from_secs(150),
+            steps: Steps::Script(include_str!("../scenarios/demo.sh")),
+            default: false,
+        },
+        Scenario {
+            name: "linux-boot",
+            description: "Debian arm64 kernel with 1 and 4 vCPUs: nproc, RTC date, poweroff",
+            timeout: Duration::from_secs(300),
+            steps: Steps::Script(include_str!("../scenarios/linux-boot.sh")),
+            default: true,
+        },
+        Scenario {
+            name: "linux-reboot",
+            description: "guest reboot -f: in-process reboot, --no-reboot, SIGTERM",
+            timeout: Duration::from_secs(400),
+            steps: Steps::Script(include_str!("../scenarios/linux-reboot.sh")),
+            default: true,
         },
         Scenario {
             name: "aarch64-tests",

@@ -84,7 +84,12 @@ impl GicV3 {
             0,
             &nr_irqs as *const u32 as u64,
         )?;
-        set("init", KVM_DEV_ARM_VGIC_GRP_CTRL, KVM_DEV_ARM_VGIC_CTRL_INIT, 0)?;
+        set(
+            "init",
+            KVM_DEV_ARM_VGIC_GRP_CTRL,
+            KVM_DEV_ARM_VGIC_CTRL_INIT,
+            0,
+        )?;
         Ok(Self { _fd: fd })
     }
 }

@@ -1,31 +1,20 @@
 //! KVM on arm64: the system handle, the VM, its vCPUs and the vGICv3.
 
 mod gic;
+mod kick;
 mod vcpu;
 mod vm;
 
 pub use gic::{GicError, GicV3};
+pub use kick::{KickError, VcpuKicker};
 pub use vcpu::KvmVcpu;
 pub use vm::{Vm, VmError, VmOptions};
 
+use std::path::Path;
+
 use kvm_ioctls::{Cap, Kvm};
 
-/// Failures opening and probing `/dev/kvm`.
-#[derive(Debug, thiserror::Error)]
-pub enum HypervisorError {
-    /// `/dev/kvm` does not exist.
-    #[error("/dev/kvm does not exist: this host has no KVM")]
-    NoKvmDevice,
-    /// `/dev/kvm` exists but could not be opened.
-    #[error("Cannot open /dev/kvm")]
-    Open(#[source] std::io::Error),
-    /// KVM lacks what an arm64 guest with PSCI needs.
-    #[error("KVM on this host lacks arm64 support: {missing}")]
-    NotArm64 {
-        /// The first missing capability.
-        missing: &'static str,
-    },
-}
+use crate::HypervisorError;
 
 /// An open `/dev/kvm` that was checked for what this VMM needs.
 #[derive(Debug)]
@@ -46,16 +35,20 @@ const REQUIRED_CAPS: [(Cap, &str); 6] = [
 impl Hypervisor {
     /// Opens `/dev/kvm` and checks the capabilities the VMM relies on.
     pub fn new() -> Result<Self, HypervisorError> {
-        let kvm = Kvm::new().map_err(|err| {
-            if err.errno() == libc::ENOENT {
-                HypervisorError::NoKvmDevice
-            } else {
-                HypervisorError::Open(err.into())
-            }
-        })?;
+        Self::open(Path::new(crate::DEFAULT_KVM_PATH))
+    }
+
+    /// Opens the KVM device at `path` and checks the capabilities the VMM relies on.
+    pub fn open(path: &Path) -> Result<Self, HypervisorError> {
+        crate::check_kvm_device(path)?;
+        let kvm = crate::host::open_kvm(path)
+            .map_err(|err| HypervisorError::Open(path.to_owned(), err))?;
+        if kvm.get_api_version() != kvm_bindings::KVM_API_VERSION as i32 {
+            return Err(HypervisorError::NotKvm(path.to_owned()));
+        }
         for (cap, name) in REQUIRED_CAPS {
             if !kvm.check_extension(cap) {
-                return Err(HypervisorError::NotArm64 { missing: name });
+                return Err(HypervisorError::MissingCapability { missing: name });
             }
         }
         Ok(Self { kvm })

@@ -1,7 +1,11 @@
 //! A KVM vCPU and the decoding of its exits.
 
 use kvm_bindings::{KVM_ARM_VCPU_POWER_OFF, KVM_EXIT_MMIO, kvm_mp_state, kvm_vcpu_init};
+use std::sync::Arc;
+
 use kvm_ioctls::{VcpuExit, VcpuFd};
+
+use super::VcpuKicker;
 
 use crate::{MmioData, MpState, SystemEvent, Vcpu, VcpuError, VmExit};
 
@@ -13,10 +17,16 @@ pub struct KvmVcpu {
     // The feature set of the first KVM_ARM_VCPU_INIT; a re-init must repeat it.
     init: kvm_vcpu_init,
     pending_mmio_read: Option<usize>,
+    kicker: Arc<VcpuKicker>,
 }
 
 impl KvmVcpu {
-    pub(crate) fn new(fd: VcpuFd, index: u32, init: kvm_vcpu_init) -> Result<Self, VcpuError> {
+    pub(crate) fn new(
+        fd: VcpuFd,
+        index: u32,
+        init: kvm_vcpu_init,
+        kicker: VcpuKicker,
+    ) -> Result<Self, VcpuError> {
         fd.vcpu_init(&init).map_err(|err| VcpuError::Init {
             index,
             source: err.into(),
@@ -26,7 +36,13 @@ impl KvmVcpu {
             index,
             init,
             pending_mmio_read: None,
+            kicker: Arc::new(kicker),
         })
+    }
+
+    /// The handle other threads use to kick this vCPU out of `KVM_RUN`.
+    pub fn kicker(&self) -> Arc<VcpuKicker> {
+        Arc::clone(&self.kicker)
     }
 }
 

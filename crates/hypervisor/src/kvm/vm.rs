@@ -7,7 +7,7 @@ use kvm_bindings::{
 use kvm_ioctls::VmFd;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
 
-use super::{GicV3, Hypervisor, KvmVcpu, gic::GicError};
+use super::{GicV3, Hypervisor, KvmVcpu, VcpuKicker, gic::GicError};
 
 /// Failures creating or configuring a VM.
 #[derive(Debug, thiserror::Error)]
@@ -153,7 +153,11 @@ impl Vm {
         if index > 0 {
             init.features[0] |= 1 << KVM_ARM_VCPU_POWER_OFF;
         }
-        KvmVcpu::new(fd, index, init).map_err(|source| VmError::CreateVcpu {
+        let kicker = VcpuKicker::new(&self.fd, &fd).map_err(|err| VmError::CreateVcpu {
+            index,
+            source: std::io::Error::other(err),
+        })?;
+        KvmVcpu::new(fd, index, init, kicker).map_err(|source| VmError::CreateVcpu {
             index,
             source: match source {
                 crate::VcpuError::Init { source, .. } => source,

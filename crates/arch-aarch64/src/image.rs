@@ -1,0 +1,119 @@
+//! The arm64 `Image` header (Documentation/arch/arm64/booting.rst), read before loading so
+//! that a wrong file gets a clear error and the layout knows how much room the kernel needs.
+
+/// Length of the header.
+pub const HEADER_SIZE: usize = 64;
+/// `magic` at offset 56: "ARM\x64".
+const ARM64_MAGIC: u32 = 0x644D_5241;
+/// The `text_offset` pre-3.17 kernels imply when `image_size` is 0.
+const LEGACY_TEXT_OFFSET: u64 = 0x8_0000;
+
+/// Why a file is not a usable arm64 Image.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ImageError {
+    /// Shorter than the header.
+    #[error("Kernel is too short to be an arm64 Image ({0} bytes)")]
+    TooShort(usize),
+    /// A gzip stream, e.g. `Image.gz`.
+    #[error("Kernel is gzip-compressed: decompress it to a plain arm64 Image first")]
+    Compressed,
+    /// No arm64 magic.
+    #[error("Kernel is not an arm64 Image (no ARM\\x64 magic)")]
+    BadMagic,
+    /// A big-endian kernel.
+    #[error("Kernel is big-endian, which this VMM does not run")]
+    BigEndian,
+}
+
+/// The fields of the header the loader needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageHeader {
+    /// Offset of the kernel from a 2 MiB aligned base.
+    pub text_offset: u64,
+    /// Bytes the kernel occupies from its load address, BSS included.
+    pub image_size: u64,
+}
+
+impl ImageHeader {
+    /// Parses the first bytes of a file.
+    pub fn parse(bytes: &[u8]) -> Result<Self, ImageError> {
+        if bytes.len() >= 2 && bytes[..2] == [0x1F, 0x8B] {
+            return Err(ImageError::Compressed);
+        }
+        if bytes.len() < HEADER_SIZE {
+            return Err(ImageError::TooShort(bytes.len()));
+        }
+        let u64_at = |offset: usize| {
+            let mut word = [0; 8];
+            word.copy_from_slice(&bytes[offset..offset + 8]);
+            u64::from_le_bytes(word)
+        };
+        let magic = u32::from_le_bytes([bytes[56], bytes[57], bytes[58], bytes[59]]);
+        if magic != ARM64_MAGIC {
+            return Err(ImageError::BadMagic);
+        }
+        let flags = u64_at(24);
+        if flags & 1 != 0 {
+            return Err(ImageError::BigEndian);
+        }
+        let (text_offset, image_size) = match u64_at(16) {
+            0 => (LEGACY_TEXT_OFFSET, 0),
+            size => (u64_at(8), size),
+        };
+        Ok(Self {
+            text_offset,
+            image_size,
+        })
+    }
+
+    /// Bytes needed from the 2 MiB aligned load base: the offset plus the image, or the file
+    /// length for old kernels that do not say.
+    pub fn footprint(&self, file_len: u64) -> u64 {
+        self.text_offset + self.image_size.max(file_len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(text_offset: u64, image_size: u64, flags: u64) -> Vec<u8> {
+        let mut bytes = vec![0u8; HEADER_SIZE];
+        bytes[8..16].copy_from_slice(&text_offset.to_le_bytes());
+        bytes[16..24].copy_from_slice(&image_size.to_le_bytes());
+        bytes[24..32].copy_from_slice(&flags.to_le_bytes());
+        bytes[56..60].copy_from_slice(b"ARM\x64");
+        bytes
+    }
+
+    #[test]
+    fn reads_offset_and_size() {
+        let parsed = ImageHeader::parse(&header(0, 0x240_0000, 0b1010)).unwrap();
+        assert_eq!(parsed.text_offset, 0);
+        assert_eq!(parsed.image_size, 0x240_0000);
+        assert_eq!(parsed.footprint(0x200_0000), 0x240_0000);
+    }
+
+    #[test]
+    fn old_kernels_imply_the_legacy_offset() {
+        let parsed = ImageHeader::parse(&header(0x1234, 0, 0)).unwrap();
+        assert_eq!(parsed.text_offset, 0x8_0000);
+        assert_eq!(parsed.footprint(0x10_0000), 0x18_0000);
+    }
+
+    #[test]
+    fn rejects_what_is_not_a_little_endian_arm64_image() {
+        assert_eq!(
+            ImageHeader::parse(&[0x1F, 0x8B, 8, 0]),
+            Err(ImageError::Compressed)
+        );
+        assert_eq!(ImageHeader::parse(b"MZ"), Err(ImageError::TooShort(2)));
+        let mut elf = header(0, 1, 0);
+        elf[56..60].copy_from_slice(b"\x7fELF");
+        assert_eq!(ImageHeader::parse(&elf), Err(ImageError::BadMagic));
+        assert_eq!(
+            ImageHeader::parse(&header(0, 1, 1)),
+            Err(ImageError::BigEndian)
+        );
+    }
+}

@@ -1,0 +1,837 @@
+//! ARM PrimeCell PL031 real-time clock, with the match alarm that vm-superio's model lacks.
+//!
+//! The counter is host wall-clock seconds plus a guest-chosen offset (set through RTCLR).
+//! RTCRIS bit 0 is set when the counter *equals* RTCMR, as in hardware: the match is
+//! scheduled when MR or LR is written, for the moment the counter next reaches MR. A match
+//! value already behind the counter therefore fires only after the 32-bit counter wraps
+//! (about 136 years), never straight away; MR equal to the counter fires at once. This is
+//! QEMU's `pl031_set_alarm`. A scheduled match fires once; if host time has passed it by the
+//! time it is checked (a late timer, a clock step forward, a restore after a long pause) it
+//! still fires, because the counter went through MR on the way.
+//!
+//! The interrupt output is level: high while RIS & IMSC, until the guest writes RTCICR or
+//! masks it. The device never sleeps or spawns threads: it asks an [`AlarmTimer`] to wake
+//! the event loop at the match time, and the loop calls [`Pl031Rtc::on_alarm_timer`].
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use log::{debug, warn};
+use thiserror::Error;
+use vmm_sys_util::timerfd::TimerFd;
+
+use crate::bus::MmioDevice;
+use crate::irq::{IrqError, IrqLine};
+
+const RTCDR: u64 = 0x000;
+const RTCMR: u64 = 0x004;
+const RTCLR: u64 = 0x008;
+const RTCCR: u64 = 0x00C;
+const RTCIMSC: u64 = 0x010;
+const RTCRIS: u64 = 0x014;
+const RTCMIS: u64 = 0x018;
+const RTCICR: u64 = 0x01C;
+const ID_START: u64 = 0xFE0;
+const ID_END: u64 = 0xFFC;
+
+/// The only interrupt source of the ARM PL031: the match alarm.
+const ALARM_BIT: u32 = 1;
+
+/// PeriphID0..3 then PCellID0..3, one byte per word. Linux's amba bus reads these and
+/// matches 0x00141031 against the pl031 entry (id 0x00041031, mask 0x000fffff); the cell
+/// id reads as 0xb105f00d. Revision 1 in PeriphID2, as QEMU reports.
+const AMBA_IDS: [u8; 8] = [0x31, 0x10, 0x14, 0x00, 0x0d, 0xf0, 0x05, 0xb1];
+
+/// Errors from the RTC's host side.
+#[derive(Debug, Error)]
+pub enum RtcError {
+    /// The host timer backing the alarm could not be created.
+    #[error("Failed to create the RTC alarm timer")]
+    CreateTimer(#[source] io::Error),
+    /// Arming, disarming or reading the host timer failed.
+    #[error("Failed to program the RTC alarm timer")]
+    Timer(#[source] io::Error),
+    /// The alarm interrupt line could not be driven.
+    #[error("Failed to drive the RTC interrupt")]
+    Irq(#[source] IrqError),
+}
+
+/// A source of wall-clock time.
+pub trait Clock: Send {
+    /// Time since the Unix epoch.
+    fn now(&self) -> Duration;
+}
+
+/// The host's real-time clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Duration {
+        // A host clock set before 1970 reads as the epoch rather than failing.
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+    }
+}
+
+/// A clock that only moves when told to; clones share the same time.
+#[derive(Debug, Clone, Default)]
+pub struct ManualClock {
+    nanos: Arc<AtomicU64>,
+}
+
+impl ManualClock {
+    /// A clock reading `since_epoch`.
+    pub fn new(since_epoch: Duration) -> Self {
+        let clock = Self::default();
+        clock.set(since_epoch);
+        clock
+    }
+
+    /// Jumps to `since_epoch` (backwards too). Saturates about 584 years after 1970.
+    pub fn set(&self, since_epoch: Duration) {
+        let nanos = u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX);
+        self.nanos.store(nanos, Ordering::SeqCst);
+    }
+
+    /// Moves forward by `by`.
+    pub fn advance(&self, by: Duration) {
+        self.set(self.now().saturating_add(by));
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Duration {
+        Duration::from_nanos(self.nanos.load(Ordering::SeqCst))
+    }
+}
+
+/// A one-shot host timer that makes the event loop call [`Pl031Rtc::on_alarm_timer`].
+pub trait AlarmTimer: Send {
+    /// Fires once, `after` from now, replacing any earlier setting.
+    fn arm(&mut self, after: Duration) -> io::Result<()>;
+    /// Cancels a pending expiry.
+    fn disarm(&mut self) -> io::Result<()>;
+    /// Consumes a reported expiry so the event loop does not see it again.
+    fn acknowledge(&mut self) -> io::Result<()>;
+}
+
+/// [`AlarmTimer`] on a non-blocking `timerfd` (CLOCK_MONOTONIC) for an epoll event loop.
+#[derive(Debug)]
+pub struct TimerFdAlarm {
+    timer: TimerFd,
+}
+
+impl TimerFdAlarm {
+    /// A disarmed, non-blocking timer.
+    pub fn new() -> Result<Self, RtcError> {
+        let timer = TimerFd::new().map_err(|e| RtcError::CreateTimer(e.into()))?;
+        set_nonblocking(timer.as_raw_fd()).map_err(RtcError::CreateTimer)?;
+        Ok(Self { timer })
+    }
+}
+
+/// `acknowledge` drains the timerfd with a read, which must not block when the event
+/// loop calls it without a pending expiry. vmm-sys-util creates it blocking.
+fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: F_GETFL on a descriptor we own reads its flags and touches no memory.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: F_SETFL on a descriptor we own only changes its status flags.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl AlarmTimer for TimerFdAlarm {
+    fn arm(&mut self, after: Duration) -> io::Result<()> {
+        // A zero expiry would disarm the timerfd instead of firing it.
+        let after = after.max(Duration::from_nanos(1));
+        self.timer.reset(after, None).map_err(io::Error::from)
+    }
+
+    fn disarm(&mut self) -> io::Result<()> {
+        self.timer.clear().map_err(io::Error::from)
+    }
+
+    fn acknowledge(&mut self) -> io::Result<()> {
+        match self.timer.wait() {
+            Ok(_) => Ok(()),
+            Err(e) if e.errno() == libc::EAGAIN => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl AsRawFd for TimerFdAlarm {
+    fn as_raw_fd(&self) -> RawFd {
+        self.timer.as_raw_fd()
+    }
+}
+
+/// Everything needed to rebuild a [`Pl031Rtc`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pl031State {
+    /// Counter minus host wall-clock seconds (set by RTCLR writes).
+    pub offset: i64,
+    /// Last value written to RTCLR.
+    pub lr: u32,
+    /// RTCMR.
+    pub mr: u32,
+    /// RTCIMSC.
+    pub imsc: u32,
+    /// RTCRIS.
+    pub ris: u32,
+    /// Host wall-clock second (since the epoch) at which the counter reaches MR, if that
+    /// match has not fired yet.
+    pub alarm_at: Option<u64>,
+}
+
+/// The PL031 RTC.
+pub struct Pl031Rtc<C: Clock, T: AlarmTimer> {
+    clock: C,
+    timer: T,
+    irq: Arc<dyn IrqLine>,
+    offset: i64,
+    lr: u32,
+    mr: u32,
+    imsc: u32,
+    ris: u32,
+    alarm_at: Option<u64>,
+    /// Level last driven successfully; `None` forces the next update to drive it.
+    line_level: Option<bool>,
+}
+
+impl<C: Clock, T: AlarmTimer> Pl031Rtc<C, T> {
+    /// An RTC reading host wall-clock time, no alarm pending, line low.
+    pub fn new(irq: Arc<dyn IrqLine>, clock: C, timer: T) -> Self {
+        Self {
+            clock,
+            timer,
+            irq,
+            offset: 0,
+            lr: 0,
+            mr: 0,
+            imsc: 0,
+            ris: 0,
+            alarm_at: None,
+            line_level: Some(false),
+        }
+    }
+
+    /// Rebuilds an RTC from `state`: drives the line to RIS & IMSC and re-arms a pending
+    /// match, firing it now if host time passed it while the guest was saved.
+    pub fn from_state(
+        state: &Pl031State,
+        irq: Arc<dyn IrqLine>,
+        clock: C,
+        timer: T,
+    ) -> Result<Self, RtcError> {
+        let mut rtc = Self {
+            offset: state.offset,
+            lr: state.lr,
+            mr: state.mr,
+            imsc: state.imsc & ALARM_BIT,
+            ris: state.ris & ALARM_BIT,
+            alarm_at: state.alarm_at,
+            line_level: None,
+            ..Self::new(irq, clock, timer)
+        };
+        rtc.update_irq()?;
+        rtc.check_alarm(true)?;
+        Ok(rtc)
+    }
+
+    /// The registers, for save/restore.
+    pub fn state(&self) -> Pl031State {
+        Pl031State {
+            offset: self.offset,
+            lr: self.lr,
+            mr: self.mr,
+            imsc: self.imsc,
+            ris: self.ris,
+            alarm_at: self.alarm_at,
+        }
+    }
+
+    /// The host timer, e.g. to register its fd with the event loop.
+    pub fn alarm_timer(&self) -> &T {
+        &self.timer
+    }
+
+    /// Called by the event loop when the alarm timer fires: raises the alarm if the match
+    /// time has come, or re-arms for the rest if the timer ran ahead of the wall clock.
+    pub fn on_alarm_timer(&mut self) -> Result<(), RtcError> {
+        self.timer.acknowledge().map_err(RtcError::Timer)?;
+        self.check_alarm(true)
+    }
+
+    fn counter_at(&self, now: Duration) -> u32 {
+        // The counter is 32 bits wide and wraps; truncation is the hardware behaviour.
+        (now.as_secs() as i64).wrapping_add(self.offset) as u32
+    }
+
+    fn counter(&self) -> u32 {
+        self.counter_at(self.clock.now())
+    }
+
+    fn load_counter(&mut self, value: u32) {
+        let now = self.clock.now().as_secs() as i64;
+        self.offset = i64::from(value).wrapping_sub(now);
+    }
+
+    /// Schedules the next time the counter equals MR (after an MR or LR write).
+    fn schedule_match(&mut self) -> Result<(), RtcError> {
+        let now = self.clock.now();
+        let ticks = self.mr.wrapping_sub(self.counter_at(now));
+        if ticks == 0 {
+            self.alarm_at = None;
+            self.timer.disarm().map_err(RtcError::Timer)?;
+            return self.raise_alarm();
+        }
+        let at = now.as_secs().saturating_add(u64::from(ticks));
+        self.alarm_at = Some(at);
+        self.arm_for(at, now)
+    }
+
+    fn arm_for(&mut self, at: u64, now: Duration) -> Result<(), RtcError> {
+        let after = Duration::from_secs(at).saturating_sub(now);
+        self.timer.arm(after).map_err(RtcError::Timer)
+    }
+
+    /// Fires a pending match whose time has come. With `rearm`, a match still in the
+    /// future gets the timer re-armed (for when the timer, not a register access, woke us).
+    fn check_alarm(&mut self, rearm: bool) -> Result<(), RtcError> {
+        let Some(at) = self.alarm_at else {
+            return Ok(());
+        };
+        let now = self.clock.now();
+        if now.as_secs() >= at {
+            self.alarm_at = None;
+            self.raise_alarm()
+        } else if rearm {
+            self.arm_for(at, now)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn raise_alarm(&mut self) -> Result<(), RtcError> {
+        self.ris |= ALARM_BIT;
+        self.update_irq()
+    }
+
+    fn update_irq(&mut self) -> Result<(), RtcError> {
+        let level = self.ris & self.imsc & ALARM_BIT != 0;
+        if self.line_level == Some(level) {
+            return Ok(());
+        }
+        self.line_level = None;
+        self.irq.set_level(level).map_err(RtcError::Irq)?;
+        self.line_level = Some(level);
+        Ok(())
+    }
+
+    fn read_register(&mut self, offset: u64) -> u32 {
+        match offset {
+            RTCDR => self.counter(),
+            RTCMR => self.mr,
+            RTCLR => self.lr,
+            // The counter always runs (it is the host clock), so it reads as started.
+            RTCCR => 1,
+            RTCIMSC => self.imsc,
+            RTCRIS => self.ris,
+            RTCMIS => self.ris & self.imsc,
+            ID_START..=ID_END => u32::from(AMBA_IDS[((offset - ID_START) / 4) as usize]),
+            _ => {
+                debug!("pl031: read of {offset:#x} (write-only or reserved)");
+                0
+            }
+        }
+    }
+
+    fn write_register(&mut self, offset: u64, value: u32) -> Result<(), RtcError> {
+        match offset {
+            RTCMR => {
+                self.mr = value;
+                self.schedule_match()
+            }
+            RTCLR => {
+                self.lr = value;
+                self.load_counter(value);
+                self.schedule_match()
+            }
+            // RTCStart can only be set, and already is; unlike vm-superio, writing it
+            // never reloads the counter.
+            RTCCR => Ok(()),
+            RTCIMSC => {
+                self.imsc = value & ALARM_BIT;
+                self.update_irq()
+            }
+            RTCICR => {
+                self.ris &= !(value & ALARM_BIT);
+                self.update_irq()
+            }
+            _ => {
+                debug!("pl031: write of {value:#x} to {offset:#x} (read-only or reserved)");
+                Ok(())
+            }
+        }
+    }
+}
+
+impl<C: Clock, T: AlarmTimer> MmioDevice for Pl031Rtc<C, T> {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let len = data.len();
+        let Ok(word) = <&mut [u8; 4]>::try_from(&mut *data) else {
+            data.fill(0);
+            debug!("pl031: ignoring {len}-byte read at {offset:#x}");
+            return;
+        };
+        if offset % 4 != 0 {
+            *word = [0; 4];
+            debug!("pl031: ignoring unaligned read at {offset:#x}");
+            return;
+        }
+        // A match that came due before the event loop noticed is still visible to a
+        // guest that polls.
+        if let Err(e) = self.check_alarm(false) {
+            warn!("pl031: {e}");
+        }
+        *word = self.read_register(offset).to_le_bytes();
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let Ok(&bytes) = <&[u8; 4]>::try_from(data) else {
+            debug!("pl031: ignoring {}-byte write at {offset:#x}", data.len());
+            return;
+        };
+        if offset % 4 != 0 {
+            debug!("pl031: ignoring unaligned write at {offset:#x}");
+            return;
+        }
+        // Record a match that is already due before the write moves MR or the counter.
+        // A failure to drive the line must not drop the guest's write, so log and go on.
+        if let Err(e) = self.check_alarm(false) {
+            warn!("pl031: {e}");
+        }
+        if let Err(e) = self.write_register(offset, u32::from_le_bytes(bytes)) {
+            warn!("pl031: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::irq::RecordingIrqLine;
+
+    /// An arbitrary wall-clock start, in the middle of a second to catch rounding.
+    const START: Duration = Duration::from_millis(1_700_000_000_250);
+
+    /// Shares what the device asked of its timer with the test.
+    #[derive(Clone, Default)]
+    struct FakeTimer {
+        armed: Arc<Mutex<Option<Duration>>>,
+    }
+
+    impl FakeTimer {
+        fn armed(&self) -> Option<Duration> {
+            *self.armed.lock().unwrap()
+        }
+    }
+
+    impl AlarmTimer for FakeTimer {
+        fn arm(&mut self, after: Duration) -> io::Result<()> {
+            *self.armed.lock().unwrap() = Some(after);
+            Ok(())
+        }
+        fn disarm(&mut self) -> io::Result<()> {
+            *self.armed.lock().unwrap() = None;
+            Ok(())
+        }
+        fn acknowledge(&mut self) -> io::Result<()> {
+            *self.armed.lock().unwrap() = None;
+            Ok(())
+        }
+    }
+
+    struct Rig {
+        rtc: Pl031Rtc<ManualClock, FakeTimer>,
+        clock: ManualClock,
+        timer: FakeTimer,
+        irq: Arc<RecordingIrqLine>,
+    }
+
+    impl Rig {
+        fn new() -> Self {
+            let clock = ManualClock::new(START);
+            let timer = FakeTimer::default();
+            let irq = Arc::new(RecordingIrqLine::new());
+            let rtc = Pl031Rtc::new(irq.clone(), clock.clone(), timer.clone());
+            Self {
+                rtc,
+                clock,
+                timer,
+                irq,
+            }
+        }
+
+        fn read(&mut self, offset: u64) -> u32 {
+            let mut data = [0xff; 4];
+            self.rtc.read(offset, &mut data);
+            u32::from_le_bytes(data)
+        }
+
+        fn write(&mut self, offset: u64, value: u32) {
+            self.rtc.write(offset, &value.to_le_bytes());
+        }
+
+        /// The host time passes and the event loop reacts to the timer as epoll would.
+        fn pass(&mut self, by: Duration) {
+            self.clock.advance(by);
+            if let Some(after) = self.timer.armed() {
+                if by >= after {
+                    self.rtc.on_alarm_timer().unwrap();
+                } else {
+                    *self.timer.armed.lock().unwrap() = Some(after - by);
+                }
+            }
+        }
+
+        /// What Linux's `pl031_set_alarm` does: MR, then clear and enable the interrupt.
+        fn linux_set_alarm(&mut self, at: u32) {
+            self.write(RTCMR, at);
+            self.write(RTCICR, ALARM_BIT);
+            let imsc = self.read(RTCIMSC);
+            self.write(RTCIMSC, imsc | ALARM_BIT);
+        }
+    }
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    #[test]
+    fn identifies_as_pl031_to_the_amba_bus() {
+        let mut rig = Rig::new();
+        let byte = |rig: &mut Rig, i: u64| rig.read(ID_START + 4 * i) & 0xff;
+        let periph_id = (0..4).fold(0, |id, i| id | byte(&mut rig, i) << (8 * i));
+        let cell_id = (4..8).fold(0, |id, i| id | byte(&mut rig, i) << (8 * (i - 4)));
+        assert_eq!(periph_id & 0x000f_ffff, 0x0004_1031);
+        assert_eq!(cell_id, 0xb105_f00d);
+    }
+
+    #[test]
+    fn counter_follows_the_wall_clock_and_loads_from_lr() {
+        let mut rig = Rig::new();
+        assert_eq!(u64::from(rig.read(RTCDR)), START.as_secs());
+
+        rig.write(RTCLR, 1000);
+        assert_eq!(rig.read(RTCDR), 1000);
+        assert_eq!(rig.read(RTCLR), 1000);
+        rig.clock.advance(Duration::from_millis(750)); // crosses a host second
+        assert_eq!(rig.read(RTCDR), 1001);
+        rig.clock.advance(secs(10));
+        assert_eq!(rig.read(RTCDR), 1011);
+    }
+
+    #[test]
+    fn control_reads_started_and_writing_it_keeps_the_time() {
+        let mut rig = Rig::new();
+        rig.write(RTCLR, 5000);
+        assert_eq!(rig.read(RTCCR) & 1, 1);
+        // Linux's probe does CR |= EN; some drivers write 0.
+        rig.write(RTCCR, 1);
+        rig.write(RTCCR, 0);
+        assert_eq!(rig.read(RTCDR), 5000);
+        assert_eq!(rig.read(RTCCR) & 1, 1);
+    }
+
+    #[test]
+    fn linux_alarm_flow_raises_and_clears_the_line() {
+        let mut rig = Rig::new();
+        rig.write(RTCLR, 1_000_000);
+        rig.linux_set_alarm(1_000_005);
+        assert_eq!(rig.read(RTCRIS), 0);
+        assert!(!rig.irq.is_high());
+        // The host timer is asked for the start of second 1_000_005, 4.75 s away.
+        assert_eq!(rig.timer.armed(), Some(Duration::from_millis(4750)));
+
+        rig.pass(secs(4));
+        assert_eq!(rig.read(RTCRIS), 0, "one second early");
+        rig.pass(secs(1));
+        assert_eq!(rig.read(RTCDR), 1_000_005);
+        assert_eq!(rig.read(RTCRIS), ALARM_BIT);
+        assert_eq!(rig.read(RTCMIS), ALARM_BIT);
+        assert!(rig.irq.is_high());
+
+        // pl031_interrupt: read MIS, write it to ICR.
+        let mis = rig.read(RTCMIS);
+        rig.write(RTCICR, mis);
+        assert_eq!(rig.read(RTCRIS), 0);
+        assert_eq!(rig.read(RTCMIS), 0);
+        assert!(!rig.irq.is_high());
+        assert_eq!(rig.irq.rising_edges(), 1);
+    }
+
+    #[test]
+    fn line_stays_high_until_cleared() {
+        let mut rig = Rig::new();
+        let now = rig.read(RTCDR);
+        rig.linux_set_alarm(now + 1);
+        rig.pass(secs(1));
+        assert!(rig.irq.is_high());
+        rig.pass(secs(100));
+        rig.read(RTCDR);
+        assert!(rig.irq.is_high());
+        assert_eq!(rig.irq.rising_edges(), 1, "level, not re-pulsed");
+    }
+
+    #[test]
+    fn masked_match_sets_raw_status_and_unmasking_raises_the_line() {
+        let mut rig = Rig::new();
+        let now = rig.read(RTCDR);
+        rig.write(RTCMR, now + 2);
+        rig.pass(secs(2));
+        assert_eq!(rig.read(RTCRIS), ALARM_BIT);
+        assert_eq!(rig.read(RTCMIS), 0);
+        assert!(!rig.irq.is_high());
+
+        rig.write(RTCIMSC, ALARM_BIT);
+        assert!(rig.irq.is_high());
+        rig.write(RTCIMSC, 0);
+        assert!(!rig.irq.is_high(), "masking deasserts");
+        assert_eq!(rig.read(RTCRIS), ALARM_BIT, "masking does not clear RIS");
+    }
+
+    #[test]
+    fn match_in_the_past_waits_for_the_counter_to_wrap() {
+        let mut rig = Rig::new();
+        rig.write(RTCLR, 1000);
+        rig.write(RTCIMSC, ALARM_BIT);
+        rig.write(RTCMR, 990);
+        assert_eq!(rig.read(RTCRIS), 0);
+        assert_eq!(
+            rig.timer.armed().map(|d| d.as_secs()),
+            Some((1u64 << 32) - 10 - 1),
+            "next equality is after the wrap"
+        );
+        rig.pass(secs(365 * 24 * 3600));
+        assert_eq!(rig.read(RTCRIS), 0);
+        assert!(!rig.irq.is_high());
+    }
+
+    #[test]
+    fn match_equal_to_the_counter_fires_at_once() {
+        let mut rig = Rig::new();
+        rig.write(RTCIMSC, ALARM_BIT);
+        let now = rig.read(RTCDR);
+        rig.write(RTCMR, now);
+        assert_eq!(rig.read(RTCRIS), ALARM_BIT);
+        assert!(rig.irq.is_high());
+        assert_eq!(rig.timer.armed(), None);
+    }
+
+    #[test]
+    fn match_fires_once() {
+        let mut rig = Rig::new();
+        let now = rig.read(RTCDR);
+        rig.linux_set_alarm(now + 3);
+        rig.pass(secs(3));
+        rig.write(RTCICR, ALARM_BIT);
+        rig.pass(secs(3600));
+        assert_eq!(rig.read(RTCRIS), 0);
+        assert_eq!(rig.irq.rising_edges(), 1);
+    }
+
+    #[test]
+    fn loading_the_counter_reschedules_the_match() {
+        let mut rig = Rig::new();
+        rig.write(RTCLR, 100);
+        rig.linux_set_alarm(110);
+        rig.write(RTCLR, 108);
+        assert_eq!(rig.timer.armed().map(|d| d.as_secs_f64()), Some(1.75));
+        rig.pass(secs(2));
+        assert_eq!(rig.read(RTCRIS), ALARM_BIT);
+
+        rig.write(RTCICR, ALARM_BIT);
+        rig.linux_set_alarm(200);
+        rig.write(RTCLR, 200); // setting the time onto MR is a match
+        assert_eq!(rig.read(RTCRIS), ALARM_BIT);
+    }
+
+    #[test]
+    fn rewriting_match_moves_the_alarm() {
+        let mut rig = Rig::new();
+        rig.write(RTCLR, 0);
+        rig.linux_set_alarm(10);
+        rig.linux_set_alarm(20);
+        rig.pass(secs(10));
+        assert_eq!(rig.read(RTCRIS), 0);
+        rig.pass(secs(10));
+        assert_eq!(rig.read(RTCRIS), ALARM_BIT);
+    }
+
+    #[test]
+    fn guest_poll_sees_a_due_match_before_the_timer_event() {
+        let mut rig = Rig::new();
+        let now = rig.read(RTCDR);
+        rig.linux_set_alarm(now + 5);
+        rig.clock.advance(secs(5)); // the event loop has not run yet
+        assert_eq!(rig.read(RTCRIS), ALARM_BIT);
+        assert!(rig.irq.is_high());
+        rig.rtc.on_alarm_timer().unwrap(); // the late timer event is harmless
+        assert_eq!(rig.irq.rising_edges(), 1);
+    }
+
+    #[test]
+    fn early_timer_rearms_for_the_remainder() {
+        let mut rig = Rig::new();
+        rig.write(RTCLR, 0);
+        rig.linux_set_alarm(60);
+        rig.clock.advance(secs(30));
+        rig.rtc.on_alarm_timer().unwrap();
+        assert_eq!(rig.read(RTCRIS), 0);
+        assert_eq!(rig.timer.armed(), Some(Duration::from_millis(29_750)));
+    }
+
+    #[test]
+    fn clock_stepping_past_the_match_fires_it() {
+        let mut rig = Rig::new();
+        rig.write(RTCLR, 0);
+        rig.linux_set_alarm(60);
+        rig.clock.advance(secs(3600));
+        rig.rtc.on_alarm_timer().unwrap();
+        assert_eq!(rig.read(RTCRIS), ALARM_BIT);
+        assert!(rig.irq.is_high());
+    }
+
+    #[test]
+    fn only_aligned_word_accesses_are_honoured() {
+        let mut rig = Rig::new();
+        rig.write(RTCMR, 0x1234_5678);
+
+        let mut byte = [0xff; 1];
+        rig.rtc.read(RTCMR, &mut byte);
+        assert_eq!(byte, [0]);
+        let mut wide = [0xff; 8];
+        rig.rtc.read(RTCMR, &mut wide);
+        assert_eq!(wide, [0; 8]);
+        assert_eq!(rig.read(RTCMR + 1), 0);
+
+        rig.rtc.write(RTCMR, &[0]);
+        rig.rtc.write(RTCMR + 2, &[0; 4]);
+        assert_eq!(rig.read(RTCMR), 0x1234_5678);
+    }
+
+    #[test]
+    fn read_only_and_reserved_registers_ignore_writes() {
+        let mut rig = Rig::new();
+        rig.write(RTCLR, 77);
+        rig.write(RTCDR, 5);
+        rig.write(RTCRIS, 1);
+        rig.write(RTCMIS, 1);
+        rig.write(0x800, 1);
+        rig.write(ID_START, 0);
+        assert_eq!(rig.read(RTCDR), 77);
+        assert_eq!(rig.read(RTCRIS), 0);
+        assert_eq!(rig.read(ID_START), 0x31);
+        assert_eq!(rig.read(RTCICR), 0);
+        assert_eq!(rig.read(0x800), 0);
+    }
+
+    #[test]
+    fn restore_rearms_a_pending_alarm() {
+        let mut rig = Rig::new();
+        rig.write(RTCLR, 0);
+        rig.linux_set_alarm(60);
+        rig.pass(secs(10));
+        let state = rig.rtc.state();
+
+        let timer = FakeTimer::default();
+        let irq = Arc::new(RecordingIrqLine::new());
+        let mut rtc =
+            Pl031Rtc::from_state(&state, irq.clone(), rig.clock.clone(), timer.clone()).unwrap();
+        assert_eq!(rtc.state(), state);
+        assert_eq!(timer.armed(), Some(Duration::from_millis(49_750)));
+        assert_eq!(irq.levels(), vec![false]);
+
+        rig.clock.advance(secs(50));
+        rtc.on_alarm_timer().unwrap();
+        assert!(irq.is_high());
+    }
+
+    #[test]
+    fn restore_after_the_match_time_fires_at_once() {
+        let mut rig = Rig::new();
+        rig.write(RTCLR, 0);
+        rig.linux_set_alarm(60);
+        let state = rig.rtc.state();
+
+        rig.clock.advance(secs(3600)); // the VM stayed saved for an hour
+        let irq = Arc::new(RecordingIrqLine::new());
+        let mut rtc =
+            Pl031Rtc::from_state(&state, irq.clone(), rig.clock.clone(), FakeTimer::default())
+                .unwrap();
+        assert!(irq.is_high());
+        let mut data = [0; 4];
+        rtc.read(RTCDR, &mut data);
+        assert_eq!(u32::from_le_bytes(data), 3600, "time kept running");
+    }
+
+    #[test]
+    fn restore_of_a_raised_alarm_drives_the_line_high() {
+        let state = Pl031State {
+            imsc: ALARM_BIT,
+            ris: ALARM_BIT,
+            ..Pl031State::default()
+        };
+        let irq = Arc::new(RecordingIrqLine::new());
+        Pl031Rtc::from_state(
+            &state,
+            irq.clone(),
+            ManualClock::new(START),
+            FakeTimer::default(),
+        )
+        .unwrap();
+        assert!(irq.is_high());
+    }
+
+    #[test]
+    fn failing_line_is_reported_and_retried() {
+        let mut rig = Rig::new();
+        rig.write(RTCIMSC, ALARM_BIT);
+        let now = rig.read(RTCDR);
+        rig.write(RTCMR, now + 1);
+        rig.irq.set_failing(true);
+        rig.clock.advance(secs(1));
+        assert!(matches!(rig.rtc.on_alarm_timer(), Err(RtcError::Irq(_))));
+        rig.read(RTCDR); // a failing line must not panic the MMIO path
+
+        rig.irq.set_failing(false);
+        rig.write(RTCIMSC, ALARM_BIT); // any update retries the unknown level
+        assert!(rig.irq.is_high());
+    }
+
+    #[test]
+    fn timerfd_alarm_is_pollable_and_never_blocks() {
+        let mut timer = TimerFdAlarm::new().unwrap();
+        assert!(timer.as_raw_fd() >= 0);
+        timer.acknowledge().unwrap(); // nothing expired: must return, not block
+        timer.arm(secs(3600)).unwrap();
+        timer.acknowledge().unwrap();
+        timer.arm(Duration::ZERO).unwrap(); // must not turn into a disarm
+        timer.disarm().unwrap();
+        timer.acknowledge().unwrap();
+    }
+}

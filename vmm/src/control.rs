@@ -1,0 +1,111 @@
+//! How the vCPU threads, the event loop and signal handlers agree that the VM is ending.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+/// Why a VM stopped running.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExitReason {
+    /// The guest powered off (PSCI SYSTEM_OFF).
+    PowerOff,
+    /// The guest asked for a reboot (PSCI SYSTEM_RESET).
+    Reboot,
+    /// The VMM received SIGTERM or SIGINT.
+    Signal(i32),
+    /// The guest reported a crash.
+    GuestCrash,
+    /// A vCPU failed in a way the VMM cannot recover from.
+    Error(String),
+}
+
+impl ExitReason {
+    /// The process exit status for this reason.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::PowerOff | Self::Reboot | Self::Signal(_) => 0,
+            Self::GuestCrash | Self::Error(_) => 1,
+        }
+    }
+}
+
+/// Failures creating the control block.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The exit eventfd could not be created.
+    #[error("Failed to create the VM exit eventfd")]
+    EventFd(#[source] std::io::Error),
+}
+
+/// Shared by every thread of one VM run.
+#[derive(Debug)]
+pub struct VmControl {
+    stopping: AtomicBool,
+    exit: Mutex<Option<ExitReason>>,
+    exit_event: EventFd,
+}
+
+impl VmControl {
+    /// A control block for a VM that is running.
+    pub fn new() -> Result<Self, ControlError> {
+        Ok(Self {
+            stopping: AtomicBool::new(false),
+            exit: Mutex::new(None),
+            exit_event: EventFd::new(EFD_NONBLOCK).map_err(ControlError::EventFd)?,
+        })
+    }
+
+    /// Records why the VM ends, unless a reason was recorded first, and wakes the event loop.
+    pub fn request_exit(&self, reason: ExitReason) {
+        let mut exit = self.exit.lock().unwrap_or_else(|e| e.into_inner());
+        if exit.is_none() {
+            log::info!("VM exit requested: {reason:?}");
+            *exit = Some(reason);
+        }
+        self.stopping.store(true, Ordering::SeqCst);
+        if let Err(err) = self.exit_event.write(1) {
+            log::error!("Failed to signal the VM exit: {err}");
+        }
+    }
+
+    /// Whether the VM is ending; vCPU threads check it after every exit.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// The recorded exit reason.
+    pub fn exit_reason(&self) -> Option<ExitReason> {
+        self.exit.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The eventfd that becomes readable when an exit is requested.
+    pub fn exit_event(&self) -> &EventFd {
+        &self.exit_event
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_reason_wins_and_wakes_the_loop() {
+        let control = VmControl::new().unwrap();
+        assert!(!control.stopping());
+        assert_eq!(control.exit_reason(), None);
+        control.request_exit(ExitReason::PowerOff);
+        control.request_exit(ExitReason::Error("later".into()));
+        assert!(control.stopping());
+        assert_eq!(control.exit_reason(), Some(ExitReason::PowerOff));
+        assert_eq!(control.exit_event().read().unwrap(), 2);
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(ExitReason::PowerOff.exit_code(), 0);
+        assert_eq!(ExitReason::Signal(15).exit_code(), 0);
+        assert_eq!(ExitReason::GuestCrash.exit_code(), 1);
+        assert_eq!(ExitReason::Error("x".into()).exit_code(), 1);
+    }
+}

@@ -1,0 +1,319 @@
+//! Builds one boot of the VM on KVM: guest memory with the kernel, initramfs and FDT in it,
+//! the vCPUs, the vGIC, and the devices on the MMIO bus.
+
+use std::fs::File;
+use std::io::{Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use arch_aarch64::boot::boot_regs;
+use arch_aarch64::fdt::{FdtConfig, GpioKey, create_fdt};
+use arch_aarch64::layout::{
+    self, BootLayout, GPIO_BASE, GPIO_SPI, GuestRegion, MMIO_SLOT_SIZE, RAM_START, RTC_BASE,
+    RTC_SPI, UART_BASE, UART_SPI,
+};
+use arch_aarch64::regs::{MPIDR_AFFINITY_MASK, MPIDR_EL1};
+use devices::bus::MmioBus;
+use devices::irq::{IrqError, IrqLine};
+use devices::rtc_pl031::{SystemClock, TimerFdAlarm};
+use devices::{Pl061Gpio, Serial16550};
+use hypervisor::kvm::{GicV3, Hypervisor, KvmVcpu, Vm, VmOptions};
+use hypervisor::{Vcpu, VcpuError};
+use linux_loader::loader::{KernelLoader, pe::PE};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use crate::boot_images::BootImages;
+use crate::config::VmConfig;
+use crate::event_loop::Rtc;
+
+/// GPIO pin of the wake button.
+pub const WAKE_BUTTON_PIN: u32 = 0;
+/// GPIO pin of the power button.
+pub const POWER_BUTTON_PIN: u32 = 1;
+
+/// Failures building the machine.
+#[derive(Debug, thiserror::Error)]
+pub enum MachineError {
+    /// More vCPUs than KVM allows.
+    #[error("Invalid vCPU count {cpus}: KVM on this host allows at most {max}")]
+    TooManyVcpus {
+        /// Requested.
+        cpus: u32,
+        /// KVM's limit.
+        max: usize,
+    },
+    /// Guest memory could not be allocated.
+    #[error("Cannot allocate {memory_mib} MiB of guest memory")]
+    Memory {
+        /// The configured memory.
+        memory_mib: u64,
+        /// The mmap error.
+        #[source]
+        source: vm_memory::mmap::FromRangesError,
+    },
+    /// The kernel file could not be read again.
+    #[error("Cannot read kernel {path}")]
+    KernelRead {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// linux-loader rejected the kernel.
+    #[error("Cannot load kernel {path}")]
+    LoadKernel {
+        /// The file.
+        path: PathBuf,
+        /// The loader error.
+        #[source]
+        source: linux_loader::loader::Error,
+    },
+    /// Copying the initramfs or FDT into guest memory failed.
+    #[error("Cannot write the {what} into guest memory")]
+    GuestWrite {
+        /// What was being written.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: vm_memory::GuestMemoryError,
+    },
+    /// KVM refused to create the VM or a part of it.
+    #[error(transparent)]
+    Vm(#[from] hypervisor::kvm::VmError),
+    /// A vCPU register could not be read or written.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// The device tree could not be built.
+    #[error("Cannot build the device tree")]
+    Fdt(#[source] arch_aarch64::fdt::FdtError),
+    /// The boot registers are invalid.
+    #[error("Invalid boot registers")]
+    BootRegs(#[source] arch_aarch64::boot::BootRegsError),
+    /// A device could not be created or mapped.
+    #[error("Cannot set up device {what}")]
+    Device {
+        /// Which device.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// A built VM, ready to run.
+pub struct Machine {
+    /// The KVM VM.
+    pub vm: Arc<Vm>,
+    /// The vCPUs, vCPU 0 set up to enter the kernel.
+    pub vcpus: Vec<KvmVcpu>,
+    /// Kept for the VM's lifetime.
+    pub gic: GicV3,
+    /// The MMIO devices.
+    pub bus: Arc<MmioBus>,
+    /// The console UART.
+    pub serial: Arc<Mutex<Serial16550>>,
+    /// Raised when the UART's receive FIFO empties.
+    pub serial_rx_space: EventFd,
+    /// The RTC.
+    pub rtc: Arc<Mutex<Rtc>>,
+    /// The GPIO controller with the wake and power buttons.
+    pub gpio: Arc<Mutex<Pl061Gpio>>,
+    /// Where the boot images went.
+    pub layout: BootLayout,
+}
+
+/// An SPI driven through `KVM_IRQ_LINE`.
+struct KvmIrqLine {
+    vm: Arc<Vm>,
+    spi: u32,
+}
+
+impl IrqLine for KvmIrqLine {
+    fn set_level(&self, high: bool) -> Result<(), IrqError> {
+        self.vm
+            .set_spi_level(self.spi, high)
+            .map_err(|err| IrqError::set_level(self.spi, high, std::io::Error::other(err)))
+    }
+}
+
+/// Writes guest console output straight through, so prompts without a newline show up.
+struct ConsoleOutput;
+
+impl std::io::Write for ConsoleOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut out = std::io::stdout().lock();
+        let written = out.write(buf)?;
+        out.flush()?;
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stdout().flush()
+    }
+}
+
+fn device_error(what: &'static str) -> impl FnOnce(devices::bus::BusError) -> MachineError {
+    move |err| MachineError::Device {
+        what,
+        source: Box::new(err),
+    }
+}
+
+/// Builds the VM described by `config`, which must have been validated.
+pub fn build(
+    hypervisor: &Hypervisor,
+    config: &VmConfig,
+    images: BootImages,
+) -> Result<Machine, MachineError> {
+    let max = hypervisor.max_vcpus();
+    if config.cpus as usize > max {
+        return Err(MachineError::TooManyVcpus {
+            cpus: config.cpus,
+            max,
+        });
+    }
+
+    let BootImages {
+        mut kernel,
+        kernel_path,
+        initramfs,
+        layout,
+    } = images;
+    let memory = GuestMemoryMmap::<()>::from_ranges(&[(
+        GuestAddress(RAM_START),
+        config.memory_bytes() as usize,
+    )])
+    .map_err(|source| MachineError::Memory {
+        memory_mib: config.memory_mib,
+        source,
+    })?;
+    kernel
+        .seek(SeekFrom::Start(0))
+        .map_err(|source| MachineError::KernelRead {
+            path: kernel_path.clone(),
+            source,
+        })?;
+    let loaded = PE::load(
+        &memory,
+        Some(GuestAddress(layout.kernel_load)),
+        &mut kernel,
+        None,
+    )
+    .map_err(|source| MachineError::LoadKernel {
+        path: kernel_path.clone(),
+        source,
+    })?;
+    if let (Some((mut file, len)), Some(region)) = (initramfs, layout.initrd) {
+        load_initramfs(&memory, region, &mut file, len)?;
+    }
+
+    let vm = Arc::new(Vm::new(
+        hypervisor,
+        memory,
+        VmOptions {
+            system_suspend: false,
+        },
+    )?);
+    let mut vcpus = Vec::with_capacity(config.cpus as usize);
+    let mut mpidrs = Vec::with_capacity(config.cpus as usize);
+    for index in 0..config.cpus {
+        let vcpu = vm.create_vcpu(index)?;
+        mpidrs.push(vcpu.reg(MPIDR_EL1)? & MPIDR_AFFINITY_MASK);
+        vcpus.push(vcpu);
+    }
+    let gic = vm.create_gic(
+        layout::GIC_DIST_BASE,
+        layout::GIC_REDIST_BASE,
+        layout::GIC_NR_SPIS,
+    )?;
+
+    let fdt = create_fdt(&FdtConfig {
+        vcpu_mpidrs: mpidrs,
+        ram: layout.ram,
+        cmdline: config.cmdline.clone(),
+        initrd: layout.initrd,
+        serial: true,
+        rtc: true,
+        gpio: true,
+        gpio_keys: vec![
+            GpioKey::wake(WAKE_BUTTON_PIN),
+            GpioKey::power(POWER_BUTTON_PIN),
+        ],
+    })
+    .map_err(MachineError::Fdt)?;
+    vm.memory()
+        .write_slice(&fdt, GuestAddress(layout.fdt_addr))
+        .map_err(|source| MachineError::GuestWrite {
+            what: "device tree",
+            source,
+        })?;
+    let registers =
+        boot_regs(loaded.kernel_load.0, layout.fdt_addr).map_err(MachineError::BootRegs)?;
+    for (id, value) in registers {
+        vcpus[0].set_reg(id, value)?;
+    }
+
+    let irq = |spi: layout::Spi| -> Arc<dyn IrqLine> {
+        Arc::new(KvmIrqLine {
+            vm: Arc::clone(&vm),
+            spi: spi.gsi,
+        })
+    };
+    let serial_rx_space = EventFd::new(EFD_NONBLOCK).map_err(|err| MachineError::Device {
+        what: "serial",
+        source: Box::new(err),
+    })?;
+    let rx_space_for_serial = serial_rx_space
+        .try_clone()
+        .map_err(|err| MachineError::Device {
+            what: "serial",
+            source: Box::new(err),
+        })?;
+    let serial = Arc::new(Mutex::new(Serial16550::with_rx_space_event(
+        irq(UART_SPI),
+        Box::new(ConsoleOutput),
+        rx_space_for_serial,
+    )));
+    let alarm = TimerFdAlarm::new().map_err(|err| MachineError::Device {
+        what: "rtc",
+        source: Box::new(err),
+    })?;
+    let rtc = Arc::new(Mutex::new(Rtc::new(irq(RTC_SPI), SystemClock, alarm)));
+    let gpio = Arc::new(Mutex::new(Pl061Gpio::new(irq(GPIO_SPI))));
+
+    let mut bus = MmioBus::new();
+    bus.insert(UART_BASE, MMIO_SLOT_SIZE, serial.clone())
+        .map_err(device_error("serial"))?;
+    bus.insert(RTC_BASE, MMIO_SLOT_SIZE, rtc.clone())
+        .map_err(device_error("rtc"))?;
+    bus.insert(GPIO_BASE, MMIO_SLOT_SIZE, gpio.clone())
+        .map_err(device_error("gpio"))?;
+
+    Ok(Machine {
+        vm,
+        vcpus,
+        gic,
+        bus: Arc::new(bus),
+        serial,
+        serial_rx_space,
+        rtc,
+        gpio,
+        layout,
+    })
+}
+
+fn load_initramfs(
+    memory: &GuestMemoryMmap,
+    region: GuestRegion,
+    file: &mut File,
+    len: u64,
+) -> Result<(), MachineError> {
+    memory
+        .read_exact_volatile_from(GuestAddress(region.start), file, len as usize)
+        .map_err(|source| MachineError::GuestWrite {
+            what: "initramfs",
+            source,
+        })
+}

@@ -1,0 +1,116 @@
+//! Runs a built machine: one thread per vCPU and the event loop on the calling thread, until
+//! the VM exits; then stops and joins every vCPU thread.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use hypervisor::kvm::{Hypervisor, VcpuKicker};
+use hypervisor::{Vcpu, VcpuKick};
+
+use crate::boot_images::BootImages;
+use crate::config::VmConfig;
+use crate::control::{ExitReason, VmControl};
+use crate::event_loop::{ConsoleInput, EventLoop, RtcAlarm};
+use crate::machine::{self, Machine};
+use crate::terminal::RawTerminal;
+use crate::vcpu::{VcpuContext, run_vcpu};
+use crate::{VmmError, signals};
+
+/// Boots `config` on the KVM device at `kvm_path`, rebooting in-process on guest reset unless
+/// `no_reboot` is set, and returns why the VM finally stopped.
+pub fn run(config: &VmConfig, kvm_path: &Path) -> Result<ExitReason, VmmError> {
+    let signals = signals::install().map_err(VmmError::Signals)?;
+    let mut terminal = None;
+    let mut boots = 0u32;
+    loop {
+        let images = BootImages::open(config)?;
+        let hypervisor = Hypervisor::open(kvm_path)?;
+        let machine = machine::build(&hypervisor, config, images)?;
+        if terminal.is_none() {
+            // Only now: a VM that fails to build leaves the terminal untouched.
+            terminal = Some(RawTerminal::enter().map_err(VmmError::Terminal)?);
+        }
+        boots += 1;
+        log::info!(
+            "Booting ({} vCPUs, {} MiB), boot {boots}",
+            config.cpus,
+            config.memory_mib
+        );
+        let reason = run_machine(machine, signals)?;
+        match reason {
+            ExitReason::Reboot if !config.no_reboot => log::info!("Guest reset: rebooting"),
+            other => return Ok(other),
+        }
+    }
+}
+
+fn run_machine(
+    machine: Machine,
+    signals: &'static vmm_sys_util::eventfd::EventFd,
+) -> Result<ExitReason, VmmError> {
+    let Machine {
+        vm: _vm,
+        vcpus,
+        gic: _gic,
+        bus,
+        serial,
+        serial_rx_space,
+        rtc,
+        gpio: _gpio,
+        layout,
+    } = machine;
+    log::debug!("Boot layout: {layout:x?}");
+    let control = Arc::new(VmControl::new()?);
+    let mut event_loop = EventLoop::new(Arc::clone(&control), signals)?;
+    event_loop.add(Box::new(ConsoleInput::new(
+        libc::STDIN_FILENO,
+        serial,
+        serial_rx_space,
+    )));
+    event_loop.add(Box::new(RtcAlarm::new(rtc)));
+
+    let context = Arc::new(VcpuContext {
+        bus,
+        control: Arc::clone(&control),
+    });
+    let mut threads: Vec<(Arc<VcpuKicker>, JoinHandle<()>)> = Vec::new();
+    for vcpu in vcpus {
+        let index = vcpu.index();
+        let kicker = vcpu.kicker();
+        let thread_kicker = Arc::clone(&kicker);
+        let thread_context = Arc::clone(&context);
+        let spawned = std::thread::Builder::new()
+            .name(format!("vcpu{index}"))
+            .spawn(move || run_vcpu(vcpu, thread_kicker.as_ref(), &thread_context));
+        match spawned {
+            Ok(handle) => threads.push((kicker, handle)),
+            Err(source) => {
+                control.request_exit(ExitReason::Error(format!("vCPU {index} not started")));
+                stop_vcpus(threads);
+                return Err(VmmError::VcpuThread { index, source });
+            }
+        }
+    }
+
+    let result = event_loop.run();
+    if let Err(err) = &result {
+        control.request_exit(ExitReason::Error(err.to_string()));
+    }
+    stop_vcpus(threads);
+    Ok(result?)
+}
+
+/// Kicks each vCPU until its thread has left the run loop, then joins it.
+fn stop_vcpus(threads: Vec<(Arc<VcpuKicker>, JoinHandle<()>)>) {
+    for (kicker, handle) in threads {
+        while !handle.is_finished() {
+            kicker.kick();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if handle.join().is_err() {
+            log::error!("A vCPU thread panicked");
+        }
+    }
+}

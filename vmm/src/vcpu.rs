@@ -1,0 +1,189 @@
+//! The loop each vCPU thread runs: enter the guest, serve MMIO, turn system events into VM
+//! exits. It is generic over [`Vcpu`] so that tests drive it with a fake.
+
+use std::sync::Arc;
+
+use devices::bus::MmioBus;
+use hypervisor::{SystemEvent, Vcpu, VcpuKick, VmExit};
+
+use crate::control::{ExitReason, VmControl};
+
+/// What a vCPU thread shares with the rest of the VM.
+pub struct VcpuContext {
+    /// The MMIO devices.
+    pub bus: Arc<MmioBus>,
+    /// The VM's exit control.
+    pub control: Arc<VmControl>,
+}
+
+/// Runs `vcpu` until the VM stops.
+pub fn run_vcpu<V: Vcpu>(mut vcpu: V, kick: &dyn VcpuKick, context: &VcpuContext) {
+    kick.bind_current_thread();
+    while !context.control.stopping() {
+        if let Some(reason) = step(&mut vcpu, context) {
+            context.control.request_exit(reason);
+        }
+    }
+    kick.unbind_thread();
+    log::debug!("vCPU {} stopped", vcpu.index());
+}
+
+/// Handles one exit; returns why the VM must end, if it must.
+fn step<V: Vcpu>(vcpu: &mut V, context: &VcpuContext) -> Option<ExitReason> {
+    let index = vcpu.index();
+    let exit = match vcpu.run() {
+        Ok(exit) => exit,
+        Err(err) => return Some(ExitReason::Error(format!("{err}"))),
+    };
+    match exit {
+        VmExit::MmioRead { addr, len } => {
+            let mut data = [0u8; 8];
+            let data = &mut data[..len.min(8)];
+            if let Err(err) = context.bus.read(addr, data) {
+                log::debug!("vCPU {index}: {err}");
+            }
+            if let Err(err) = vcpu.complete_mmio_read(data) {
+                return Some(ExitReason::Error(format!("{err}")));
+            }
+        }
+        VmExit::MmioWrite { addr, data } => {
+            if let Err(err) = context.bus.write(addr, data.as_slice()) {
+                log::debug!("vCPU {index}: {err}");
+            }
+        }
+        VmExit::SystemEvent(SystemEvent::Shutdown { .. }) => return Some(ExitReason::PowerOff),
+        VmExit::SystemEvent(SystemEvent::Reset { .. }) => return Some(ExitReason::Reboot),
+        VmExit::SystemEvent(SystemEvent::Crash) => return Some(ExitReason::GuestCrash),
+        VmExit::Interrupted => {}
+        other => {
+            return Some(ExitReason::Error(format!(
+                "vCPU {index}: unexpected exit {other:?}"
+            )));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use devices::bus::MmioDevice;
+    use hypervisor::{MmioData, MpState, VcpuError};
+
+    use super::*;
+
+    /// A vCPU that replays scripted exits and records the MMIO data it is given.
+    struct ScriptedVcpu {
+        exits: VecDeque<VmExit>,
+        completed_reads: Arc<Mutex<Vec<Vec<u8>>>>,
+    }
+
+    impl Vcpu for ScriptedVcpu {
+        fn index(&self) -> u32 {
+            0
+        }
+        fn run(&mut self) -> Result<VmExit, VcpuError> {
+            Ok(self
+                .exits
+                .pop_front()
+                .unwrap_or(VmExit::Unhandled("script ended".into())))
+        }
+        fn complete_mmio_read(&mut self, data: &[u8]) -> Result<(), VcpuError> {
+            self.completed_reads.lock().unwrap().push(data.to_vec());
+            Ok(())
+        }
+        fn reg(&self, _: u64) -> Result<u64, VcpuError> {
+            Ok(0)
+        }
+        fn set_reg(&self, _: u64, _: u64) -> Result<(), VcpuError> {
+            Ok(())
+        }
+        fn mp_state(&self) -> Result<MpState, VcpuError> {
+            Ok(MpState::Runnable)
+        }
+        fn set_mp_state(&self, _: MpState) -> Result<(), VcpuError> {
+            Ok(())
+        }
+        fn reset(&mut self) -> Result<(), VcpuError> {
+            Ok(())
+        }
+    }
+
+    struct NoKick;
+    impl VcpuKick for NoKick {
+        fn bind_current_thread(&self) {}
+        fn unbind_thread(&self) {}
+        fn kick(&self) {}
+    }
+
+    /// A register file: reads return what was last written.
+    struct Register(u64);
+    impl MmioDevice for Register {
+        fn read(&mut self, _: u64, data: &mut [u8]) {
+            let bytes = self.0.to_le_bytes();
+            data.copy_from_slice(&bytes[..data.len()]);
+        }
+        fn write(&mut self, _: u64, data: &[u8]) {
+            let mut bytes = [0; 8];
+            bytes[..data.len()].copy_from_slice(data);
+            self.0 = u64::from_le_bytes(bytes);
+        }
+    }
+
+    fn run_script(exits: Vec<VmExit>) -> (Option<ExitReason>, Vec<Vec<u8>>) {
+        let mut bus = MmioBus::new();
+        bus.insert(0x1000, 0x100, Arc::new(Mutex::new(Register(0))))
+            .unwrap();
+        let context = VcpuContext {
+            bus: Arc::new(bus),
+            control: Arc::new(VmControl::new().unwrap()),
+        };
+        let reads = Arc::new(Mutex::new(Vec::new()));
+        let vcpu = ScriptedVcpu {
+            exits: exits.into(),
+            completed_reads: Arc::clone(&reads),
+        };
+        run_vcpu(vcpu, &NoKick, &context);
+        let reads = reads.lock().unwrap().clone();
+        (context.control.exit_reason(), reads)
+    }
+
+    #[test]
+    fn serves_mmio_from_the_bus_until_the_guest_powers_off() {
+        let (reason, reads) = run_script(vec![
+            VmExit::MmioWrite {
+                addr: 0x1000,
+                data: MmioData::new(&0xABCDu32.to_le_bytes()),
+            },
+            VmExit::Interrupted,
+            VmExit::MmioRead {
+                addr: 0x1000,
+                len: 4,
+            },
+            // Unmapped: the guest reads zeros and keeps running.
+            VmExit::MmioRead {
+                addr: 0x9000,
+                len: 2,
+            },
+            VmExit::SystemEvent(SystemEvent::Shutdown { flags: 0 }),
+            VmExit::MmioRead {
+                addr: 0x1000,
+                len: 4,
+            },
+        ]);
+        assert_eq!(reason, Some(ExitReason::PowerOff));
+        assert_eq!(reads, [vec![0xCD, 0xAB, 0, 0], vec![0, 0]]);
+    }
+
+    #[test]
+    fn reset_and_crash_and_unknown_exits_end_the_vm() {
+        let reboot = run_script(vec![VmExit::SystemEvent(SystemEvent::Reset { flags: 0 })]);
+        assert_eq!(reboot.0, Some(ExitReason::Reboot));
+        let crash = run_script(vec![VmExit::SystemEvent(SystemEvent::Crash)]);
+        assert_eq!(crash.0, Some(ExitReason::GuestCrash));
+        let (reason, _) = run_script(vec![VmExit::InternalError]);
+        assert!(matches!(reason, Some(ExitReason::Error(text)) if text.contains("InternalError")));
+    }
+}
