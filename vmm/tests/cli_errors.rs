@@ -1,0 +1,248 @@
+//! Bad input gets one clear line on stderr and a non-zero exit, never a panic or a hang.
+//!
+//! These run the real `vmm` binary: on the build host, and inside the arm64 testbed host, where
+//! the testbed points `VMM_BIN` at the staged binary. Each case fails before any guest code
+//! runs, so the fake kernels here never execute.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn vmm_binary() -> PathBuf {
+    std::env::var_os("VMM_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_vmm")))
+}
+
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("vmm-cli-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    /// A file with a valid arm64 Image header claiming `image_size` bytes, and no code.
+    fn fake_image(&self, image_size: u64) -> PathBuf {
+        let mut bytes = vec![0u8; 4096];
+        bytes[16..24].copy_from_slice(&image_size.to_le_bytes());
+        bytes[56..60].copy_from_slice(b"ARM\x64");
+        self.file("Image", &bytes)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs vmm with `args` (and `VMM_KVM_PATH` if given) and checks the one-line failure.
+fn fails_with(args: &[&str], kvm_path: Option<&Path>, expected: &str) {
+    let mut command = Command::new(vmm_binary());
+    command.args(args);
+    if let Some(path) = kvm_path {
+        command.env("VMM_KVM_PATH", path);
+    }
+    let started = Instant::now();
+    let output = command.output().expect("run vmm");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "vmm took too long"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "vmm {args:?} succeeded");
+    assert_eq!(output.status.code(), Some(1), "vmm {args:?}: {stderr}");
+    let lines: Vec<_> = stderr
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .collect();
+    assert_eq!(lines.len(), 1, "vmm {args:?} printed {lines:?}");
+    assert!(lines[0].starts_with("vmm: "), "{}", lines[0]);
+    assert!(
+        lines[0].contains(expected),
+        "expected {expected:?} in {:?}",
+        lines[0]
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn missing_kernel() {
+    fails_with(
+        &["--kernel", "/nonexistent/Image"],
+        None,
+        "Cannot read kernel /nonexistent/Image",
+    );
+    fails_with(&[], None, "No kernel given");
+}
+
+#[test]
+fn kernel_that_is_not_an_arm64_image() {
+    let scratch = Scratch::new("not-image");
+    let text = scratch.file("notes.txt", &[b'x'; 4096]);
+    fails_with(&["--kernel", path(&text)], None, "not an arm64 Image");
+    let gz = scratch.file("Image.gz", &[0x1F, 0x8B, 8, 0, 0, 0, 0, 0]);
+    fails_with(&["--kernel", path(&gz)], None, "gzip-compressed");
+    fails_with(&["--kernel", path(&scratch.0)], None, "Cannot read kernel");
+}
+
+#[test]
+fn initramfs_that_does_not_fit() {
+    let scratch = Scratch::new("big-initrd");
+    let kernel = scratch.fake_image(8 << 20);
+    let initrd = scratch.file("initrd.cpio", &vec![0u8; 60 << 20]);
+    fails_with(
+        &[
+            "--kernel",
+            path(&kernel),
+            "--initramfs",
+            path(&initrd),
+            "--memory",
+            "64",
+        ],
+        None,
+        "Guest memory of 64 MiB cannot hold the boot images",
+    );
+    let missing = scratch.0.join("missing.cpio");
+    fails_with(
+        &["--kernel", path(&kernel), "--initramfs", path(&missing)],
+        None,
+        "Cannot read initramfs",
+    );
+}
+
+#[test]
+fn memory_too_small_for_kernel_and_device_tree() {
+    let scratch = Scratch::new("small-mem");
+    let kernel = scratch.fake_image(30 << 20);
+    fails_with(
+        &["--kernel", path(&kernel), "--memory", "32"],
+        None,
+        "Guest memory of 32 MiB cannot hold the boot images",
+    );
+    fails_with(
+        &["--kernel", path(&kernel), "--memory", "4"],
+        None,
+        "Invalid memory size 4 MiB",
+    );
+    fails_with(
+        &["--kernel", path(&kernel), "--memory", "63"],
+        None,
+        "Invalid memory size 63 MiB",
+    );
+}
+
+#[test]
+fn vcpu_counts_outside_what_the_vgic_allows() {
+    let scratch = Scratch::new("cpus");
+    let kernel = scratch.fake_image(8 << 20);
+    fails_with(
+        &["--kernel", path(&kernel), "--cpus", "0"],
+        None,
+        "Invalid vCPU count 0",
+    );
+    fails_with(
+        &["--kernel", path(&kernel), "--cpus", "124"],
+        None,
+        "must be 1 to 123",
+    );
+}
+
+#[test]
+fn command_line_too_long() {
+    let scratch = Scratch::new("cmdline");
+    let kernel = scratch.fake_image(8 << 20);
+    let long = "x".repeat(3000);
+    fails_with(
+        &["--kernel", path(&kernel), "--cmdline", &long],
+        None,
+        "Kernel command line is 3000 bytes; the limit is 2047",
+    );
+}
+
+#[test]
+fn no_kvm_device() {
+    let scratch = Scratch::new("no-kvm");
+    let kernel = scratch.fake_image(8 << 20);
+    fails_with(
+        &["--kernel", path(&kernel)],
+        Some(Path::new("/nonexistent/kvm")),
+        "/nonexistent/kvm does not exist: this host has no KVM",
+    );
+}
+
+#[test]
+fn a_device_that_is_not_kvm() {
+    let scratch = Scratch::new("not-kvm");
+    let kernel = scratch.fake_image(8 << 20);
+    fails_with(
+        &["--kernel", path(&kernel)],
+        Some(Path::new("/dev/null")),
+        "/dev/null is not a KVM device",
+    );
+}
+
+/// On an x86-64 (or any non-arm64) host, KVM exists but cannot run arm64 guests.
+#[cfg(not(target_arch = "aarch64"))]
+#[test]
+fn kvm_without_arm64_support() {
+    let scratch = Scratch::new("x86-kvm");
+    let kernel = scratch.fake_image(8 << 20);
+    let expected = if Path::new("/dev/kvm").exists() {
+        "this VMM needs an arm64 (aarch64) host"
+    } else {
+        "/dev/kvm does not exist"
+    };
+    fails_with(&["--kernel", path(&kernel)], None, expected);
+}
+
+#[test]
+fn bad_config_files() {
+    let scratch = Scratch::new("config");
+    let kernel = scratch.fake_image(8 << 20);
+    let broken = scratch.file("broken.json", b"{\"kernel\": ");
+    fails_with(&["--config", path(&broken)], None, "Invalid config file");
+    let unknown = scratch.file(
+        "unknown.json",
+        format!("{{\"kernel\": \"{}\", \"vcpus\": 2}}", path(&kernel)).as_bytes(),
+    );
+    fails_with(&["--config", path(&unknown)], None, "unknown field `vcpus`");
+    let zero = scratch.file(
+        "zero.json",
+        format!("{{\"kernel\": \"{}\", \"cpus\": 0}}", path(&kernel)).as_bytes(),
+    );
+    fails_with(&["--config", path(&zero)], None, "Invalid vCPU count 0");
+    // A flag overrides the file.
+    fails_with(
+        &["--config", path(&zero), "--cpus", "200"],
+        None,
+        "Invalid vCPU count 200",
+    );
+    fails_with(
+        &["--config", "/nonexistent.json"],
+        None,
+        "Cannot read config file",
+    );
+}
+
+#[test]
+fn malformed_flags_are_usage_errors() {
+    let output = Command::new(vmm_binary())
+        .args(["--cpus", "many"])
+        .output()
+        .expect("run vmm");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("invalid value 'many'"));
+}
