@@ -212,7 +212,7 @@ mod tests {
     #[test]
     fn memory_too_small_for_the_images_is_an_error() {
         let scratch = Scratch::new("small");
-        let mut config = VmConfig::new(scratch.file("Image", &image(60 << 20)));
+        let mut config = VmConfig::new(scratch.file("Image", &image(61 << 20)));
         config.memory_mib = 64;
         assert!(
             error(&config).starts_with("Guest memory of 64 MiB cannot hold the boot images"),
