@@ -14,6 +14,8 @@ pub enum ExitReason {
     Reboot,
     /// The VMM received SIGTERM or SIGINT.
     Signal(i32),
+    /// The host stopped the VM through its handle.
+    Shutdown,
     /// The guest reported a crash.
     GuestCrash,
     /// A vCPU failed in a way the VMM cannot recover from.
@@ -24,7 +26,7 @@ impl ExitReason {
     /// The process exit status for this reason.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::PowerOff | Self::Reboot | Self::Signal(_) => 0,
+            Self::PowerOff | Self::Reboot | Self::Signal(_) | Self::Shutdown => 0,
             Self::GuestCrash | Self::Error(_) => 1,
         }
     }

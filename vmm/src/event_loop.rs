@@ -207,17 +207,23 @@ pub struct EventLoop {
 }
 
 impl EventLoop {
-    /// A loop that ends when `control` records an exit; `signals` is the signal eventfd.
-    pub fn new(control: Arc<VmControl>, signals: &'static EventFd) -> Result<Self, EventLoopError> {
+    /// A loop that ends when `control` records an exit; `signals` is the signal eventfd, when
+    /// this VM owns the process's SIGTERM and SIGINT.
+    pub fn new(
+        control: Arc<VmControl>,
+        signals: Option<&'static EventFd>,
+    ) -> Result<Self, EventLoopError> {
         let mut manager: EventManager<Box<dyn MutEventSubscriber>> =
             EventManager::new().map_err(EventLoopError::EventManager)?;
         manager.add_subscriber(Box::new(ExitWatcher {
             control: Arc::clone(&control),
         }));
-        manager.add_subscriber(Box::new(SignalWatcher {
-            event: signals,
-            control: Arc::clone(&control),
-        }));
+        if let Some(event) = signals {
+            manager.add_subscriber(Box::new(SignalWatcher {
+                event,
+                control: Arc::clone(&control),
+            }));
+        }
         Ok(Self { manager, control })
     }
 

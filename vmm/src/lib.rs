@@ -6,6 +6,7 @@
 
 pub mod boot_images;
 pub mod config;
+pub mod console;
 pub mod control;
 #[cfg(target_arch = "aarch64")]
 mod event_loop;
@@ -18,11 +19,13 @@ mod signals;
 #[cfg(target_arch = "aarch64")]
 mod terminal;
 pub mod vcpu;
+pub mod vm;
 
 use std::path::PathBuf;
 
 pub use boot_images::{BootImageError, BootImages};
 pub use config::{ConfigError, VmConfig};
+pub use console::Console;
 pub use control::{ControlError, ExitReason};
 #[cfg(target_arch = "aarch64")]
 pub use event_loop::EventLoopError;
@@ -31,6 +34,7 @@ pub use hypervisor::HypervisorError;
 pub use machine::MachineError;
 #[cfg(target_arch = "aarch64")]
 pub use signals::SignalError;
+pub use vm::{HandleError, Vm, VmHandle};
 
 /// Environment variable naming the KVM device, `/dev/kvm` when unset. Tests use it to check
 /// the errors for a missing device or a file that is not KVM.
@@ -66,6 +70,9 @@ pub enum VmmError {
     /// The terminal could not be switched to raw mode.
     #[error("Cannot put the terminal in raw mode")]
     Terminal(#[source] std::io::Error),
+    /// The VMM thread could not be started.
+    #[error("Cannot start the VMM thread")]
+    VmmThread(#[source] std::io::Error),
     /// A vCPU thread could not be started.
     #[error("Cannot start the thread of vCPU {index}")]
     VcpuThread {
@@ -84,22 +91,32 @@ pub fn kvm_path() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(hypervisor::DEFAULT_KVM_PATH))
 }
 
-/// Runs the VM `config` describes until it powers off, and reboots it in-process when the
-/// guest resets (unless `no_reboot`). Everything is checked before KVM is touched.
-pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
-    config.validate()?;
-    drop(BootImages::open(config)?);
-    let kvm_path = kvm_path();
-    hypervisor::check_kvm_device(&kvm_path)?;
+/// Runs the VM `config` describes on this process's terminal until it powers off, rebooting
+/// it in-process when the guest resets (unless `no_reboot`). Everything is checked before KVM
+/// is touched. SIGTERM and SIGINT stop it cleanly.
+pub fn run(config: &VmConfig) -> Result<ExitReason, std::sync::Arc<VmmError>> {
+    Vm::new(config.clone())?.start()?.wait()
+}
+
+/// Runs one VM on the calling thread.
+pub(crate) fn run_with(
+    config: &VmConfig,
+    kvm_path: &std::path::Path,
+    console: &Console,
+    shared: &vm::HandleShared,
+) -> Result<ExitReason, VmmError> {
     #[cfg(target_arch = "aarch64")]
     {
-        runner::run(config, &kvm_path)
+        runner::run(config, kvm_path, console, shared)
     }
     #[cfg(not(target_arch = "aarch64"))]
     {
-        Err(HypervisorError::WrongArchitecture {
-            arch: std::env::consts::ARCH,
-        }
-        .into())
+        let _ = (config, console, shared);
+        Err(hypervisor::check_kvm_device(kvm_path)
+            .err()
+            .unwrap_or(HypervisorError::WrongArchitecture {
+                arch: std::env::consts::ARCH,
+            })
+            .into())
     }
 }

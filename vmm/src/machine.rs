@@ -26,11 +26,7 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use crate::boot_images::BootImages;
 use crate::config::VmConfig;
 use crate::event_loop::Rtc;
-
-/// GPIO pin of the wake button.
-pub const WAKE_BUTTON_PIN: u32 = 0;
-/// GPIO pin of the power button.
-pub const POWER_BUTTON_PIN: u32 = 1;
+use crate::vm::{POWER_BUTTON_PIN, WAKE_BUTTON_PIN};
 
 /// Failures building the machine.
 #[derive(Debug, thiserror::Error)]
@@ -138,22 +134,6 @@ impl IrqLine for KvmIrqLine {
     }
 }
 
-/// Writes guest console output straight through, so prompts without a newline show up.
-struct ConsoleOutput;
-
-impl std::io::Write for ConsoleOutput {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let mut out = std::io::stdout().lock();
-        let written = out.write(buf)?;
-        out.flush()?;
-        Ok(written)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        std::io::stdout().flush()
-    }
-}
-
 fn device_error(what: &'static str) -> impl FnOnce(devices::bus::BusError) -> MachineError {
     move |err| MachineError::Device {
         what,
@@ -166,6 +146,7 @@ pub fn build(
     hypervisor: &Hypervisor,
     config: &VmConfig,
     images: BootImages,
+    console_output: devices::SerialOutput,
 ) -> Result<Machine, MachineError> {
     let max = hypervisor.max_vcpus();
     if config.cpus as usize > max {
@@ -273,7 +254,7 @@ pub fn build(
         })?;
     let serial = Arc::new(Mutex::new(Serial16550::with_rx_space_event(
         irq(UART_SPI),
-        Box::new(ConsoleOutput),
+        console_output,
         rx_space_for_serial,
     )));
     let alarm = TimerFdAlarm::new().map_err(|err| MachineError::Device {

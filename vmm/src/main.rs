@@ -75,7 +75,11 @@ fn main() -> ExitCode {
         .format_target(false)
         .init();
 
-    match cli.into_config().and_then(|config| vmm::run(&config)) {
+    let result = cli
+        .into_config()
+        .map_err(std::sync::Arc::new)
+        .and_then(|config| vmm::run(&config));
+    match result {
         Ok(ExitReason::Error(message)) => {
             eprintln!("vmm: {message}");
             ExitCode::FAILURE
@@ -89,7 +93,7 @@ fn main() -> ExitCode {
             ExitCode::from(reason.exit_code())
         }
         Err(err) => {
-            eprintln!("vmm: {}", error_chain(&err));
+            eprintln!("vmm: {}", error_chain(err.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -1,5 +1,5 @@
-//! Runs a built machine: one thread per vCPU and the event loop on the calling thread, until
-//! the VM exits; then stops and joins every vCPU thread.
+//! Runs the VM on the calling thread: one thread per vCPU and the event loop here, until the
+//! VM exits; then stops and joins every vCPU thread. Guest resets reboot in-process.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,27 +8,41 @@ use std::time::Duration;
 
 use hypervisor::kvm::{Hypervisor, VcpuKicker};
 use hypervisor::{Vcpu, VcpuKick};
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot_images::BootImages;
 use crate::config::VmConfig;
+use crate::console::Console;
 use crate::control::{ExitReason, VmControl};
 use crate::event_loop::{ConsoleInput, EventLoop, RtcAlarm};
 use crate::machine::{self, Machine};
 use crate::terminal::RawTerminal;
 use crate::vcpu::{VcpuContext, run_vcpu};
+use crate::vm::{BootControls, HandleShared};
 use crate::{VmmError, signals};
 
-/// Boots `config` on the KVM device at `kvm_path`, rebooting in-process on guest reset unless
-/// `no_reboot` is set, and returns why the VM finally stopped.
-pub fn run(config: &VmConfig, kvm_path: &Path) -> Result<ExitReason, VmmError> {
-    let signals = signals::install().map_err(VmmError::Signals)?;
+/// Boots `config` on the KVM device at `kvm_path` until it stops for good.
+pub(crate) fn run(
+    config: &VmConfig,
+    kvm_path: &Path,
+    console: &Console,
+    shared: &HandleShared,
+) -> Result<ExitReason, VmmError> {
+    // Only the terminal console owns the process: an embedder keeps its own signals.
+    let signals = match console {
+        Console::Terminal => Some(signals::install().map_err(VmmError::Signals)?),
+        _ => None,
+    };
     let mut terminal = None;
     let mut boots = 0u32;
     loop {
+        if shared.shutdown_requested() {
+            return Ok(ExitReason::Shutdown);
+        }
         let images = BootImages::open(config)?;
         let hypervisor = Hypervisor::open(kvm_path)?;
-        let machine = machine::build(&hypervisor, config, images)?;
-        if terminal.is_none() {
+        let machine = machine::build(&hypervisor, config, images, console.output())?;
+        if console.reads_stdin() && terminal.is_none() {
             // Only now: a VM that fails to build leaves the terminal untouched.
             terminal = Some(RawTerminal::enter().map_err(VmmError::Terminal)?);
         }
@@ -38,7 +52,7 @@ pub fn run(config: &VmConfig, kvm_path: &Path) -> Result<ExitReason, VmmError> {
             config.cpus,
             config.memory_mib
         );
-        let reason = run_machine(machine, signals)?;
+        let reason = run_machine(machine, signals, console, shared)?;
         match reason {
             ExitReason::Reboot if !config.no_reboot => log::info!("Guest reset: rebooting"),
             other => return Ok(other),
@@ -48,7 +62,9 @@ pub fn run(config: &VmConfig, kvm_path: &Path) -> Result<ExitReason, VmmError> {
 
 fn run_machine(
     machine: Machine,
-    signals: &'static vmm_sys_util::eventfd::EventFd,
+    signals: Option<&'static EventFd>,
+    console: &Console,
+    shared: &HandleShared,
 ) -> Result<ExitReason, VmmError> {
     let Machine {
         vm: _vm,
@@ -58,17 +74,19 @@ fn run_machine(
         serial,
         serial_rx_space,
         rtc,
-        gpio: _gpio,
+        gpio,
         layout,
     } = machine;
     log::debug!("Boot layout: {layout:x?}");
     let control = Arc::new(VmControl::new()?);
     let mut event_loop = EventLoop::new(Arc::clone(&control), signals)?;
-    event_loop.add(Box::new(ConsoleInput::new(
-        libc::STDIN_FILENO,
-        serial,
-        serial_rx_space,
-    )));
+    if console.reads_stdin() {
+        event_loop.add(Box::new(ConsoleInput::new(
+            libc::STDIN_FILENO,
+            Arc::clone(&serial),
+            serial_rx_space,
+        )));
+    }
     event_loop.add(Box::new(RtcAlarm::new(rtc)));
 
     let context = Arc::new(VcpuContext {
@@ -94,7 +112,16 @@ fn run_machine(
         }
     }
 
+    shared.set_boot(Some(BootControls {
+        control: Arc::clone(&control),
+        gpio,
+        serial,
+    }));
+    if shared.shutdown_requested() {
+        control.request_exit(ExitReason::Shutdown);
+    }
     let result = event_loop.run();
+    shared.set_boot(None);
     if let Err(err) = &result {
         control.request_exit(ExitReason::Error(err.to_string()));
     }

@@ -5,6 +5,8 @@ GUEST_CMDLINE="console=ttyS0 quiet panic=-1"
 # show FILE: the guest console, marked as such in the testbed log.
 show() {
     sed 's/^/[guest] /' "$1"
+    # A console cut off mid-line must not swallow the next result line.
+    [ -z "$(tail -c 1 "$1")" ] || echo
 }
 
 # run_vmm LIMIT OUT ARGS...: runs vmm on the testbed guest under a time limit, output to OUT.

@@ -113,13 +113,21 @@ fn test_executables(messages: &Path) -> Result<Vec<TestExecutable>, ArtefactErro
             continue;
         };
         let package = message["target"]["name"].as_str().unwrap_or_default();
+        // A package's lib and bin targets share a name; tell their test executables apart.
+        let is_bin = message["target"]["kind"]
+            .as_array()
+            .is_some_and(|kinds| kinds.iter().any(|kind| kind == "bin"));
         let crate_name = message["package_id"]
             .as_str()
             .and_then(package_name)
             .unwrap_or(package);
         tests.push(TestExecutable {
             package: crate_name.to_owned(),
-            target: package.replace('-', "_"),
+            target: if is_bin {
+                format!("{}_bin", package.replace('-', "_"))
+            } else {
+                package.replace('-', "_")
+            },
             path: PathBuf::from(path),
         });
     }

@@ -103,7 +103,9 @@ impl Outcome {
             return self.marker(rest, now);
         }
         let current = self.current?;
-        let case = if let Some(rest) = line.strip_prefix("@@result ") {
+        // A result line may follow console output that lacked a final newline.
+        let result = line.find("@@result ").map(|at| &line[at + "@@result ".len()..]);
+        let case = if let Some(rest) = result {
             let mut words = rest.split_whitespace();
             let name = words.next()?.to_owned();
             let passed = match words.next()? {
@@ -278,7 +280,7 @@ mod tests {
         );
         out.feed("test outside_any_scenario ... ok", t(9));
         out.feed("@@testbed begin linux limit=90", t(10));
-        out.feed("@@result linux-boot pass uptime=7.2", t(20));
+        out.feed("[guest] cut off@@result linux-boot pass uptime=7.2", t(20));
         out.feed("@@testbed end linux rc=0", t(21));
         assert_eq!(out.feed("@@testbed done", t(22)), Some(Marker::Done));
 
