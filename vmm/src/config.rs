@@ -73,6 +73,14 @@ pub struct VmConfig {
     /// Exit when the guest reboots instead of booting it again.
     #[serde(default)]
     pub no_reboot: bool,
+    /// Offer PSCI SYSTEM_SUSPEND (suspend-to-RAM, "deep") to the guest when the host's KVM
+    /// has `KVM_CAP_ARM_SYSTEM_SUSPEND`. Without it the guest only has s2idle.
+    #[serde(default = "default_suspend")]
+    pub suspend: bool,
+}
+
+fn default_suspend() -> bool {
+    true
 }
 
 fn default_cmdline() -> String {
@@ -97,6 +105,7 @@ impl VmConfig {
             cpus: default_cpus(),
             memory_mib: default_memory_mib(),
             no_reboot: false,
+            suspend: default_suspend(),
         }
     }
 
@@ -149,7 +158,7 @@ mod tests {
         let config: VmConfig = serde_json::from_str(r#"{"kernel": "/k"}"#).unwrap();
         assert_eq!(config, VmConfig::new("/k"));
         let config: VmConfig = serde_json::from_str(
-            r#"{"kernel": "/k", "cpus": 4, "memory": 256, "no_reboot": true}"#,
+            r#"{"kernel": "/k", "cpus": 4, "memory": 256, "no_reboot": true, "suspend": false}"#,
         )
         .unwrap();
         assert_eq!(

@@ -10,12 +10,14 @@ pub mod console;
 pub mod control;
 #[cfg(target_arch = "aarch64")]
 mod event_loop;
+pub mod events;
 #[cfg(target_arch = "aarch64")]
 mod machine;
 #[cfg(target_arch = "aarch64")]
 mod runner;
 #[cfg(target_arch = "aarch64")]
 mod signals;
+pub mod suspend;
 #[cfg(target_arch = "aarch64")]
 mod terminal;
 pub mod vcpu;
@@ -34,7 +36,7 @@ pub use hypervisor::HypervisorError;
 pub use machine::MachineError;
 #[cfg(target_arch = "aarch64")]
 pub use signals::SignalError;
-pub use vm::{HandleError, Vm, VmHandle};
+pub use vm::{HandleError, Vm, VmHandle, VmState};
 
 /// Environment variable naming the KVM device, `/dev/kvm` when unset. Tests use it to check
 /// the errors for a missing device or a file that is not KVM.

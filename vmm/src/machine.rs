@@ -26,6 +26,7 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use crate::boot_images::BootImages;
 use crate::config::VmConfig;
 use crate::event_loop::Rtc;
+use crate::events::{WakeSource, WakeSourceIrqLine, WakeSourceTracker};
 use crate::vm::{POWER_BUTTON_PIN, WAKE_BUTTON_PIN};
 
 /// Failures building the machine.
@@ -147,6 +148,7 @@ pub fn build(
     config: &VmConfig,
     images: BootImages,
     console_output: devices::SerialOutput,
+    wake: Arc<WakeSourceTracker>,
 ) -> Result<Machine, MachineError> {
     let max = hypervisor.max_vcpus();
     if config.cpus as usize > max {
@@ -194,9 +196,12 @@ pub fn build(
         hypervisor,
         memory,
         VmOptions {
-            system_suspend: false,
+            system_suspend: config.suspend,
         },
     )?);
+    if config.suspend && !vm.system_suspend_enabled() {
+        log::warn!("KVM on this host lacks KVM_CAP_ARM_SYSTEM_SUSPEND: the guest gets s2idle only");
+    }
     let mut vcpus = Vec::with_capacity(config.cpus as usize);
     let mut mpidrs = Vec::with_capacity(config.cpus as usize);
     for index in 0..config.cpus {
@@ -236,11 +241,13 @@ pub fn build(
         vcpus[0].set_reg(id, value)?;
     }
 
-    let irq = |spi: layout::Spi| -> Arc<dyn IrqLine> {
-        Arc::new(KvmIrqLine {
+    // Every device line notes its source, so a wakeup can say what woke the guest.
+    let irq = |spi: layout::Spi, source: WakeSource| -> Arc<dyn IrqLine> {
+        let line = Arc::new(KvmIrqLine {
             vm: Arc::clone(&vm),
             spi: spi.gsi,
-        })
+        });
+        WakeSourceIrqLine::wrap(line, Arc::clone(&wake), source)
     };
     let serial_rx_space = EventFd::new(EFD_NONBLOCK).map_err(|err| MachineError::Device {
         what: "serial",
@@ -253,7 +260,7 @@ pub fn build(
             source: Box::new(err),
         })?;
     let serial = Arc::new(Mutex::new(Serial16550::with_rx_space_event(
-        irq(UART_SPI),
+        irq(UART_SPI, WakeSource::Serial),
         console_output,
         rx_space_for_serial,
     )));
@@ -261,8 +268,12 @@ pub fn build(
         what: "rtc",
         source: Box::new(err),
     })?;
-    let rtc = Arc::new(Mutex::new(Rtc::new(irq(RTC_SPI), SystemClock, alarm)));
-    let gpio = Arc::new(Mutex::new(Pl061Gpio::new(irq(GPIO_SPI))));
+    let rtc = Arc::new(Mutex::new(Rtc::new(
+        irq(RTC_SPI, WakeSource::Rtc),
+        SystemClock,
+        alarm,
+    )));
+    let gpio = Arc::new(Mutex::new(Pl061Gpio::new(irq(GPIO_SPI, WakeSource::Gpio))));
 
     let mut bus = MmioBus::new();
     bus.insert(UART_BASE, MMIO_SLOT_SIZE, serial.clone())

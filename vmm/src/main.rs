@@ -28,6 +28,9 @@ struct Cli {
     /// Exit when the guest reboots instead of booting it again.
     #[arg(long)]
     no_reboot: bool,
+    /// Do not offer suspend-to-RAM (PSCI SYSTEM_SUSPEND) to the guest; it keeps s2idle.
+    #[arg(long)]
+    no_suspend: bool,
     /// JSON file with the same settings; flags given here override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -58,6 +61,9 @@ impl Cli {
             config.memory_mib = memory;
         }
         config.no_reboot |= self.no_reboot;
+        if self.no_suspend {
+            config.suspend = false;
+        }
         Ok(config)
     }
 }

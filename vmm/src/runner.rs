@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use arch_aarch64::psci::RamRange;
 use hypervisor::kvm::{Hypervisor, VcpuKicker};
 use hypervisor::{Vcpu, VcpuKick};
 use vmm_sys_util::eventfd::EventFd;
@@ -15,7 +16,9 @@ use crate::config::VmConfig;
 use crate::console::Console;
 use crate::control::{ExitReason, VmControl};
 use crate::event_loop::{ConsoleInput, EventLoop, RtcAlarm};
+use crate::events::WakeSourceTracker;
 use crate::machine::{self, Machine};
+use crate::suspend::SuspendCoordinator;
 use crate::terminal::RawTerminal;
 use crate::vcpu::{VcpuContext, run_vcpu};
 use crate::vm::{BootControls, HandleShared};
@@ -41,7 +44,14 @@ pub(crate) fn run(
         }
         let images = BootImages::open(config)?;
         let hypervisor = Hypervisor::open(kvm_path)?;
-        let machine = machine::build(&hypervisor, config, images, console.output())?;
+        let wake = Arc::new(WakeSourceTracker::new());
+        let machine = machine::build(
+            &hypervisor,
+            config,
+            images,
+            console.output(),
+            Arc::clone(&wake),
+        )?;
         if console.reads_stdin() && terminal.is_none() {
             // Only now: a VM that fails to build leaves the terminal untouched.
             terminal = Some(RawTerminal::enter().map_err(VmmError::Terminal)?);
@@ -52,7 +62,7 @@ pub(crate) fn run(
             config.cpus,
             config.memory_mib
         );
-        let reason = run_machine(machine, signals, console, shared)?;
+        let reason = run_machine(machine, wake, signals, console, shared)?;
         match reason {
             ExitReason::Reboot if !config.no_reboot => log::info!("Guest reset: rebooting"),
             other => return Ok(other),
@@ -62,6 +72,7 @@ pub(crate) fn run(
 
 fn run_machine(
     machine: Machine,
+    wake: Arc<WakeSourceTracker>,
     signals: Option<&'static EventFd>,
     console: &Console,
     shared: &HandleShared,
@@ -89,9 +100,25 @@ fn run_machine(
     }
     event_loop.add(Box::new(RtcAlarm::new(rtc)));
 
+    let kickers: Vec<Arc<dyn VcpuKick>> = vcpus
+        .iter()
+        .map(|vcpu| vcpu.kicker() as Arc<dyn VcpuKick>)
+        .collect();
+    let suspend = Arc::new(SuspendCoordinator::new(
+        vcpus.len(),
+        vec![RamRange {
+            start: layout.ram.start,
+            size: layout.ram.size,
+        }],
+        kickers,
+        shared.events(),
+        wake,
+        Arc::clone(&control),
+    ));
     let context = Arc::new(VcpuContext {
         bus,
         control: Arc::clone(&control),
+        suspend: Arc::clone(&suspend),
     });
     let mut threads: Vec<(Arc<VcpuKicker>, JoinHandle<()>)> = Vec::new();
     for vcpu in vcpus {
@@ -116,6 +143,7 @@ fn run_machine(
         control: Arc::clone(&control),
         gpio,
         serial,
+        suspend,
     }));
     if shared.shutdown_requested() {
         control.request_exit(ExitReason::Shutdown);

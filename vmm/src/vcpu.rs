@@ -7,6 +7,7 @@ use devices::bus::MmioBus;
 use hypervisor::{SystemEvent, Vcpu, VcpuKick, VmExit};
 
 use crate::control::{ExitReason, VmControl};
+use crate::suspend::SuspendCoordinator;
 
 /// What a vCPU thread shares with the rest of the VM.
 pub struct VcpuContext {
@@ -14,12 +15,21 @@ pub struct VcpuContext {
     pub bus: Arc<MmioBus>,
     /// The VM's exit control.
     pub control: Arc<VmControl>,
+    /// The VM-wide suspend state machine.
+    pub suspend: Arc<SuspendCoordinator>,
 }
 
 /// Runs `vcpu` until the VM stops.
 pub fn run_vcpu<V: Vcpu>(mut vcpu: V, kick: &dyn VcpuKick, context: &VcpuContext) {
     kick.bind_current_thread();
     while !context.control.stopping() {
+        // Another vCPU may be checking power states for SYSTEM_SUSPEND: stay out of KVM_RUN.
+        if let Err(err) = context.suspend.park_if_requested(&vcpu) {
+            context
+                .control
+                .request_exit(ExitReason::Error(error_chain(&err)));
+            continue;
+        }
         if let Some(reason) = step(&mut vcpu, context) {
             context.control.request_exit(reason);
         }
@@ -54,6 +64,16 @@ fn step<V: Vcpu>(vcpu: &mut V, context: &VcpuContext) -> Option<ExitReason> {
         VmExit::SystemEvent(SystemEvent::Shutdown { .. }) => return Some(ExitReason::PowerOff),
         VmExit::SystemEvent(SystemEvent::Reset { .. }) => return Some(ExitReason::Reboot),
         VmExit::SystemEvent(SystemEvent::Crash) => return Some(ExitReason::GuestCrash),
+        VmExit::SystemEvent(SystemEvent::Suspend) => {
+            if let Err(err) = context.suspend.on_suspend_exit(vcpu) {
+                return Some(ExitReason::Error(error_chain(&err)));
+            }
+        }
+        VmExit::SystemEvent(SystemEvent::Wakeup) => {
+            if let Err(err) = context.suspend.on_wakeup_exit(vcpu) {
+                return Some(ExitReason::Error(error_chain(&err)));
+            }
+        }
         VmExit::Interrupted => {}
         other => {
             return Some(ExitReason::Error(format!(
@@ -64,12 +84,27 @@ fn step<V: Vcpu>(vcpu: &mut V, context: &VcpuContext) -> Option<ExitReason> {
     None
 }
 
+/// An error and its causes on one line.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
     use std::sync::Mutex;
 
+    use arch_aarch64::psci::RamRange;
     use devices::bus::MmioDevice;
+
+    use crate::events::{EventBus, WakeSourceTracker};
     use hypervisor::{MmioData, MpState, VcpuError};
 
     use super::*;
@@ -136,9 +171,22 @@ mod tests {
         let mut bus = MmioBus::new();
         bus.insert(0x1000, 0x100, Arc::new(Mutex::new(Register(0))))
             .unwrap();
+        let control = Arc::new(VmControl::new().unwrap());
+        let suspend = Arc::new(SuspendCoordinator::new(
+            1,
+            vec![RamRange {
+                start: 0x4000_0000,
+                size: 1 << 20,
+            }],
+            vec![Arc::new(NoKick)],
+            Arc::new(EventBus::new()),
+            Arc::new(WakeSourceTracker::new()),
+            Arc::clone(&control),
+        ));
         let context = VcpuContext {
             bus: Arc::new(bus),
-            control: Arc::new(VmControl::new().unwrap()),
+            control,
+            suspend,
         };
         let reads = Arc::new(Mutex::new(Vec::new()));
         let vcpu = ScriptedVcpu {

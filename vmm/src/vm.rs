@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,8 @@ use devices::{Pl061Gpio, Serial16550};
 use crate::boot_images::BootImages;
 use crate::console::Console;
 use crate::control::{ExitReason, VmControl};
+use crate::events::{EventBus, VmEvent};
+use crate::suspend::{SuspendCoordinator, SuspendState, SuspendStats};
 use crate::{VmConfig, VmmError};
 
 /// How long a button stays pressed: long enough for gpio-keys' debounce (5 ms by default) to
@@ -39,6 +42,7 @@ pub struct Vm {
     config: VmConfig,
     console: Console,
     kvm_path: PathBuf,
+    shared: Arc<HandleShared>,
 }
 
 impl Vm {
@@ -52,7 +56,13 @@ impl Vm {
             config,
             console: Console::Terminal,
             kvm_path,
+            shared: Arc::new(HandleShared::default()),
         })
+    }
+
+    /// Subscribes to the VM's events before it starts, so that none is missed.
+    pub fn subscribe(&self) -> Receiver<VmEvent> {
+        self.shared.events.subscribe()
     }
 
     /// Sets where the guest console goes; the default is this process's terminal.
@@ -63,7 +73,7 @@ impl Vm {
 
     /// Starts the VM on a new thread and returns its handle.
     pub fn start(self) -> Result<VmHandle, VmmError> {
-        let shared = Arc::new(HandleShared::default());
+        let shared = Arc::clone(&self.shared);
         let thread_shared = Arc::clone(&shared);
         let spawned = std::thread::Builder::new()
             .name("vmm".to_owned())
@@ -84,11 +94,33 @@ pub(crate) struct BootControls {
     pub control: Arc<VmControl>,
     pub gpio: Arc<Mutex<Pl061Gpio>>,
     pub serial: Arc<Mutex<Serial16550>>,
+    pub suspend: Arc<SuspendCoordinator>,
+}
+
+/// The VM's state as the host sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VmState {
+    /// Building or rebooting: no guest code runs yet.
+    Booting,
+    /// The guest runs.
+    Running,
+    /// A vCPU called SYSTEM_SUSPEND and the VM is deciding.
+    Suspending,
+    /// The guest sleeps until a wakeup interrupt.
+    Suspended,
+    /// A wakeup arrived and the vCPU is being reset to the guest's entry point.
+    Resuming,
+    /// The VM is stopping.
+    ShuttingDown,
+    /// The VM has stopped.
+    Stopped,
 }
 
 /// State shared between the handle and the VMM thread.
 #[derive(Default)]
 pub(crate) struct HandleShared {
+    events: Arc<EventBus>,
     boot: Mutex<Option<BootControls>>,
     shutdown: AtomicBool,
     exit: Mutex<Option<Result<ExitReason, Arc<VmmError>>>>,
@@ -99,6 +131,12 @@ impl HandleShared {
     /// Publishes the controls of a boot that starts, or clears them when it ends.
     pub(crate) fn set_boot(&self, boot: Option<BootControls>) {
         *self.boot.lock().unwrap_or_else(|e| e.into_inner()) = boot;
+    }
+
+    /// The VM's event hub, shared by every boot.
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    pub(crate) fn events(&self) -> Arc<EventBus> {
+        Arc::clone(&self.events)
     }
 
     /// Whether the host asked the VM to stop.
@@ -116,6 +154,14 @@ impl HandleShared {
     fn with_boot<T>(&self, act: impl FnOnce(&BootControls) -> T) -> Result<T, HandleError> {
         let boot = self.boot.lock().unwrap_or_else(|e| e.into_inner());
         boot.as_ref().map(act).ok_or(HandleError::NotRunning)
+    }
+}
+
+impl std::fmt::Debug for HandleShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandleShared")
+            .field("shutdown", &self.shutdown.load(Ordering::SeqCst))
+            .finish_non_exhaustive()
     }
 }
 
@@ -158,6 +204,40 @@ impl VmHandle {
                 .unwrap_or_else(|e| e.into_inner())
                 .enqueue_input(bytes)
         })
+    }
+
+    /// Subscribes to the VM's events (suspend requested, denied, suspended, woken, resumed).
+    pub fn subscribe(&self) -> Receiver<VmEvent> {
+        self.shared.events.subscribe()
+    }
+
+    /// The VM's state now.
+    pub fn state(&self) -> VmState {
+        if self.has_exited() {
+            return VmState::Stopped;
+        }
+        self.shared
+            .with_boot(|boot| {
+                if boot.control.stopping() {
+                    return VmState::ShuttingDown;
+                }
+                match boot.suspend.state() {
+                    SuspendState::Running => VmState::Running,
+                    SuspendState::Suspending => VmState::Suspending,
+                    SuspendState::Suspended => VmState::Suspended,
+                    SuspendState::Resuming => VmState::Resuming,
+                }
+            })
+            .unwrap_or(if self.shared.shutdown_requested() {
+                VmState::ShuttingDown
+            } else {
+                VmState::Booting
+            })
+    }
+
+    /// Suspend counters of the current boot, if one runs.
+    pub fn suspend_stats(&self) -> Option<SuspendStats> {
+        self.shared.with_boot(|boot| boot.suspend.stats()).ok()
     }
 
     /// Stops the VM now, as SIGTERM does. Returns at once; use [`VmHandle::wait`].

@@ -101,6 +101,24 @@ impl Assembler {
         self.word(0xB900_0000 | ((offset / 4) << 10) | (rn << 5) | rt)
     }
 
+    /// `strb wt, [xn, #offset]`, `offset` below 4 KiB.
+    pub fn strb(&mut self, rt: Reg, rn: Reg, offset: u32) -> &mut Self {
+        assert!(offset < 4096, "strb offset out of range");
+        self.word(0x3900_0000 | (offset << 10) | (rn << 5) | rt)
+    }
+
+    /// `ldr wt, [xn, #offset]`, `offset` a multiple of 4 below 16 KiB.
+    pub fn ldr_w(&mut self, rt: Reg, rn: Reg, offset: u32) -> &mut Self {
+        assert!(offset % 4 == 0 && offset / 4 < 4096, "ldr offset out of range");
+        self.word(0xB940_0000 | ((offset / 4) << 10) | (rn << 5) | rt)
+    }
+
+    /// `lsr xd, xn, #shift` (an alias of `ubfm xd, xn, #shift, #63`).
+    pub fn lsr_imm(&mut self, rd: Reg, rn: Reg, shift: u32) -> &mut Self {
+        assert!(shift < 64, "shift out of range");
+        self.word(0xD340_FC00 | (shift << 16) | (rn << 5) | rd)
+    }
+
     /// `ldr xt, [xn, #offset]`, `offset` a multiple of 8 below 32 KiB.
     pub fn ldr_x(&mut self, rt: Reg, rn: Reg, offset: u32) -> &mut Self {
         assert!(
@@ -202,6 +220,9 @@ mod tests {
         assert_eq!(one(|a| a.str_x(1, 9, 8)), 0xf900_0521); // str x1, [x9, #8]
         assert_eq!(one(|a| a.str_w(1, 9, 4)), 0xb900_0521); // str w1, [x9, #4]
         assert_eq!(one(|a| a.ldr_x(2, 3, 16)), 0xf940_0862); // ldr x2, [x3, #16]
+        assert_eq!(one(|a| a.ldr_w(2, 3, 8)), 0xb940_0862); // ldr w2, [x3, #8]
+        assert_eq!(one(|a| a.strb(0, 9, 0)), 0x3900_0120); // strb w0, [x9]
+        assert_eq!(one(|a| a.lsr_imm(0, 0, 8)), 0xd348_fc00); // lsr x0, x0, #8
         assert_eq!(one(|a| a.mrs(1, CURRENT_EL)), 0xd538_4241); // mrs x1, CurrentEL
         assert_eq!(one(|a| a.mrs(2, SCTLR_EL1)), 0xd538_1002); // mrs x2, sctlr_el1
         assert_eq!(one(|a| a.mrs(3, MPIDR_EL1)), 0xd538_00a3); // mrs x3, mpidr_el1

@@ -30,6 +30,8 @@ pub enum ArtefactError {
 pub struct Artefacts {
     /// The arm64 kernel `Image`, used for the emulated host and for nested guests.
     pub kernel: PathBuf,
+    /// `gpio_keys.ko` from the kernel package: the guest's wake and power buttons.
+    pub gpio_keys: PathBuf,
     /// A static arm64 busybox.
     pub busybox: PathBuf,
     /// The cross-built `vmm` binary, once the workspace has one.
@@ -65,6 +67,10 @@ impl Artefacts {
         Ok(Self {
             kernel: existing("arm64 kernel Image", dir.join("Image"))?,
             busybox: existing("arm64 busybox", dir.join("busybox"))?,
+            gpio_keys: existing(
+                "gpio_keys.ko",
+                dir.join("modules/kernel/drivers/input/keyboard/gpio_keys.ko"),
+            )?,
             vmm: Some(build.join("vmm")).filter(|path| path.exists()),
             tests: test_executables(&messages)?,
         })

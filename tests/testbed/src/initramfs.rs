@@ -168,6 +168,7 @@ fn stage_guest(work_dir: &Path, artefacts: &Artefacts, root: &Path) -> Result<()
         std::fs::create_dir_all(&path).map_err(io_err(&path))?;
     }
     copy(&artefacts.busybox, &guest_root.join("bin/busybox"))?;
+    copy(&artefacts.gpio_keys, &guest_root.join("lib/modules/gpio_keys.ko"))?;
     write(&guest_root.join("init"), GUEST_INIT, true)?;
     cpio(&guest_root, &root.join("guest/initrd.cpio"))
 }
@@ -176,7 +177,7 @@ fn stage_guest(work_dir: &Path, artefacts: &Artefacts, root: &Path) -> Result<()
 /// vmm's own tests find the binary and a real kernel through the environment.
 fn cargo_tests_script(names: &[String]) -> String {
     let mut script = String::from(
-        "#!/bin/sh\nrc=0\ncd /tmp\nexport VMM_BIN=\"$ROOT/bin/vmm\" VMM_TEST_KERNEL=\"$ROOT/guest/Image\"\n",
+        "#!/bin/sh\nrc=0\ncd /tmp\nexport VMM_BIN=\"$ROOT/bin/vmm\" VMM_TEST_KERNEL=\"$ROOT/guest/Image\" VMM_TEST_INITRD=\"$ROOT/guest/initrd.cpio\"\n",
     );
     for name in names {
         let _ = writeln!(

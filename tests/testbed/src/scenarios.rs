@@ -38,6 +38,13 @@ pub fn all() -> Vec<Scenario> {
             default: false,
         },
         Scenario {
+            name: "kvm-suspend",
+            description: "bare-metal guests through the vmm library: SYSTEM_SUSPEND, wake, deny",
+            timeout: Duration::from_secs(240),
+            steps: Steps::CargoTests(&[("vmm", "psci_suspend")]),
+            default: false,
+        },
+        Scenario {
             name: "demo",
             description: "boots Linux with 2 vCPUs on vmm and shows its console (the main job)",
             timeout: Duration::from_secs(150),
@@ -56,6 +63,20 @@ pub fn all() -> Vec<Scenario> {
             description: "guest reboot -f: in-process reboot, --no-reboot, SIGTERM",
             timeout: Duration::from_secs(400),
             steps: Steps::Script(include_str!("../scenarios/linux-reboot.sh")),
+            default: true,
+        },
+        Scenario {
+            name: "linux-suspend",
+            description: "10 rtcwake -m mem cycles with 1 and 4 vCPUs: deep sleep, all CPUs back",
+            timeout: Duration::from_secs(900),
+            steps: Steps::Script(include_str!("../scenarios/linux-suspend.sh")),
+            default: true,
+        },
+        Scenario {
+            name: "linux-s2idle",
+            description: "--no-suspend: no deep in mem_sleep, echo mem still returns (s2idle)",
+            timeout: Duration::from_secs(300),
+            steps: Steps::Script(include_str!("../scenarios/linux-s2idle.sh")),
             default: true,
         },
         Scenario {

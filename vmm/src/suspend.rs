@@ -1,0 +1,503 @@
+//! PSCI SYSTEM_SUSPEND for the whole VM: one [`SuspendCoordinator`] shared by every vCPU
+//! thread decides, suspends and resumes.
+//!
+//! KVM leaves the call to userspace (Linux commit bfbab4456877). The flow follows Oliver
+//! Upton's kvmtool RFC: the caller parks every other vCPU outside `KVM_RUN` (only then can their
+//! MP state be read, and no CPU_ON can race the check), counts those not OFF, and either writes
+//! a PSCI error into `x0` or marks itself SUSPENDED and re-enters `KVM_RUN`, which blocks until
+//! an interrupt is pending. The following `KVM_SYSTEM_EVENT_WAKEUP` exit resets the vCPU to the
+//! guest's entry point with `x0` = context id.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use arch_aarch64::psci::{RamRange, ResumeState, SystemSuspendCall, validate_system_suspend};
+use arch_aarch64::regs::{PC, PSTATE, xreg};
+use hypervisor::{MpState, Vcpu, VcpuError, VcpuKick};
+use serde::{Deserialize, Serialize};
+
+use crate::control::VmControl;
+use crate::events::{Denial, EventBus, VmEventKind, WakeSource, WakeSourceTracker};
+
+/// How often waits look at [`VmControl::stopping`], which has no way to notify them, and
+/// re-kick vCPUs that have not parked yet.
+const POLL: Duration = Duration::from_millis(10);
+
+/// The VM's power state as the guest's SYSTEM_SUSPEND sees it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SuspendState {
+    /// No suspend in progress.
+    #[default]
+    Running,
+    /// A vCPU called SYSTEM_SUSPEND; the others are being parked and checked.
+    Suspending,
+    /// The caller is SUSPENDED in `KVM_RUN`, waiting for an interrupt.
+    Suspended,
+    /// The caller woke and is being reset to its entry point.
+    Resuming,
+}
+
+impl SuspendState {
+    /// Whether the state machine may go from `self` to `to`.
+    pub fn may_go(self, to: Self) -> bool {
+        use SuspendState::*;
+        matches!(
+            (self, to),
+            (Running, Suspending)
+                | (Suspending, Running)
+                | (Suspending, Suspended)
+                | (Suspended, Resuming)
+                | (Resuming, Running)
+        )
+    }
+}
+
+/// Counters for the API, as a snapshot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SuspendStats {
+    /// The state when the snapshot was taken.
+    pub state: SuspendState,
+    /// Accepted SYSTEM_SUSPEND calls.
+    pub suspend_count: u64,
+    /// Completed resumes.
+    pub resume_count: u64,
+    /// Refused SYSTEM_SUSPEND calls.
+    pub denied_count: u64,
+    /// The source of the last wakeup.
+    pub last_wake_source: Option<WakeSource>,
+    /// From the last accepted suspend exit to the caller being SUSPENDED.
+    pub last_suspend_latency_us: Option<u64>,
+    /// From the last wakeup exit to the vCPU being ready to re-enter the guest.
+    pub last_resume_latency_us: Option<u64>,
+}
+
+/// What [`SuspendCoordinator::on_suspend_exit`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SuspendOutcome {
+    /// The caller is SUSPENDED; re-enter `KVM_RUN`, which blocks until a wakeup.
+    Suspended,
+    /// The guest got the error in `x0`; re-enter `KVM_RUN`.
+    Denied(Denial),
+}
+
+/// What [`SuspendCoordinator::on_wakeup_exit`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WakeupOutcome {
+    /// The vCPU is at the guest's entry point.
+    Resumed(WakeSource),
+    /// No suspend of this vCPU was in progress; it was made runnable as it was.
+    Spurious,
+}
+
+/// Failures of the vCPU operations a suspend or resume needs. The VM cannot continue.
+#[derive(Debug, thiserror::Error)]
+pub enum SuspendError {
+    /// The SYSTEM_SUSPEND arguments could not be read.
+    #[error("Cannot read the SYSTEM_SUSPEND arguments")]
+    ReadCall(#[source] VcpuError),
+    /// The PSCI error could not be returned to the guest.
+    #[error("Cannot return the SYSTEM_SUSPEND error to the guest")]
+    WriteResult(#[source] VcpuError),
+    /// The caller could not be made SUSPENDED.
+    #[error("Cannot suspend the calling vCPU")]
+    Suspend(#[source] VcpuError),
+    /// A parking vCPU could not read its own MP state.
+    #[error("Cannot read the MP state of a parked vCPU")]
+    ParkedMpState(#[source] VcpuError),
+    /// The woken vCPU could not be reset to the entry point.
+    #[error("Cannot reset the vCPU to the resume entry point")]
+    Resume(#[source] VcpuError),
+    /// A vCPU woken without a suspend could not be made runnable.
+    #[error("Cannot make the woken vCPU runnable")]
+    Runnable(#[source] VcpuError),
+}
+
+/// Where each vCPU is in a park round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    /// The vCPU that asked for the round.
+    Caller,
+    /// Not parked yet.
+    Pending,
+    /// Parked, with its MP state (`None`: it could not be read, so it counts as on).
+    Parked(Option<MpState>),
+}
+
+/// Every other vCPU parks outside `KVM_RUN` until the round ends.
+struct ParkRound {
+    id: u64,
+    slots: Vec<Slot>,
+}
+
+impl ParkRound {
+    fn pending(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.slots.len()).filter(|&i| self.slots[i] == Slot::Pending)
+    }
+
+    fn others_on(&self) -> usize {
+        let on =
+            |slot: &&Slot| matches!(slot, Slot::Parked(state) if *state != Some(MpState::Stopped));
+        self.slots.iter().filter(on).count()
+    }
+}
+
+/// The suspend accepted for a vCPU, kept for its resume.
+#[derive(Clone, Copy)]
+struct Accepted {
+    vcpu: u32,
+    call: SystemSuspendCall,
+}
+
+struct Inner {
+    state: SuspendState,
+    park: Option<ParkRound>,
+    next_round: u64,
+    accepted: Option<Accepted>,
+    stats: SuspendStats,
+}
+
+/// The VM-wide SYSTEM_SUSPEND state machine; one per VM, shared by the vCPU threads.
+pub struct SuspendCoordinator {
+    vcpus: usize,
+    ram: Vec<RamRange>,
+    kickers: Vec<Arc<dyn VcpuKick>>,
+    events: Arc<EventBus>,
+    wake: Arc<WakeSourceTracker>,
+    control: Arc<VmControl>,
+    /// Lets `park_if_requested`, called after every exit, skip the lock.
+    park_requested: AtomicBool,
+    inner: Mutex<Inner>,
+    changed: Condvar,
+}
+
+impl SuspendCoordinator {
+    /// A coordinator for `vcpus` vCPUs whose guest RAM is `ram`. `kickers[i]` kicks vCPU `i`
+    /// out of `KVM_RUN`. Waits end when `control` says the VM is stopping.
+    pub fn new(
+        vcpus: usize,
+        ram: Vec<RamRange>,
+        kickers: Vec<Arc<dyn VcpuKick>>,
+        events: Arc<EventBus>,
+        wake: Arc<WakeSourceTracker>,
+        control: Arc<VmControl>,
+    ) -> Self {
+        if kickers.len() != vcpus {
+            log::warn!("{} vCPU kickers for {vcpus} vCPUs", kickers.len());
+        }
+        Self {
+            vcpus,
+            ram,
+            kickers,
+            events,
+            wake,
+            control,
+            park_requested: AtomicBool::new(false),
+            inner: Mutex::new(Inner {
+                state: SuspendState::Running,
+                park: None,
+                next_round: 0,
+                accepted: None,
+                stats: SuspendStats::default(),
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> SuspendState {
+        self.lock().state
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> SuspendStats {
+        let inner = self.lock();
+        SuspendStats {
+            state: inner.state,
+            ..inner.stats
+        }
+    }
+
+    /// The bus the transitions are published on.
+    pub fn events(&self) -> &Arc<EventBus> {
+        &self.events
+    }
+
+    /// The tracker the wake sources are read from.
+    pub fn wake_sources(&self) -> &Arc<WakeSourceTracker> {
+        &self.wake
+    }
+
+    /// Handles `KVM_SYSTEM_EVENT_SUSPEND` on the calling vCPU's own thread; then re-enter
+    /// `KVM_RUN` whatever the outcome. Blocks until every other vCPU has parked in
+    /// [`park_if_requested`](Self::park_if_requested) or the VM is stopping.
+    ///
+    /// An `x0` that is not a SYSTEM_SUSPEND id (KVM never exits so) gets `NOT_SUPPORTED`,
+    /// as KVM answers unknown PSCI calls. A call while another is in progress gets `DENIED`.
+    pub fn on_suspend_exit<V: Vcpu + ?Sized>(
+        &self,
+        vcpu: &mut V,
+    ) -> Result<SuspendOutcome, SuspendError> {
+        let started = Instant::now();
+        let index = vcpu.index();
+        let read = |n| vcpu.reg(xreg(n)).map_err(SuspendError::ReadCall);
+        let (x0, x1, x2) = (read(0)?, read(1)?, read(2)?);
+        let Some(call) = SystemSuspendCall::decode(x0, x1, x2) else {
+            log::warn!("vCPU {index}: suspend exit with x0 = {x0:#x}");
+            return self.refuse(vcpu, Denial::NotSystemSuspend { function_id: x0 });
+        };
+
+        let round = {
+            let mut inner = self.lock();
+            if inner.state != SuspendState::Running || inner.park.is_some() {
+                drop(inner);
+                return self.refuse(vcpu, Denial::Busy);
+            }
+            self.go(&mut inner, SuspendState::Suspending);
+            // Only interrupts raised from now on can be the wakeup.
+            self.wake.arm();
+            self.events.emit(VmEventKind::SuspendRequested {
+                vcpu: index,
+                entry: call.entry,
+                context_id: call.context_id,
+            });
+            let mut slots = vec![Slot::Pending; self.vcpus];
+            if let Some(slot) = slots.get_mut(index as usize) {
+                *slot = Slot::Caller;
+            }
+            let id = inner.next_round;
+            inner.next_round += 1;
+            inner.park = Some(ParkRound { id, slots });
+            // Before the kicks: a kicked thread must see it at the top of its loop.
+            self.park_requested.store(true, Ordering::SeqCst);
+            id
+        };
+        self.kick_pending();
+
+        let mut inner = self.lock();
+        let others_on = loop {
+            if self.control.stopping() {
+                break None;
+            }
+            let Some(park) = inner.park.as_ref().filter(|park| park.id == round) else {
+                break None;
+            };
+            if park.pending().next().is_none() {
+                break Some(park.others_on());
+            }
+            let (guard, wait) = self.wait(inner);
+            inner = guard;
+            if wait.timed_out() {
+                drop(inner);
+                self.kick_pending();
+                inner = self.lock();
+            }
+        };
+
+        let denial = match others_on {
+            None => Denial::Stopping,
+            Some(on) => match validate_system_suspend(&call, &self.ram, on) {
+                Err(denial) => Denial::from(denial),
+                Ok(()) => {
+                    let result = self.accept(&mut inner, vcpu, call, started);
+                    self.release(&mut inner);
+                    return result;
+                }
+            },
+        };
+        let written = vcpu
+            .set_reg(xreg(0), denial.psci_return().to_x0())
+            .map_err(SuspendError::WriteResult);
+        self.go(&mut inner, SuspendState::Running);
+        self.release(&mut inner);
+        written?;
+        inner.stats.denied_count += 1;
+        self.events.emit(VmEventKind::SuspendDenied {
+            vcpu: index,
+            reason: denial,
+        });
+        Ok(SuspendOutcome::Denied(denial))
+    }
+
+    /// Handles `KVM_SYSTEM_EVENT_WAKEUP` on the woken vCPU's own thread; then re-enter
+    /// `KVM_RUN`. Resets the vCPU to the suspend call's entry point with `x0` = context id.
+    ///
+    /// A wakeup of a vCPU this coordinator did not suspend (KVM only reports it for a
+    /// SUSPENDED vCPU, so something else set that state) is logged and the vCPU made runnable
+    /// where it stopped: leaving it SUSPENDED would hang the guest.
+    pub fn on_wakeup_exit<V: Vcpu + ?Sized>(
+        &self,
+        vcpu: &mut V,
+    ) -> Result<WakeupOutcome, SuspendError> {
+        let started = Instant::now();
+        let index = vcpu.index();
+        let (accepted, source) = {
+            let mut inner = self.lock();
+            match inner.accepted {
+                Some(accepted)
+                    if inner.state == SuspendState::Suspended && accepted.vcpu == index =>
+                {
+                    self.go(&mut inner, SuspendState::Resuming);
+                    let source = self.wake.take();
+                    self.events.emit(VmEventKind::Woken { source });
+                    (accepted, source)
+                }
+                _ => {
+                    let state = inner.state;
+                    drop(inner);
+                    log::warn!("vCPU {index}: wakeup exit while {state:?}; resuming it in place");
+                    vcpu.set_mp_state(MpState::Runnable)
+                        .map_err(SuspendError::Runnable)?;
+                    return Ok(WakeupOutcome::Spurious);
+                }
+            }
+        };
+
+        // Outside the lock: only this thread touches its vCPU, and nothing waits on Resuming.
+        let result = restore(vcpu, &ResumeState::for_call(&accepted.call));
+        let mut inner = self.lock();
+        inner.accepted = None;
+        self.go(&mut inner, SuspendState::Running);
+        result.map_err(SuspendError::Resume)?;
+        let latency_us = micros_since(started);
+        inner.stats.resume_count += 1;
+        inner.stats.last_wake_source = Some(source);
+        inner.stats.last_resume_latency_us = Some(latency_us);
+        self.events.emit(VmEventKind::Resumed {
+            vcpu: index,
+            latency_us,
+            source,
+        });
+        Ok(WakeupOutcome::Resumed(source))
+    }
+
+    /// Call at the top of each vCPU loop iteration and after `VmExit::Interrupted`, on the
+    /// vCPU's own thread. While another vCPU is suspending, reports this vCPU's MP state and
+    /// blocks until the check is over or the VM is stopping. Returns whether it parked.
+    ///
+    /// An error (the MP state could not be read) is returned after the round; this vCPU then
+    /// counted as on, so the suspend was denied.
+    pub fn park_if_requested<V: Vcpu + ?Sized>(&self, vcpu: &V) -> Result<bool, SuspendError> {
+        if !self.park_requested.load(Ordering::SeqCst) || self.control.stopping() {
+            return Ok(false);
+        }
+        let index = vcpu.index() as usize;
+        let round = match self.lock().park.as_ref() {
+            Some(park) if park.slots.get(index) == Some(&Slot::Pending) => park.id,
+            _ => return Ok(false),
+        };
+        // Out of KVM_RUN, so this does not block; no other thread may touch the vCPU.
+        let state = vcpu.mp_state();
+        let mut inner = self.lock();
+        let Some(park) = inner.park.as_mut().filter(|park| park.id == round) else {
+            // The caller gave up meanwhile (the VM is stopping).
+            return state.map(|_| false).map_err(SuspendError::ParkedMpState);
+        };
+        park.slots[index] = Slot::Parked(state.as_ref().ok().copied());
+        self.changed.notify_all();
+        while inner.park.as_ref().is_some_and(|park| park.id == round) && !self.control.stopping() {
+            inner = self.wait(inner).0;
+        }
+        state.map(|_| true).map_err(SuspendError::ParkedMpState)
+    }
+
+    /// Marks the caller SUSPENDED and records the call for its resume.
+    fn accept<V: Vcpu + ?Sized>(
+        &self,
+        inner: &mut Inner,
+        vcpu: &mut V,
+        call: SystemSuspendCall,
+        started: Instant,
+    ) -> Result<SuspendOutcome, SuspendError> {
+        if let Err(err) = vcpu.set_mp_state(MpState::Suspended) {
+            self.go(inner, SuspendState::Running);
+            return Err(SuspendError::Suspend(err));
+        }
+        let vcpu = vcpu.index();
+        self.go(inner, SuspendState::Suspended);
+        inner.accepted = Some(Accepted { vcpu, call });
+        let latency_us = micros_since(started);
+        inner.stats.suspend_count += 1;
+        inner.stats.last_suspend_latency_us = Some(latency_us);
+        self.events
+            .emit(VmEventKind::Suspended { vcpu, latency_us });
+        Ok(SuspendOutcome::Suspended)
+    }
+
+    /// Returns `denial`'s error to the guest without touching the state.
+    fn refuse<V: Vcpu + ?Sized>(
+        &self,
+        vcpu: &mut V,
+        denial: Denial,
+    ) -> Result<SuspendOutcome, SuspendError> {
+        vcpu.set_reg(xreg(0), denial.psci_return().to_x0())
+            .map_err(SuspendError::WriteResult)?;
+        self.lock().stats.denied_count += 1;
+        self.events.emit(VmEventKind::SuspendDenied {
+            vcpu: vcpu.index(),
+            reason: denial,
+        });
+        Ok(SuspendOutcome::Denied(denial))
+    }
+
+    /// Ends the park round: parked vCPUs return to `KVM_RUN` in their own state.
+    fn release(&self, inner: &mut Inner) {
+        inner.park = None;
+        self.park_requested.store(false, Ordering::SeqCst);
+        self.changed.notify_all();
+    }
+
+    /// Kicks the vCPUs of the current round that have not parked yet.
+    fn kick_pending(&self) {
+        let pending: Vec<usize> = match self.lock().park.as_ref() {
+            Some(park) => park.pending().collect(),
+            None => return,
+        };
+        for index in pending {
+            if let Some(kicker) = self.kickers.get(index) {
+                kicker.kick();
+            }
+        }
+    }
+
+    /// The one place the state changes.
+    fn go(&self, inner: &mut Inner, to: SuspendState) {
+        let from = inner.state;
+        if !from.may_go(to) {
+            log::error!("Unexpected suspend state change {from:?} -> {to:?}");
+        }
+        log::debug!("Suspend state {from:?} -> {to:?}");
+        inner.state = to;
+    }
+
+    fn wait<'a>(
+        &self,
+        inner: MutexGuard<'a, Inner>,
+    ) -> (MutexGuard<'a, Inner>, std::sync::WaitTimeoutResult) {
+        self.changed
+            .wait_timeout(inner, POLL)
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Puts `vcpu` in the state PSCI requires at the resume entry point.
+fn restore<V: Vcpu + ?Sized>(vcpu: &mut V, resume: &ResumeState) -> Result<(), VcpuError> {
+    // KVM_ARM_VCPU_INIT again: MMU and caches off, RUNNABLE.
+    vcpu.reset()?;
+    vcpu.set_reg(PC, resume.pc)?;
+    vcpu.set_reg(xreg(0), resume.x0)?;
+    // The reset already gives it; set it so that the resume does not depend on that.
+    vcpu.set_reg(PSTATE, resume.pstate)
+}
+
+fn micros_since(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests;

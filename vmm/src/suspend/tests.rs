@@ -1,0 +1,672 @@
+//! The coordinator driven by fake vCPUs, with real threads for the vCPUs that park. No KVM.
+//! Every wait has a deadline, so a deadlock fails the test instead of hanging it.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Barrier, PoisonError};
+use std::thread::{self, JoinHandle};
+
+use arch_aarch64::psci::PsciReturn;
+use devices::irq::RecordingIrqLine;
+
+use super::*;
+use crate::control::ExitReason;
+use crate::events::{VmEvent, WakeSourceIrqLine};
+
+const RAM: RamRange = RamRange {
+    start: 0x4000_0000,
+    size: 0x1000_0000,
+};
+const ENTRY: u64 = 0x4008_0000;
+const CONTEXT: u64 = 0xDEAD_C0DE;
+const LIMIT: Duration = Duration::from_secs(5);
+
+/// What a fake vCPU's owner can look at and break.
+struct FakeState {
+    regs: Mutex<HashMap<u64, u64>>,
+    mp: Mutex<MpState>,
+    resets: AtomicUsize,
+    mp_reads: AtomicUsize,
+    fail_mp_read: AtomicBool,
+    fail_set_mp: AtomicBool,
+    /// Runs when the vCPU is made SUSPENDED, to inject races.
+    on_suspended: Mutex<Option<Box<dyn Fn() + Send>>>,
+}
+
+impl FakeState {
+    fn new(mp: MpState) -> Arc<Self> {
+        Arc::new(Self {
+            regs: Mutex::new(HashMap::new()),
+            mp: Mutex::new(mp),
+            resets: AtomicUsize::new(0),
+            mp_reads: AtomicUsize::new(0),
+            fail_mp_read: AtomicBool::new(false),
+            fail_set_mp: AtomicBool::new(false),
+            on_suspended: Mutex::new(None),
+        })
+    }
+
+    fn reg(&self, id: u64) -> u64 {
+        let regs = self.regs.lock().unwrap_or_else(PoisonError::into_inner);
+        regs.get(&id).copied().unwrap_or(0)
+    }
+
+    fn set_reg(&self, id: u64, value: u64) {
+        let mut regs = self.regs.lock().unwrap_or_else(PoisonError::into_inner);
+        regs.insert(id, value);
+    }
+
+    fn mp(&self) -> MpState {
+        *self.mp.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn call(&self, x0: u64, x1: u64, x2: u64) {
+        self.set_reg(xreg(0), x0);
+        self.set_reg(xreg(1), x1);
+        self.set_reg(xreg(2), x2);
+    }
+}
+
+struct FakeVcpu {
+    index: u32,
+    state: Arc<FakeState>,
+}
+
+fn injected(index: u32) -> VcpuError {
+    VcpuError::MpState {
+        index,
+        source: std::io::Error::other("injected"),
+    }
+}
+
+impl Vcpu for FakeVcpu {
+    fn index(&self) -> u32 {
+        self.index
+    }
+    fn run(&mut self) -> Result<hypervisor::VmExit, VcpuError> {
+        Ok(hypervisor::VmExit::Interrupted)
+    }
+    fn complete_mmio_read(&mut self, _: &[u8]) -> Result<(), VcpuError> {
+        Ok(())
+    }
+    fn reg(&self, id: u64) -> Result<u64, VcpuError> {
+        Ok(self.state.reg(id))
+    }
+    fn set_reg(&self, id: u64, value: u64) -> Result<(), VcpuError> {
+        self.state.set_reg(id, value);
+        Ok(())
+    }
+    fn mp_state(&self) -> Result<MpState, VcpuError> {
+        self.state.mp_reads.fetch_add(1, Ordering::SeqCst);
+        if self.state.fail_mp_read.load(Ordering::SeqCst) {
+            return Err(injected(self.index));
+        }
+        Ok(self.state.mp())
+    }
+    fn set_mp_state(&self, mp: MpState) -> Result<(), VcpuError> {
+        if self.state.fail_set_mp.load(Ordering::SeqCst) {
+            return Err(injected(self.index));
+        }
+        *self.state.mp.lock().unwrap_or_else(PoisonError::into_inner) = mp;
+        if mp == MpState::Suspended {
+            let hook = self.state.on_suspended.lock();
+            if let Some(hook) = hook.unwrap_or_else(PoisonError::into_inner).as_ref() {
+                hook();
+            }
+        }
+        Ok(())
+    }
+    fn reset(&mut self) -> Result<(), VcpuError> {
+        self.state.resets.fetch_add(1, Ordering::SeqCst);
+        *self.state.mp.lock().unwrap_or_else(PoisonError::into_inner) = MpState::Runnable;
+        self.state
+            .regs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        self.state.set_reg(PSTATE, 0x3c5);
+        Ok(())
+    }
+}
+
+/// Counts kicks; `run` blocks until one arrives, as `KVM_RUN` of a halted or OFF vCPU does.
+#[derive(Default)]
+struct FakeKick {
+    kicks: AtomicUsize,
+    pending: Mutex<bool>,
+    kicked: Condvar,
+}
+
+impl FakeKick {
+    fn run(&self, timeout: Duration) {
+        let pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let (mut pending, _) = self
+            .kicked
+            .wait_timeout_while(pending, timeout, |pending| !*pending)
+            .unwrap_or_else(PoisonError::into_inner);
+        *pending = false;
+    }
+}
+
+impl VcpuKick for FakeKick {
+    fn bind_current_thread(&self) {}
+    fn unbind_thread(&self) {}
+    fn kick(&self) {
+        self.kicks.fetch_add(1, Ordering::SeqCst);
+        *self.pending.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.kicked.notify_all();
+    }
+}
+
+struct Rig {
+    coordinator: Arc<SuspendCoordinator>,
+    control: Arc<VmControl>,
+    tracker: Arc<WakeSourceTracker>,
+    events: Receiver<VmEvent>,
+    kicks: Vec<Arc<FakeKick>>,
+    states: Vec<Arc<FakeState>>,
+}
+
+/// A thread running a vCPU loop: park if asked, else "run" until kicked or 20 ms pass.
+struct Other {
+    handle: JoinHandle<()>,
+    loops: Arc<AtomicUsize>,
+    parks: Arc<AtomicUsize>,
+    errors: Arc<AtomicUsize>,
+}
+
+impl Rig {
+    /// vCPU `i` starts in `mp[i]`; vCPU 0 is the caller.
+    fn new(mp: &[MpState]) -> Self {
+        let control = Arc::new(VmControl::new().unwrap());
+        let bus = Arc::new(EventBus::new());
+        let events = bus.subscribe();
+        let tracker = Arc::new(WakeSourceTracker::new());
+        let kicks: Vec<Arc<FakeKick>> = mp.iter().map(|_| Arc::default()).collect();
+        let kickers = kicks
+            .iter()
+            .map(|k| k.clone() as Arc<dyn VcpuKick>)
+            .collect();
+        let coordinator = Arc::new(SuspendCoordinator::new(
+            mp.len(),
+            vec![RAM],
+            kickers,
+            bus,
+            tracker.clone(),
+            control.clone(),
+        ));
+        Self {
+            coordinator,
+            control,
+            tracker,
+            events,
+            kicks,
+            states: mp.iter().map(|&mp| FakeState::new(mp)).collect(),
+        }
+    }
+
+    fn vcpu(&self, index: u32) -> FakeVcpu {
+        FakeVcpu {
+            index,
+            state: self.states[index as usize].clone(),
+        }
+    }
+
+    /// Runs vCPU `index`'s loop on a thread; `first` runs once on that thread before it.
+    fn spawn_with(&self, index: u32, first: impl FnOnce(&mut FakeVcpu) + Send + 'static) -> Other {
+        let (coordinator, control) = (self.coordinator.clone(), self.control.clone());
+        let kick = self.kicks[index as usize].clone();
+        let mut vcpu = self.vcpu(index);
+        let [loops, parks, errors] = [(); 3].map(|_| Arc::new(AtomicUsize::new(0)));
+        let counters = (loops.clone(), parks.clone(), errors.clone());
+        let handle = thread::spawn(move || {
+            first(&mut vcpu);
+            while !control.stopping() {
+                match coordinator.park_if_requested(&vcpu) {
+                    Ok(true) => _ = counters.1.fetch_add(1, Ordering::SeqCst),
+                    Ok(false) => {}
+                    Err(_) => _ = counters.2.fetch_add(1, Ordering::SeqCst),
+                }
+                counters.0.fetch_add(1, Ordering::SeqCst);
+                kick.run(Duration::from_millis(20));
+            }
+        });
+        Other {
+            handle,
+            loops,
+            parks,
+            errors,
+        }
+    }
+
+    fn spawn(&self, index: u32) -> Other {
+        self.spawn_with(index, |_| {})
+    }
+
+    fn events(&self) -> Vec<VmEventKind> {
+        self.events.try_iter().map(|event| event.kind).collect()
+    }
+
+    /// Stops the VM and checks that every thread ends in time.
+    fn stop(&self, others: Vec<Other>) {
+        self.control.request_exit(ExitReason::Shutdown);
+        for other in others {
+            join_within(other.handle);
+        }
+    }
+}
+
+/// Runs `f` on a thread and fails if it takes longer than [`LIMIT`].
+fn within<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (done, result) = mpsc::channel();
+    thread::spawn(move || done.send(f()));
+    result.recv_timeout(LIMIT).expect("deadlock or panic")
+}
+
+fn join_within(handle: JoinHandle<()>) {
+    wait_for(|| handle.is_finished());
+    handle.join().expect("vCPU thread panicked");
+}
+
+fn wait_for(mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + LIMIT;
+    while !condition() {
+        assert!(Instant::now() < deadline, "condition not met in time");
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Calls SYSTEM_SUSPEND on `vcpu` from another thread, with a deadline.
+fn suspend(rig: &Rig, mut vcpu: FakeVcpu) -> (FakeVcpu, Result<SuspendOutcome, SuspendError>) {
+    let coordinator = rig.coordinator.clone();
+    within(move || {
+        let outcome = coordinator.on_suspend_exit(&mut vcpu);
+        (vcpu, outcome)
+    })
+}
+
+fn wakeup(rig: &Rig, vcpu: &mut FakeVcpu) -> WakeupOutcome {
+    rig.coordinator.on_wakeup_exit(vcpu).unwrap()
+}
+
+fn sign_extended(code: PsciReturn) -> u64 {
+    code.to_x0()
+}
+
+#[test]
+fn accepts_when_every_other_vcpu_is_off() {
+    let rig = Rig::new(&[MpState::Runnable, MpState::Stopped, MpState::Stopped]);
+    let others = vec![rig.spawn(1), rig.spawn(2)];
+    rig.states[0].call(0xC400_000E, ENTRY, CONTEXT);
+
+    let (_, outcome) = suspend(&rig, rig.vcpu(0));
+    assert_eq!(outcome.unwrap(), SuspendOutcome::Suspended);
+    assert_eq!(rig.states[0].mp(), MpState::Suspended);
+    assert_eq!(rig.coordinator.state(), SuspendState::Suspended);
+    assert_eq!(rig.states[0].reg(xreg(0)), 0xC400_000E, "x0 untouched");
+    let events = rig.events();
+    assert_eq!(
+        events[0],
+        VmEventKind::SuspendRequested {
+            vcpu: 0,
+            entry: ENTRY,
+            context_id: CONTEXT
+        }
+    );
+    assert!(matches!(events[1], VmEventKind::Suspended { vcpu: 0, .. }));
+    assert_eq!(events.len(), 2);
+    for (other, index) in others.iter().zip(1..) {
+        // Each reported its MP state once, before the caller could go on.
+        assert_eq!(rig.states[index].mp_reads.load(Ordering::SeqCst), 1);
+        wait_for(|| other.parks.load(Ordering::SeqCst) == 1);
+        assert!(rig.kicks[index].kicks.load(Ordering::SeqCst) >= 1);
+        assert_eq!(rig.states[index].mp(), MpState::Stopped, "stays OFF");
+        // Released: it runs its loop again.
+        let loops = other.loops.load(Ordering::SeqCst);
+        wait_for(|| other.loops.load(Ordering::SeqCst) > loops);
+    }
+    let stats = rig.coordinator.stats();
+    assert_eq!((stats.suspend_count, stats.denied_count), (1, 0));
+    assert!(stats.last_suspend_latency_us.is_some());
+    rig.stop(others);
+}
+
+#[test]
+fn denies_while_another_vcpu_is_on() {
+    let rig = Rig::new(&[MpState::Runnable, MpState::Runnable, MpState::Stopped]);
+    let others = vec![rig.spawn(1), rig.spawn(2)];
+    rig.states[0].call(0xC400_000E, ENTRY, CONTEXT);
+
+    let (_, outcome) = suspend(&rig, rig.vcpu(0));
+    let denial = Denial::OtherCpusOn { count: 1 };
+    assert_eq!(outcome.unwrap(), SuspendOutcome::Denied(denial));
+    assert_eq!(rig.states[0].reg(xreg(0)), 0xFFFF_FFFF_FFFF_FFFD);
+    assert_eq!(rig.states[0].mp(), MpState::Runnable, "caller untouched");
+    assert_eq!(rig.coordinator.state(), SuspendState::Running);
+    let events = rig.events();
+    assert!(matches!(events[0], VmEventKind::SuspendRequested { .. }));
+    assert_eq!(
+        events[1],
+        VmEventKind::SuspendDenied {
+            vcpu: 0,
+            reason: denial
+        }
+    );
+    let loops = others[0].loops.load(Ordering::SeqCst);
+    rig.kicks[1].kick();
+    wait_for(|| others[0].loops.load(Ordering::SeqCst) > loops);
+    assert_eq!(others[0].parks.load(Ordering::SeqCst), 1);
+    assert_eq!(rig.coordinator.stats().denied_count, 1);
+    rig.stop(others);
+}
+
+#[test]
+fn rejects_an_entry_outside_ram() {
+    let rig = Rig::new(&[MpState::Runnable, MpState::Stopped]);
+    let others = vec![rig.spawn(1)];
+    rig.states[0].call(0xC400_000E, 0x1000, CONTEXT);
+
+    let (_, outcome) = suspend(&rig, rig.vcpu(0));
+    let denial = Denial::InvalidEntry { entry: 0x1000 };
+    assert_eq!(outcome.unwrap(), SuspendOutcome::Denied(denial));
+    assert_eq!(
+        rig.states[0].reg(xreg(0)),
+        sign_extended(PsciReturn::InvalidAddress)
+    );
+    assert_eq!(rig.coordinator.state(), SuspendState::Running);
+    rig.stop(others);
+}
+
+#[test]
+fn the_32_bit_call_uses_w1_and_w2() {
+    let rig = Rig::new(&[MpState::Runnable]);
+    rig.states[0].call(0x8400_000E, 0xFFFF_FFFF_4000_1000, 0x5555_0000_1234);
+
+    let (mut vcpu, outcome) = suspend(&rig, rig.vcpu(0));
+    assert_eq!(outcome.unwrap(), SuspendOutcome::Suspended);
+    assert_eq!(
+        rig.events()[0],
+        VmEventKind::SuspendRequested {
+            vcpu: 0,
+            entry: 0x4000_1000,
+            context_id: 0x1234
+        }
+    );
+    wakeup(&rig, &mut vcpu);
+    assert_eq!(rig.states[0].reg(PC), 0x4000_1000);
+    assert_eq!(rig.states[0].reg(xreg(0)), 0x1234);
+}
+
+#[test]
+fn wakeup_resets_the_vcpu_to_the_entry_point() {
+    let rig = Rig::new(&[MpState::Runnable]);
+    rig.states[0].call(0xC400_000E, ENTRY, CONTEXT);
+    let (mut vcpu, outcome) = suspend(&rig, rig.vcpu(0));
+    assert_eq!(outcome.unwrap(), SuspendOutcome::Suspended);
+    rig.states[0].set_reg(PSTATE, 0x3c4);
+
+    // The wake button, as the GPIO controller drives its line.
+    let line = WakeSourceIrqLine::wrap(
+        Arc::new(RecordingIrqLine::new()),
+        rig.tracker.clone(),
+        WakeSource::Gpio,
+    );
+    line.set_level(true).unwrap();
+    assert_eq!(
+        wakeup(&rig, &mut vcpu),
+        WakeupOutcome::Resumed(WakeSource::Gpio)
+    );
+
+    let state = &rig.states[0];
+    assert_eq!(state.resets.load(Ordering::SeqCst), 1);
+    assert_eq!(state.reg(PC), ENTRY);
+    assert_eq!(state.reg(xreg(0)), CONTEXT);
+    assert_eq!(state.reg(PSTATE), 0x3c5);
+    assert_eq!(state.mp(), MpState::Runnable);
+    assert_eq!(rig.coordinator.state(), SuspendState::Running);
+    let events = rig.events();
+    assert_eq!(
+        events[2],
+        VmEventKind::Woken {
+            source: WakeSource::Gpio
+        }
+    );
+    assert!(matches!(
+        events[3],
+        VmEventKind::Resumed {
+            vcpu: 0,
+            source: WakeSource::Gpio,
+            ..
+        }
+    ));
+    let stats = rig.coordinator.stats();
+    assert_eq!(stats.resume_count, 1);
+    assert_eq!(stats.last_wake_source, Some(WakeSource::Gpio));
+    assert!(stats.last_resume_latency_us.is_some());
+}
+
+#[test]
+fn a_wake_raised_while_suspending_still_resumes() {
+    let rig = Rig::new(&[MpState::Runnable, MpState::Stopped]);
+    let others = vec![rig.spawn(1)];
+    // The RTC alarm fires just before the caller is SUSPENDED; KVM then exits at once.
+    let tracker = rig.tracker.clone();
+    *rig.states[0].on_suspended.lock().unwrap() =
+        Some(Box::new(move || tracker.note(WakeSource::Rtc)));
+    rig.states[0].call(0xC400_000E, ENTRY, CONTEXT);
+
+    let (mut vcpu, outcome) = suspend(&rig, rig.vcpu(0));
+    assert_eq!(outcome.unwrap(), SuspendOutcome::Suspended);
+    assert_eq!(
+        wakeup(&rig, &mut vcpu),
+        WakeupOutcome::Resumed(WakeSource::Rtc)
+    );
+    assert_eq!(rig.states[0].reg(PC), ENTRY);
+    let events = rig.events();
+    assert!(events.contains(&VmEventKind::Woken {
+        source: WakeSource::Rtc
+    }));
+    assert!(matches!(
+        events.last(),
+        Some(VmEventKind::Resumed {
+            source: WakeSource::Rtc,
+            ..
+        })
+    ));
+    rig.stop(others);
+}
+
+#[test]
+fn stopping_ends_the_wait_for_parking_and_releases_parked_vcpus() {
+    let rig = Rig::new(&[MpState::Runnable, MpState::Stopped, MpState::Stopped]);
+    // vCPU 2 has no thread: it never parks.
+    let others = vec![rig.spawn(1)];
+    rig.states[0].call(0xC400_000E, ENTRY, CONTEXT);
+    let control = rig.control.clone();
+    let parked = rig.states[1].clone();
+    thread::spawn(move || {
+        wait_for(|| parked.mp_reads.load(Ordering::SeqCst) > 0);
+        control.request_exit(ExitReason::Shutdown);
+    });
+
+    let (_, outcome) = suspend(&rig, rig.vcpu(0));
+    assert_eq!(outcome.unwrap(), SuspendOutcome::Denied(Denial::Stopping));
+    assert_eq!(
+        rig.states[0].reg(xreg(0)),
+        sign_extended(PsciReturn::Denied)
+    );
+    assert_eq!(rig.coordinator.state(), SuspendState::Running);
+    assert!(rig.kicks[2].kicks.load(Ordering::SeqCst) >= 1);
+    rig.stop(others);
+}
+
+#[test]
+fn stopping_while_suspended_blocks_nobody() {
+    let rig = Rig::new(&[MpState::Runnable, MpState::Stopped]);
+    let others = vec![rig.spawn(1)];
+    rig.states[0].call(0xC400_000E, ENTRY, CONTEXT);
+    let (vcpu, outcome) = suspend(&rig, rig.vcpu(0));
+    assert_eq!(outcome.unwrap(), SuspendOutcome::Suspended);
+
+    rig.control.request_exit(ExitReason::Shutdown);
+    assert!(!rig.coordinator.park_if_requested(&vcpu).unwrap());
+    rig.stop(others);
+    assert_eq!(rig.coordinator.state(), SuspendState::Suspended);
+}
+
+#[test]
+fn repeated_cycles_are_counted() {
+    let rig = Rig::new(&[MpState::Runnable, MpState::Stopped]);
+    let others = vec![rig.spawn(1)];
+    let mut vcpu = rig.vcpu(0);
+    for _ in 0..2 {
+        rig.states[0].call(0xC400_000E, ENTRY, CONTEXT);
+        let (back, outcome) = suspend(&rig, vcpu);
+        vcpu = back;
+        assert_eq!(outcome.unwrap(), SuspendOutcome::Suspended);
+        rig.tracker.note(WakeSource::Serial);
+        assert_eq!(
+            wakeup(&rig, &mut vcpu),
+            WakeupOutcome::Resumed(WakeSource::Serial)
+        );
+    }
+    let stats = rig.coordinator.stats();
+    assert_eq!(
+        (stats.state, stats.suspend_count, stats.resume_count),
+        (SuspendState::Running, 2, 2)
+    );
+    assert_eq!(stats.last_wake_source, Some(WakeSource::Serial));
+    assert_eq!(
+        rig.states[1].mp_reads.load(Ordering::SeqCst),
+        2,
+        "parked twice"
+    );
+    assert_eq!(rig.states[0].resets.load(Ordering::SeqCst), 2);
+    rig.stop(others);
+}
+
+#[test]
+fn simultaneous_calls_are_both_denied() {
+    let rig = Rig::new(&[MpState::Runnable, MpState::Runnable]);
+    let barrier = Arc::new(Barrier::new(2));
+    let (report, outcomes) = mpsc::channel();
+    let others: Vec<Other> = (0..2)
+        .map(|index| {
+            let (coordinator, barrier, report) =
+                (rig.coordinator.clone(), barrier.clone(), report.clone());
+            rig.states[index as usize].call(0xC400_000E, ENTRY, CONTEXT);
+            rig.spawn_with(index, move |vcpu| {
+                barrier.wait();
+                let outcome = coordinator.on_suspend_exit(vcpu);
+                let _ = report.send((vcpu.index(), outcome));
+            })
+        })
+        .collect();
+    for _ in 0..2 {
+        let (index, outcome) = outcomes.recv_timeout(LIMIT).expect("deadlock");
+        let SuspendOutcome::Denied(denial) = outcome.unwrap() else {
+            panic!("vCPU {index} was suspended");
+        };
+        assert_eq!(denial.psci_return(), PsciReturn::Denied);
+        let x0 = rig.states[index as usize].reg(xreg(0));
+        assert_eq!(x0, sign_extended(PsciReturn::Denied));
+    }
+    assert_eq!(rig.coordinator.state(), SuspendState::Running);
+    assert_eq!(rig.coordinator.stats().denied_count, 2);
+    rig.stop(others);
+}
+
+#[test]
+fn another_function_id_is_not_supported() {
+    let rig = Rig::new(&[MpState::Runnable, MpState::Stopped]);
+    rig.states[0].call(0x8400_0008, ENTRY, CONTEXT);
+    let (_, outcome) = suspend(&rig, rig.vcpu(0));
+    let denial = Denial::NotSystemSuspend {
+        function_id: 0x8400_0008,
+    };
+    assert_eq!(outcome.unwrap(), SuspendOutcome::Denied(denial));
+    assert_eq!(rig.states[0].reg(xreg(0)), u64::MAX, "NOT_SUPPORTED");
+    assert_eq!(rig.kicks[1].kicks.load(Ordering::SeqCst), 0);
+    assert_eq!(rig.coordinator.state(), SuspendState::Running);
+}
+
+#[test]
+fn a_wakeup_without_a_suspend_makes_the_vcpu_runnable() {
+    let rig = Rig::new(&[MpState::Suspended]);
+    let mut vcpu = rig.vcpu(0);
+    assert_eq!(wakeup(&rig, &mut vcpu), WakeupOutcome::Spurious);
+    assert_eq!(rig.states[0].mp(), MpState::Runnable);
+    assert_eq!(rig.states[0].resets.load(Ordering::SeqCst), 0);
+    assert!(rig.events().is_empty());
+}
+
+#[test]
+fn an_unreadable_parked_vcpu_counts_as_on_and_reports_its_error() {
+    let rig = Rig::new(&[MpState::Runnable, MpState::Stopped]);
+    rig.states[1].fail_mp_read.store(true, Ordering::SeqCst);
+    let others = vec![rig.spawn(1)];
+    rig.states[0].call(0xC400_000E, ENTRY, CONTEXT);
+    let (_, outcome) = suspend(&rig, rig.vcpu(0));
+    let denial = Denial::OtherCpusOn { count: 1 };
+    assert_eq!(outcome.unwrap(), SuspendOutcome::Denied(denial));
+    wait_for(|| others[0].errors.load(Ordering::SeqCst) == 1);
+    rig.stop(others);
+}
+
+#[test]
+fn a_failed_suspend_releases_the_parked_vcpus() {
+    let rig = Rig::new(&[MpState::Runnable, MpState::Stopped]);
+    rig.states[0].fail_set_mp.store(true, Ordering::SeqCst);
+    let others = vec![rig.spawn(1)];
+    rig.states[0].call(0xC400_000E, ENTRY, CONTEXT);
+    let (_, outcome) = suspend(&rig, rig.vcpu(0));
+    assert!(matches!(outcome, Err(SuspendError::Suspend(_))));
+    assert_eq!(rig.coordinator.state(), SuspendState::Running);
+    let loops = others[0].loops.load(Ordering::SeqCst);
+    rig.kicks[1].kick();
+    wait_for(|| others[0].loops.load(Ordering::SeqCst) > loops);
+    rig.stop(others);
+}
+
+#[test]
+fn only_the_documented_transitions_are_allowed() {
+    use SuspendState::*;
+    let all = [Running, Suspending, Suspended, Resuming];
+    let allowed: Vec<_> = all
+        .iter()
+        .flat_map(|&from| all.iter().map(move |&to| (from, to)))
+        .filter(|&(from, to)| from.may_go(to))
+        .collect();
+    assert_eq!(
+        allowed,
+        [
+            (Running, Suspending),
+            (Suspending, Running),
+            (Suspending, Suspended),
+            (Suspended, Resuming),
+            (Resuming, Running),
+        ]
+    );
+}
+
+#[test]
+fn stats_serialise_for_the_api() {
+    let stats = SuspendStats {
+        suspend_count: 2,
+        last_wake_source: Some(WakeSource::Rtc),
+        ..SuspendStats::default()
+    };
+    assert_eq!(
+        serde_json::to_value(stats).unwrap(),
+        serde_json::json!({
+            "state": "running",
+            "suspend_count": 2,
+            "resume_count": 0,
+            "denied_count": 0,
+            "last_wake_source": "rtc",
+            "last_suspend_latency_us": null,
+            "last_resume_latency_us": null,
+        })
+    );
+}
