@@ -61,7 +61,7 @@ fetch_unpack() {
     apt_update
     local tmp
     tmp=$(mktemp -d)
-    chmod 755 "$tmp"  # apt downloads as the _apt user
+    chmod 1777 "$tmp"  # apt downloads as the _apt user
     log "downloading $pkg"
     (cd "$tmp" && apt-get download -qq "$pkg" >&2)
     rm -rf "$dest"
@@ -90,6 +90,17 @@ if [[ $NATIVE == 1 ]]; then fetch_unpack "$kernel_pkg" "$kernel_dir"; else fetch
 
 busybox_dir="$ARTEFACTS/busybox-static"
 if [[ $NATIVE == 1 ]]; then fetch_unpack busybox-static "$busybox_dir"; else fetch_unpack busybox-static:arm64 "$busybox_dir"; fi
+
+# util-linux's rtcwake for the nested guest (busybox-static has none), with the arm64 glibc
+# it links against: from the cross toolchain here, from the system on an arm64 host.
+util_linux_dir="$ARTEFACTS/util-linux"
+if [[ $NATIVE == 1 ]]; then fetch_unpack util-linux "$util_linux_dir"; else fetch_unpack util-linux:arm64 "$util_linux_dir"; fi
+if [[ $NATIVE == 1 ]]; then libc_dir=/lib/aarch64-linux-gnu; loader=/lib/ld-linux-aarch64.so.1
+else libc_dir=/usr/aarch64-linux-gnu/lib; loader=$libc_dir/ld-linux-aarch64.so.1; fi
+mkdir -p "$ARTEFACTS/lib"
+ln -sfn "$(readlink -f "$libc_dir/libc.so.6")" "$ARTEFACTS/lib/libc.so.6"
+ln -sfn "$(readlink -f "$loader")" "$ARTEFACTS/lib/ld-linux-aarch64.so.1"
+ln -sfn "$util_linux_dir/usr/sbin/rtcwake" "$ARTEFACTS/rtcwake"
 
 kernel_image=$(ls "$kernel_dir"/boot/vmlinuz-* | head -1)
 modules_dir=$(ls -d "$kernel_dir"/lib/modules/* | head -1)

@@ -240,6 +240,9 @@ impl EventBus {
     pub fn publish(&self, event: VmEvent) {
         match event.kind {
             VmEventKind::Woken { .. } => log::debug!("{}", event.kind),
+            VmEventKind::Suspended { latency_us, .. } | VmEventKind::Resumed { latency_us, .. } => {
+                log::info!("{} (in {latency_us} us)", event.kind)
+            }
             _ => log::info!("{}", event.kind),
         }
         self.lock()

@@ -79,6 +79,7 @@ fn main() -> ExitCode {
     env_logger::Builder::new()
         .filter_level(level)
         .format_target(false)
+        .format_timestamp_millis()
         .init();
 
     let result = cli

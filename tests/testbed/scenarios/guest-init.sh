@@ -32,7 +32,7 @@ suspend-rtc)
     while [ "$i" -le "$cycles" ]; do
         before=$(cat /sys/power/suspend_stats/success)
         t0=$(cut -d' ' -f1 /proc/uptime)
-        rtcwake -m mem -s 2 >/dev/null 2>&1
+        rtcwake -u -m mem -s 2
         rc=$?
         t1=$(cut -d' ' -f1 /proc/uptime)
         after=$(cat /sys/power/suspend_stats/success)

@@ -33,7 +33,8 @@ for cpus in 1 4; do
     else
         verdict=fail; rc=1
     fi
-    echo "@@result linux-suspend-${cpus}cpu $verdict exit=$status mem_sleep=$mem_sleep good_cycles=$good/$cycles dmesg_deep_entries=$deep dmesg_exits=$exits vmm_suspended=$suspended vmm_resumed_rtc=$resumed rtcwake_overhead_s_mean/max=$trip"
-    grep -E 'latency|suspended|resumed' "$out" | tail -n 4
+    suspend_us=$(latencies 'suspended' "$out")
+    resume_us=$(latencies 'resumed (wakeup: rtc)' "$out")
+    echo "@@result linux-suspend-${cpus}cpu $verdict exit=$status mem_sleep=$mem_sleep good_cycles=$good/$cycles dmesg_deep_entries=$deep dmesg_exits=$exits vmm_suspended=$suspended vmm_resumed_rtc=$resumed rtcwake_overhead_s_mean/max=$trip vmm_suspend_us_min/median/max=$suspend_us vmm_resume_us_min/median/max=$resume_us"
 done
 exit $rc

@@ -32,6 +32,8 @@ pub struct Artefacts {
     pub kernel: PathBuf,
     /// `gpio_keys.ko` from the kernel package: the guest's wake and power buttons.
     pub gpio_keys: PathBuf,
+    /// util-linux's `rtcwake` for arm64 and the glibc it needs (`libc.so.6` and the loader).
+    pub rtcwake: [PathBuf; 3],
     /// A static arm64 busybox.
     pub busybox: PathBuf,
     /// The cross-built `vmm` binary, once the workspace has one.
@@ -67,6 +69,11 @@ impl Artefacts {
         Ok(Self {
             kernel: existing("arm64 kernel Image", dir.join("Image"))?,
             busybox: existing("arm64 busybox", dir.join("busybox"))?,
+            rtcwake: [
+                existing("arm64 rtcwake", dir.join("rtcwake"))?,
+                existing("arm64 libc.so.6", dir.join("lib/libc.so.6"))?,
+                existing("arm64 dynamic loader", dir.join("lib/ld-linux-aarch64.so.1"))?,
+            ],
             gpio_keys: existing(
                 "gpio_keys.ko",
                 dir.join("modules/kernel/drivers/input/keyboard/gpio_keys.ko"),

@@ -169,6 +169,10 @@ fn stage_guest(work_dir: &Path, artefacts: &Artefacts, root: &Path) -> Result<()
     }
     copy(&artefacts.busybox, &guest_root.join("bin/busybox"))?;
     copy(&artefacts.gpio_keys, &guest_root.join("lib/modules/gpio_keys.ko"))?;
+    let [rtcwake, libc, loader] = &artefacts.rtcwake;
+    copy(rtcwake, &guest_root.join("bin/rtcwake"))?;
+    copy(libc, &guest_root.join("lib/libc.so.6"))?;
+    copy(loader, &guest_root.join("lib/ld-linux-aarch64.so.1"))?;
     write(&guest_root.join("init"), GUEST_INIT, true)?;
     cpio(&guest_root, &root.join("guest/initrd.cpio"))
 }
@@ -182,7 +186,7 @@ fn cargo_tests_script(names: &[String]) -> String {
     for name in names {
         let _ = writeln!(
             script,
-            "echo \"@@testbed exec {name}\"\n\"$ROOT/tests/{name}\" --test-threads=1 || rc=1"
+            "echo \"@@testbed exec {name}\"\n\"$ROOT/tests/{name}\" --test-threads=1 --show-output || rc=1"
         );
     }
     script.push_str("exit $rc\n");

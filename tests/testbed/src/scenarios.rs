@@ -73,6 +73,13 @@ pub fn all() -> Vec<Scenario> {
             default: true,
         },
         Scenario {
+            name: "linux-wake",
+            description: "a suspended Linux guest woken by the GPIO button and by a console byte",
+            timeout: Duration::from_secs(400),
+            steps: Steps::CargoTests(&[("vmm", "linux_wake")]),
+            default: false,
+        },
+        Scenario {
             name: "linux-s2idle",
             description: "--no-suspend: no deep in mem_sleep, echo mem still returns (s2idle)",
             timeout: Duration::from_secs(300),
