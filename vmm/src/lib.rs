@@ -86,6 +86,18 @@ pub enum VmmError {
     },
 }
 
+/// An error and its causes on one line, the way `vmm` reports them: `outer: inner: root`.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// The KVM device to use: `$VMM_KVM_PATH` or `/dev/kvm`.
 pub fn kvm_path() -> PathBuf {
     std::env::var_os(KVM_PATH_ENV)

@@ -100,20 +100,8 @@ fn main() -> ExitCode {
             ExitCode::from(reason.exit_code())
         }
         Err(err) => {
-            eprintln!("vmm: {}", error_chain(err.as_ref()));
+            eprintln!("vmm: {}", vmm::error_chain(err.as_ref()));
             ExitCode::FAILURE
         }
     }
-}
-
-/// The error and its causes on one line.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -7,6 +7,7 @@ use devices::bus::MmioBus;
 use hypervisor::{SystemEvent, Vcpu, VcpuKick, VmExit};
 
 use crate::control::{ExitReason, VmControl};
+use crate::error_chain;
 use crate::suspend::SuspendCoordinator;
 
 /// What a vCPU thread shares with the rest of the VM.
@@ -82,18 +83,6 @@ fn step<V: Vcpu>(vcpu: &mut V, context: &VcpuContext) -> Option<ExitReason> {
         }
     }
     None
-}
-
-/// An error and its causes on one line.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

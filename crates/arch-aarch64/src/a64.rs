@@ -109,7 +109,10 @@ impl Assembler {
 
     /// `ldr wt, [xn, #offset]`, `offset` a multiple of 4 below 16 KiB.
     pub fn ldr_w(&mut self, rt: Reg, rn: Reg, offset: u32) -> &mut Self {
-        assert!(offset % 4 == 0 && offset / 4 < 4096, "ldr offset out of range");
+        assert!(
+            offset % 4 == 0 && offset / 4 < 4096,
+            "ldr offset out of range"
+        );
         self.word(0xB940_0000 | ((offset / 4) << 10) | (rn << 5) | rt)
     }
 

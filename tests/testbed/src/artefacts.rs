@@ -72,7 +72,10 @@ impl Artefacts {
             rtcwake: [
                 existing("arm64 rtcwake", dir.join("rtcwake"))?,
                 existing("arm64 libc.so.6", dir.join("lib/libc.so.6"))?,
-                existing("arm64 dynamic loader", dir.join("lib/ld-linux-aarch64.so.1"))?,
+                existing(
+                    "arm64 dynamic loader",
+                    dir.join("lib/ld-linux-aarch64.so.1"),
+                )?,
             ],
             gpio_keys: existing(
                 "gpio_keys.ko",

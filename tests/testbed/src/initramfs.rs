@@ -168,7 +168,10 @@ fn stage_guest(work_dir: &Path, artefacts: &Artefacts, root: &Path) -> Result<()
         std::fs::create_dir_all(&path).map_err(io_err(&path))?;
     }
     copy(&artefacts.busybox, &guest_root.join("bin/busybox"))?;
-    copy(&artefacts.gpio_keys, &guest_root.join("lib/modules/gpio_keys.ko"))?;
+    copy(
+        &artefacts.gpio_keys,
+        &guest_root.join("lib/modules/gpio_keys.ko"),
+    )?;
     let [rtcwake, libc, loader] = &artefacts.rtcwake;
     copy(rtcwake, &guest_root.join("bin/rtcwake"))?;
     copy(libc, &guest_root.join("lib/libc.so.6"))?;

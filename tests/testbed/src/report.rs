@@ -104,7 +104,9 @@ impl Outcome {
         }
         let current = self.current?;
         // A result line may follow console output that lacked a final newline.
-        let result = line.find("@@result ").map(|at| &line[at + "@@result ".len()..]);
+        let result = line
+            .find("@@result ")
+            .map(|at| &line[at + "@@result ".len()..]);
         let case = if let Some(rest) = result {
             let mut words = rest.split_whitespace();
             let name = words.next()?.to_owned();
