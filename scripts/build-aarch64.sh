@@ -33,7 +33,7 @@ fi
 case "$mode" in
 build)
     mkdir -p "$CARGO_TARGET_DIR"
-    "${cargo[@]}" build --target "$target" -p vmm --bins "$@"
+    "${cargo[@]}" build --target "$target" -p vmm --bins --examples "$@"
     "${cargo[@]}" test --target "$target" --workspace --no-run --message-format=json-render-diagnostics "$@" \
         >"$CARGO_TARGET_DIR/artifacts.json"
     ;;

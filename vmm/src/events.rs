@@ -81,7 +81,7 @@ pub enum Denial {
         /// The rejected entry point.
         entry: u64,
     },
-    /// Another vCPU's suspend or resume was in progress (PSCI `DENIED`).
+    /// Another suspend, a host pause or a census was in progress (PSCI `DENIED`).
     Busy,
     /// The VM started stopping during the check (PSCI `DENIED`).
     Stopping,
@@ -117,7 +117,7 @@ impl fmt::Display for Denial {
         match self {
             Self::OtherCpusOn { count } => write!(f, "{count} other vCPU(s) on"),
             Self::InvalidEntry { entry } => write!(f, "invalid entry point {entry:#x}"),
-            Self::Busy => f.write_str("another vCPU is suspending"),
+            Self::Busy => f.write_str("another suspend, a pause or a census is in progress"),
             Self::Stopping => f.write_str("the VM is stopping"),
             Self::NotSystemSuspend { function_id } => {
                 write!(f, "function {function_id:#x} is not SYSTEM_SUSPEND")
@@ -221,6 +221,7 @@ impl VmEvent {
 #[derive(Debug, Default)]
 pub struct EventBus {
     subscribers: Mutex<Vec<Sender<VmEvent>>>,
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl EventBus {
@@ -232,8 +233,20 @@ impl EventBus {
     /// A receiver of every event published from now on; drop it to unsubscribe.
     pub fn subscribe(&self) -> Receiver<VmEvent> {
         let (sender, receiver) = mpsc::channel();
-        self.lock().push(sender);
+        let mut subscribers = self.lock();
+        // After `close` a subscriber gets a stream that has already ended.
+        if !self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            subscribers.push(sender);
+        }
         receiver
+    }
+
+    /// Ends every subscription: receivers see the channel disconnect once they drained it.
+    /// Called when the VM has stopped for good.
+    pub fn close(&self) {
+        let mut subscribers = self.lock();
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        subscribers.clear();
     }
 
     /// Logs `event` and sends it to every subscriber, forgetting those that hung up.

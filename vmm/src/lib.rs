@@ -4,6 +4,7 @@
 //! command line over it. KVM is only reached on aarch64 hosts; elsewhere [`run`] explains why
 //! the host cannot run the VM.
 
+pub mod api;
 pub mod boot_images;
 pub mod config;
 pub mod console;
@@ -13,6 +14,7 @@ mod event_loop;
 pub mod events;
 #[cfg(target_arch = "aarch64")]
 mod machine;
+pub mod routes;
 #[cfg(target_arch = "aarch64")]
 mod runner;
 #[cfg(target_arch = "aarch64")]
@@ -36,7 +38,7 @@ pub use hypervisor::HypervisorError;
 pub use machine::MachineError;
 #[cfg(target_arch = "aarch64")]
 pub use signals::SignalError;
-pub use vm::{HandleError, Vm, VmHandle, VmState};
+pub use vm::{HandleError, VcpuInfo, VcpuPower, Vm, VmHandle, VmInfo, VmState};
 
 /// Environment variable naming the KVM device, `/dev/kvm` when unset. Tests use it to check
 /// the errors for a missing device or a file that is not KVM.
@@ -72,6 +74,9 @@ pub enum VmmError {
     /// The terminal could not be switched to raw mode.
     #[error("Cannot put the terminal in raw mode")]
     Terminal(#[source] std::io::Error),
+    /// The API socket could not be served.
+    #[error(transparent)]
+    Api(crate::api::ApiServerError),
     /// The VMM thread could not be started.
     #[error("Cannot start the VMM thread")]
     VmmThread(#[source] std::io::Error),

@@ -7,6 +7,20 @@
 //! a PSCI error into `x0` or marks itself SUSPENDED and re-enters `KVM_RUN`, which blocks until
 //! an interrupt is pending. The following `KVM_SYSTEM_EVENT_WAKEUP` exit resets the vCPU to the
 //! guest's entry point with `x0` = context id.
+//!
+//! The host can hold the vCPUs too, with the same park rounds but no caller:
+//! [`SuspendCoordinator::pause`] keeps every vCPU parked until [`SuspendCoordinator::resume`],
+//! and [`SuspendCoordinator::census`] parks them for one round to read their MP states. That
+//! hold is orthogonal to [`SuspendState`]: a paused VM is Running-paused or Suspended-paused.
+//! They meet only through the single park round that may exist at a time:
+//!
+//! * a host operation waits for a suspend decision (Suspending, Resuming) to end first;
+//! * a SYSTEM_SUSPEND exit while a host round is in progress is refused with `DENIED`, as any
+//!   busy call; once paused no vCPU runs, so none can call;
+//! * a paused SUSPENDED vCPU keeps that MP state and re-enters `KVM_RUN` still SUSPENDED, so the
+//!   guest sleeps on after the resume; an interrupt raised meanwhile wakes it then;
+//! * a wakeup exit that races a pause is handled before its vCPU parks, so a pause asked for
+//!   while Suspended may end Running-paused.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -19,6 +33,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::control::VmControl;
 use crate::events::{Denial, EventBus, VmEventKind, WakeSource, WakeSourceTracker};
+
+mod pause;
+
+use pause::Hold;
+pub use pause::PauseError;
 
 /// How often waits look at [`VmControl::stopping`], which has no way to notify them, and
 /// re-kick vCPUs that have not parked yet.
@@ -59,6 +78,8 @@ impl SuspendState {
 pub struct SuspendStats {
     /// The state when the snapshot was taken.
     pub state: SuspendState,
+    /// Whether the host had paused every vCPU ([`SuspendCoordinator::pause`]).
+    pub paused: bool,
     /// Accepted SYSTEM_SUSPEND calls.
     pub suspend_count: u64,
     /// Completed resumes.
@@ -123,17 +144,28 @@ enum Slot {
     Pending,
     /// Parked, with its MP state (`None`: it could not be read, so it counts as on).
     Parked(Option<MpState>),
+    /// Parked, and asked by a census to read its MP state again.
+    Asked,
 }
 
-/// Every other vCPU parks outside `KVM_RUN` until the round ends.
+/// Every vCPU but the caller, if any, parks outside `KVM_RUN` until the round ends.
 struct ParkRound {
     id: u64,
     slots: Vec<Slot>,
 }
 
 impl ParkRound {
+    /// The vCPUs to kick: those not parked yet. `Asked` ones wait on the condvar instead.
     fn pending(&self) -> impl Iterator<Item = usize> + '_ {
         (0..self.slots.len()).filter(|&i| self.slots[i] == Slot::Pending)
+    }
+
+    /// Whether every vCPU has reported its MP state.
+    fn complete(&self) -> bool {
+        !self
+            .slots
+            .iter()
+            .any(|slot| matches!(slot, Slot::Pending | Slot::Asked))
     }
 
     fn others_on(&self) -> usize {
@@ -152,6 +184,10 @@ struct Accepted {
 
 struct Inner {
     state: SuspendState,
+    /// The host's hold on the vCPUs, orthogonal to `state`.
+    hold: Hold,
+    /// At most one round: a suspend decision's (`state` Suspending) or the host's (`hold` not
+    /// Free), never both.
     park: Option<ParkRound>,
     next_round: u64,
     accepted: Option<Accepted>,
@@ -196,6 +232,7 @@ impl SuspendCoordinator {
             park_requested: AtomicBool::new(false),
             inner: Mutex::new(Inner {
                 state: SuspendState::Running,
+                hold: Hold::Free,
                 park: None,
                 next_round: 0,
                 accepted: None,
@@ -215,6 +252,7 @@ impl SuspendCoordinator {
         let inner = self.lock();
         SuspendStats {
             state: inner.state,
+            paused: inner.hold == Hold::Paused,
             ..inner.stats
         }
     }
@@ -234,7 +272,8 @@ impl SuspendCoordinator {
     /// [`park_if_requested`](Self::park_if_requested) or the VM is stopping.
     ///
     /// An `x0` that is not a SYSTEM_SUSPEND id (KVM never exits so) gets `NOT_SUPPORTED`,
-    /// as KVM answers unknown PSCI calls. A call while another is in progress gets `DENIED`.
+    /// as KVM answers unknown PSCI calls. A call while another is in progress, or while the
+    /// host is parking the vCPUs, gets `DENIED`.
     pub fn on_suspend_exit<V: Vcpu + ?Sized>(
         &self,
         vcpu: &mut V,
@@ -262,37 +301,14 @@ impl SuspendCoordinator {
                 entry: call.entry,
                 context_id: call.context_id,
             });
-            let mut slots = vec![Slot::Pending; self.vcpus];
-            if let Some(slot) = slots.get_mut(index as usize) {
-                *slot = Slot::Caller;
-            }
-            let id = inner.next_round;
-            inner.next_round += 1;
-            inner.park = Some(ParkRound { id, slots });
-            // Before the kicks: a kicked thread must see it at the top of its loop.
-            self.park_requested.store(true, Ordering::SeqCst);
-            id
+            self.start_round(&mut inner, Some(index as usize))
         };
         self.kick_pending();
 
-        let mut inner = self.lock();
-        let others_on = loop {
-            if self.control.stopping() {
-                break None;
-            }
-            let Some(park) = inner.park.as_ref().filter(|park| park.id == round) else {
-                break None;
-            };
-            if park.pending().next().is_none() {
-                break Some(park.others_on());
-            }
-            let (guard, wait) = self.wait(inner);
-            inner = guard;
-            if wait.timed_out() {
-                drop(inner);
-                self.kick_pending();
-                inner = self.lock();
-            }
+        let (mut inner, parked) = self.await_round(self.lock(), round);
+        let others_on = match &inner.park {
+            Some(park) if parked => Some(park.others_on()),
+            _ => None,
         };
 
         let denial = match others_on {
@@ -373,11 +389,13 @@ impl SuspendCoordinator {
     }
 
     /// Call at the top of each vCPU loop iteration and after `VmExit::Interrupted`, on the
-    /// vCPU's own thread. While another vCPU is suspending, reports this vCPU's MP state and
-    /// blocks until the check is over or the VM is stopping. Returns whether it parked.
+    /// vCPU's own thread. While another vCPU is suspending, or the host pauses or counts the
+    /// vCPUs, reports this vCPU's MP state and blocks until the round is over (for a pause:
+    /// until the resume) or the VM is stopping, reading the state again when a census asks.
+    /// Returns whether it parked.
     ///
     /// An error (the MP state could not be read) is returned after the round; this vCPU then
-    /// counted as on, so the suspend was denied.
+    /// counted as on, so a suspend was denied, and a census saw `None`.
     pub fn park_if_requested<V: Vcpu + ?Sized>(&self, vcpu: &V) -> Result<bool, SuspendError> {
         if !self.park_requested.load(Ordering::SeqCst) || self.control.stopping() {
             return Ok(false);
@@ -387,19 +405,32 @@ impl SuspendCoordinator {
             Some(park) if park.slots.get(index) == Some(&Slot::Pending) => park.id,
             _ => return Ok(false),
         };
-        // Out of KVM_RUN, so this does not block; no other thread may touch the vCPU.
-        let state = vcpu.mp_state();
-        let mut inner = self.lock();
-        let Some(park) = inner.park.as_mut().filter(|park| park.id == round) else {
-            // The caller gave up meanwhile (the VM is stopping).
-            return state.map(|_| false).map_err(SuspendError::ParkedMpState);
-        };
-        park.slots[index] = Slot::Parked(state.as_ref().ok().copied());
-        self.changed.notify_all();
-        while inner.park.as_ref().is_some_and(|park| park.id == round) && !self.control.stopping() {
-            inner = self.wait(inner).0;
+        let (mut parked, mut failed) = (false, None);
+        'read: loop {
+            // Out of KVM_RUN, so this does not block; no other thread may touch the vCPU.
+            // The first error is the one reported.
+            let state = vcpu.mp_state().map_err(|e| failed.get_or_insert(e)).ok();
+            let mut inner = self.lock();
+            // None: the caller gave up meanwhile (the VM is stopping).
+            let Some(park) = inner.park.as_mut().filter(|park| park.id == round) else {
+                break;
+            };
+            park.slots[index] = Slot::Parked(state);
+            parked = true;
+            self.changed.notify_all();
+            while !self.control.stopping() {
+                match inner.park.as_ref().filter(|park| park.id == round) {
+                    Some(park) if park.slots[index] == Slot::Asked => continue 'read,
+                    Some(_) => inner = self.wait(inner).0,
+                    None => break,
+                }
+            }
+            break;
         }
-        state.map(|_| true).map_err(SuspendError::ParkedMpState)
+        match failed {
+            Some(err) => Err(SuspendError::ParkedMpState(err)),
+            None => Ok(parked),
+        }
     }
 
     /// Marks the caller SUSPENDED and records the call for its resume.
@@ -441,6 +472,46 @@ impl SuspendCoordinator {
         Ok(SuspendOutcome::Denied(denial))
     }
 
+    /// Opens a park round with every vCPU but `caller` pending; returns its id. Kick them next.
+    fn start_round(&self, inner: &mut Inner, caller: Option<usize>) -> u64 {
+        let mut slots = vec![Slot::Pending; self.vcpus];
+        if let Some(slot) = caller.and_then(|caller| slots.get_mut(caller)) {
+            *slot = Slot::Caller;
+        }
+        let id = inner.next_round;
+        inner.next_round += 1;
+        inner.park = Some(ParkRound { id, slots });
+        // Before the kicks: a kicked thread must see it at the top of its loop.
+        self.park_requested.store(true, Ordering::SeqCst);
+        id
+    }
+
+    /// Waits until every vCPU of round `id` has reported, kicking the laggards again every
+    /// [`POLL`]. False if the round ended first or the VM is stopping.
+    fn await_round<'a>(
+        &'a self,
+        mut inner: MutexGuard<'a, Inner>,
+        id: u64,
+    ) -> (MutexGuard<'a, Inner>, bool) {
+        loop {
+            if self.control.stopping() {
+                return (inner, false);
+            }
+            match inner.park.as_ref().filter(|park| park.id == id) {
+                None => return (inner, false),
+                Some(park) if park.complete() => return (inner, true),
+                Some(_) => {}
+            }
+            let (guard, wait) = self.wait(inner);
+            inner = guard;
+            if wait.timed_out() {
+                drop(inner);
+                self.kick_pending();
+                inner = self.lock();
+            }
+        }
+    }
+
     /// Ends the park round: parked vCPUs return to `KVM_RUN` in their own state.
     fn release(&self, inner: &mut Inner) {
         inner.park = None;
@@ -469,6 +540,8 @@ impl SuspendCoordinator {
         }
         log::debug!("Suspend state {from:?} -> {to:?}");
         inner.state = to;
+        // Host operations wait for a suspend decision to end.
+        self.changed.notify_all();
     }
 
     fn wait<'a>(

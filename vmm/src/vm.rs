@@ -12,9 +12,11 @@ use devices::{Pl061Gpio, Serial16550};
 use crate::boot_images::BootImages;
 use crate::console::Console;
 use crate::control::{ExitReason, VmControl};
+use crate::events::WakeSource;
 use crate::events::{EventBus, VmEvent};
-use crate::suspend::{SuspendCoordinator, SuspendState, SuspendStats};
+use crate::suspend::{PauseError, SuspendCoordinator, SuspendState, SuspendStats};
 use crate::{VmConfig, VmmError};
+use hypervisor::MpState;
 
 /// How long a button stays pressed: long enough for gpio-keys' debounce (5 ms by default) to
 /// see the key down.
@@ -31,9 +33,61 @@ pub enum HandleError {
     /// The VM is not running (not booted yet, rebooting, or stopped).
     #[error("The VM is not running")]
     NotRunning,
+    /// The VM is stopping or has stopped.
+    #[error("The VM is shutting down")]
+    ShuttingDown,
     /// The GPIO controller refused the button.
     #[error("Cannot press the button")]
     Button(#[source] devices::GpioError),
+    /// Pausing or resuming was refused.
+    #[error(transparent)]
+    Pause(#[from] PauseError),
+}
+
+/// A vCPU's power state as `vm.info` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VcpuPower {
+    /// Running or runnable.
+    On,
+    /// Powered off (never started, or PSCI CPU_OFF).
+    Off,
+    /// Suspended by SYSTEM_SUSPEND until a wakeup.
+    Suspended,
+    /// Not known: the VM is not running, or its state could not be read.
+    Unknown,
+}
+
+/// One vCPU in [`VmInfo`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct VcpuInfo {
+    /// Its index.
+    pub index: u32,
+    /// Its power state.
+    pub power: VcpuPower,
+}
+
+/// A snapshot of the VM for `GET /api/v1/vm.info`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct VmInfo {
+    /// The VM-wide state.
+    pub state: VmState,
+    /// Every vCPU's power state.
+    pub vcpus: Vec<VcpuInfo>,
+    /// Guest RAM in MiB.
+    pub memory_mib: u64,
+    /// Seconds since the VM started.
+    pub uptime_s: f64,
+    /// How many times the guest booted (reboots included).
+    pub boots: u32,
+    /// Suspends accepted since the last boot.
+    pub suspend_count: u64,
+    /// What woke the guest last.
+    pub last_wake_source: Option<WakeSource>,
+    /// VMM-side latency of the last suspend: suspend exit to `Suspended`.
+    pub last_suspend_latency_us: Option<u64>,
+    /// VMM-side latency of the last resume: wakeup exit to the vCPU ready to run.
+    pub last_resume_latency_us: Option<u64>,
 }
 
 /// A VM that was checked and is ready to start.
@@ -65,6 +119,14 @@ impl Vm {
         self.shared.events.subscribe()
     }
 
+    /// The handle [`Vm::start`] will return, usable before the start (the VM then reports
+    /// itself as booting), e.g. to serve an API socket from the first instant.
+    pub fn handle(&self) -> VmHandle {
+        VmHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
     /// Sets where the guest console goes; the default is this process's terminal.
     pub fn with_console(mut self, console: Console) -> Self {
         self.console = console;
@@ -74,6 +136,9 @@ impl Vm {
     /// Starts the VM on a new thread and returns its handle.
     pub fn start(self) -> Result<VmHandle, VmmError> {
         let shared = Arc::clone(&self.shared);
+        *shared.started.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        *shared.memory_mib.lock().unwrap_or_else(|e| e.into_inner()) = self.config.memory_mib;
+        *shared.vcpu_count.lock().unwrap_or_else(|e| e.into_inner()) = self.config.cpus;
         let thread_shared = Arc::clone(&shared);
         let spawned = std::thread::Builder::new()
             .name("vmm".to_owned())
@@ -105,6 +170,8 @@ pub enum VmState {
     Booting,
     /// The guest runs.
     Running,
+    /// The host paused every vCPU (`vm.pause`); the guest may be running or suspended under it.
+    Paused,
     /// A vCPU called SYSTEM_SUSPEND and the VM is deciding.
     Suspending,
     /// The guest sleeps until a wakeup interrupt.
@@ -121,6 +188,10 @@ pub enum VmState {
 #[derive(Default)]
 pub(crate) struct HandleShared {
     events: Arc<EventBus>,
+    started: Mutex<Option<Instant>>,
+    memory_mib: Mutex<u64>,
+    vcpu_count: Mutex<u32>,
+    boots: std::sync::atomic::AtomicU32,
     boot: Mutex<Option<BootControls>>,
     shutdown: AtomicBool,
     exit: Mutex<Option<Result<ExitReason, Arc<VmmError>>>>,
@@ -130,6 +201,9 @@ pub(crate) struct HandleShared {
 impl HandleShared {
     /// Publishes the controls of a boot that starts, or clears them when it ends.
     pub(crate) fn set_boot(&self, boot: Option<BootControls>) {
+        if boot.is_some() {
+            self.boots.fetch_add(1, Ordering::SeqCst);
+        }
         *self.boot.lock().unwrap_or_else(|e| e.into_inner()) = boot;
     }
 
@@ -147,6 +221,8 @@ impl HandleShared {
 
     fn finish(&self, result: Result<ExitReason, VmmError>) {
         self.set_boot(None);
+        // Event streams end with the VM.
+        self.events.close();
         *self.exit.lock().unwrap_or_else(|e| e.into_inner()) = Some(result.map_err(Arc::new));
         self.exited.notify_all();
     }
@@ -221,6 +297,9 @@ impl VmHandle {
                 if boot.control.stopping() {
                     return VmState::ShuttingDown;
                 }
+                if boot.suspend.is_paused() {
+                    return VmState::Paused;
+                }
                 match boot.suspend.state() {
                     SuspendState::Running => VmState::Running,
                     SuspendState::Suspending => VmState::Suspending,
@@ -240,12 +319,95 @@ impl VmHandle {
         self.shared.with_boot(|boot| boot.suspend.stats()).ok()
     }
 
-    /// Stops the VM now, as SIGTERM does. Returns at once; use [`VmHandle::wait`].
-    pub fn shutdown(&self) {
+    /// Stops the VM now, as SIGTERM does. Returns at once; use [`VmHandle::wait`]. Fails only
+    /// when the VM has already stopped.
+    pub fn shutdown(&self) -> Result<(), HandleError> {
+        if self.has_exited() {
+            return Err(HandleError::ShuttingDown);
+        }
         self.shared.shutdown.store(true, Ordering::SeqCst);
         let _ = self
             .shared
             .with_boot(|boot| boot.control.request_exit(ExitReason::Shutdown));
+        Ok(())
+    }
+
+    /// The controls of the running boot, unless the VM is stopping.
+    fn running_boot<T>(&self, act: impl FnOnce(&BootControls) -> T) -> Result<T, HandleError> {
+        if self.shared.shutdown_requested() || self.has_exited() {
+            return Err(HandleError::ShuttingDown);
+        }
+        self.shared.with_boot(|boot| {
+            if boot.control.stopping() {
+                Err(HandleError::ShuttingDown)
+            } else {
+                Ok(act(boot))
+            }
+        })?
+    }
+
+    /// Pauses every vCPU on the host side, whether the guest runs or sleeps; distinct from a
+    /// guest suspend, which the guest asks for. Returns once no vCPU is in the guest.
+    pub fn pause(&self) -> Result<(), HandleError> {
+        let suspend = self.running_boot(|boot| Arc::clone(&boot.suspend))?;
+        suspend.pause().map_err(HandleError::from)
+    }
+
+    /// Resumes a paused VM.
+    pub fn resume(&self) -> Result<(), HandleError> {
+        let suspend = self.running_boot(|boot| Arc::clone(&boot.suspend))?;
+        suspend.resume().map_err(HandleError::from)
+    }
+
+    /// A snapshot of the VM: state, vCPU power states, memory, uptime and suspend figures.
+    /// Reading the vCPU power states parks the vCPUs for a moment.
+    pub fn info(&self) -> VmInfo {
+        let vcpu_count = *self
+            .shared
+            .vcpu_count
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let census = self
+            .running_boot(|boot| Arc::clone(&boot.suspend))
+            .ok()
+            .and_then(|suspend| suspend.census().ok());
+        let vcpus = (0..vcpu_count)
+            .map(|index| {
+                let state = census
+                    .as_ref()
+                    .and_then(|states| states.get(index as usize).copied().flatten());
+                let power = match state {
+                    Some(MpState::Runnable) => VcpuPower::On,
+                    Some(MpState::Stopped) => VcpuPower::Off,
+                    Some(MpState::Suspended) => VcpuPower::Suspended,
+                    Some(MpState::Other(_)) => VcpuPower::On,
+                    None => VcpuPower::Unknown,
+                };
+                VcpuInfo { index, power }
+            })
+            .collect();
+        let stats = self.suspend_stats().unwrap_or_default();
+        let uptime_s = self
+            .shared
+            .started
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map_or(0.0, |started| started.elapsed().as_secs_f64());
+        VmInfo {
+            state: self.state(),
+            vcpus,
+            memory_mib: *self
+                .shared
+                .memory_mib
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+            uptime_s,
+            boots: self.shared.boots.load(Ordering::SeqCst),
+            suspend_count: stats.suspend_count,
+            last_wake_source: stats.last_wake_source,
+            last_suspend_latency_us: stats.last_suspend_latency_us,
+            last_resume_latency_us: stats.last_resume_latency_us,
+        }
     }
 
     /// Whether the VM has stopped.

@@ -14,8 +14,25 @@ for word in $(cat /proc/cmdline); do
     cycles=*) cycles=${word#cycles=} ;;
     esac
 done
-# The wake button (gpio-keys on the PL061) is a module in Debian's kernel.
-insmod /lib/modules/gpio_keys.ko 2>/dev/null
+# The buttons (gpio-keys on the PL061) and evdev are modules in Debian's kernel.
+for module in /lib/modules/*.ko; do insmod "$module" 2>/dev/null; done
+
+# Powers off when KEY_POWER (116) is pressed, like a desktop's power-key handler.
+power_key_handler() {
+    dev=
+    for event in /sys/class/input/event*; do
+        [ "$(cat "$event/device/name" 2>/dev/null)" = gpio-keys ] && dev=/dev/input/${event##*/}
+    done
+    [ -n "$dev" ] || { echo "@@guest no gpio-keys input device"; return; }
+    # struct input_event on arm64: 16 bytes of time, u16 type, u16 code, s32 value.
+    while :; do
+        set -- $(hexdump -n 24 -v -e '12/2 "%u " "\n"' "$dev")
+        if [ "$9" = 1 ] && [ "${10}" = 116 ] && [ "${11}" = 1 ]; then
+            echo "@@guest power-key pressed"
+            poweroff -f
+        fi
+    done
+}
 rtc=$(cat /sys/class/rtc/rtc0/since_epoch 2>/dev/null || echo none)
 echo "@@guest init uptime=$(cut -d' ' -f1 /proc/uptime) nproc=$(nproc) rtc=$rtc mode=$mode"
 case "$mode" in
@@ -51,6 +68,16 @@ suspend-wait)
     rc=$?
     echo "@@guest resumed rc=$rc success_before=$before success_after=$(cat /sys/power/suspend_stats/success) online=$(cat /sys/devices/system/cpu/online)"
     poweroff -f
+    ;;
+ticker)
+    # Ticks once a second with the guest's clocks until the power button is pressed.
+    power_key_handler &
+    i=0
+    while :; do
+        i=$((i + 1))
+        echo "@@guest tick n=$i uptime=$(cut -d' ' -f1 /proc/uptime) date=$(date +%s)"
+        sleep 1
+    done
     ;;
 demo)
     echo "Hello from an arm64 Linux guest on our vmm:"

@@ -30,14 +30,17 @@ pub enum ArtefactError {
 pub struct Artefacts {
     /// The arm64 kernel `Image`, used for the emulated host and for nested guests.
     pub kernel: PathBuf,
-    /// `gpio_keys.ko` from the kernel package: the guest's wake and power buttons.
-    pub gpio_keys: PathBuf,
+    /// Modules the nested guest loads: `gpio_keys.ko` (wake and power buttons) and `evdev.ko`
+    /// (so its power-key handler can read key events).
+    pub guest_modules: Vec<PathBuf>,
     /// util-linux's `rtcwake` for arm64 and the glibc it needs (`libc.so.6` and the loader).
     pub rtcwake: [PathBuf; 3],
     /// A static arm64 busybox.
     pub busybox: PathBuf,
     /// The cross-built `vmm` binary, once the workspace has one.
     pub vmm: Option<PathBuf>,
+    /// The cross-built library example `suspend_wake`, once built.
+    pub example: Option<PathBuf>,
     /// Every cross-built test executable.
     pub tests: Vec<TestExecutable>,
 }
@@ -77,11 +80,18 @@ impl Artefacts {
                     dir.join("lib/ld-linux-aarch64.so.1"),
                 )?,
             ],
-            gpio_keys: existing(
-                "gpio_keys.ko",
-                dir.join("modules/kernel/drivers/input/keyboard/gpio_keys.ko"),
-            )?,
+            guest_modules: vec![
+                existing(
+                    "gpio_keys.ko",
+                    dir.join("modules/kernel/drivers/input/keyboard/gpio_keys.ko"),
+                )?,
+                existing(
+                    "evdev.ko",
+                    dir.join("modules/kernel/drivers/input/evdev.ko"),
+                )?,
+            ],
             vmm: Some(build.join("vmm")).filter(|path| path.exists()),
+            example: Some(build.join("examples/suspend_wake")).filter(|path| path.exists()),
             tests: test_executables(&messages)?,
         })
     }

@@ -96,6 +96,9 @@ pub fn stage(
     if let Some(vmm) = &artefacts.vmm {
         copy(vmm, &root.join("bin/vmm"))?;
     }
+    if let Some(example) = &artefacts.example {
+        copy(example, &root.join("bin/suspend_wake"))?;
+    }
 
     // Every scenario may boot a nested guest: the vmm's own tests use its kernel too.
     stage_guest(work_dir, artefacts, &root)?;
@@ -168,10 +171,11 @@ fn stage_guest(work_dir: &Path, artefacts: &Artefacts, root: &Path) -> Result<()
         std::fs::create_dir_all(&path).map_err(io_err(&path))?;
     }
     copy(&artefacts.busybox, &guest_root.join("bin/busybox"))?;
-    copy(
-        &artefacts.gpio_keys,
-        &guest_root.join("lib/modules/gpio_keys.ko"),
-    )?;
+    for module in &artefacts.guest_modules {
+        if let Some(name) = module.file_name() {
+            copy(module, &guest_root.join("lib/modules").join(name))?;
+        }
+    }
     let [rtcwake, libc, loader] = &artefacts.rtcwake;
     copy(rtcwake, &guest_root.join("bin/rtcwake"))?;
     copy(libc, &guest_root.join("lib/libc.so.6"))?;

@@ -87,6 +87,20 @@ pub fn all() -> Vec<Scenario> {
             default: true,
         },
         Scenario {
+            name: "api",
+            description: "control API end to end: wake by API, pause/resume, power button, bad requests",
+            timeout: Duration::from_secs(600),
+            steps: Steps::CargoTests(&[("vmm", "api")]),
+            default: false,
+        },
+        Scenario {
+            name: "example",
+            description: "vmm/examples/suspend_wake: the library wakes a suspended guest",
+            timeout: Duration::from_secs(300),
+            steps: Steps::Script(include_str!("../scenarios/example.sh")),
+            default: true,
+        },
+        Scenario {
             name: "aarch64-tests",
             description: "every crate's test executables on arm64, the KVM ones included",
             timeout: Duration::from_secs(600),

@@ -1,7 +1,7 @@
 //! The coordinator driven by fake vCPUs, with real threads for the vCPUs that park. No KVM.
 //! Every wait has a deadline, so a deadlock fails the test instead of hanging it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::AtomicUsize;
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Barrier, PoisonError};
@@ -32,6 +32,10 @@ struct FakeState {
     fail_set_mp: AtomicBool,
     /// Runs when the vCPU is made SUSPENDED, to inject races.
     on_suspended: Mutex<Option<Box<dyn Fn() + Send>>>,
+    /// Entries into the guest ([`Vcpu::run`] calls).
+    runs: AtomicUsize,
+    /// Exits `run` returns before it blocks as `KVM_RUN` does.
+    exits: Mutex<VecDeque<hypervisor::VmExit>>,
 }
 
 impl FakeState {
@@ -44,6 +48,8 @@ impl FakeState {
             fail_mp_read: AtomicBool::new(false),
             fail_set_mp: AtomicBool::new(false),
             on_suspended: Mutex::new(None),
+            runs: AtomicUsize::new(0),
+            exits: Mutex::new(VecDeque::new()),
         })
     }
 
@@ -71,6 +77,7 @@ impl FakeState {
 struct FakeVcpu {
     index: u32,
     state: Arc<FakeState>,
+    kick: Arc<FakeKick>,
 }
 
 fn injected(index: u32) -> VcpuError {
@@ -84,7 +91,14 @@ impl Vcpu for FakeVcpu {
     fn index(&self) -> u32 {
         self.index
     }
+    /// A scripted exit, else "the guest runs" until kicked or 20 ms pass.
     fn run(&mut self) -> Result<hypervisor::VmExit, VcpuError> {
+        self.state.runs.fetch_add(1, Ordering::SeqCst);
+        let exit = self.state.exits.lock();
+        if let Some(exit) = exit.unwrap_or_else(PoisonError::into_inner).pop_front() {
+            return Ok(exit);
+        }
+        self.kick.run(Duration::from_millis(20));
         Ok(hypervisor::VmExit::Interrupted)
     }
     fn complete_mmio_read(&mut self, _: &[u8]) -> Result<(), VcpuError> {
@@ -168,7 +182,7 @@ struct Rig {
     states: Vec<Arc<FakeState>>,
 }
 
-/// A thread running a vCPU loop: park if asked, else "run" until kicked or 20 ms pass.
+/// A thread running a vCPU loop: park if asked, else [`FakeVcpu::run`].
 struct Other {
     handle: JoinHandle<()>,
     loops: Arc<AtomicUsize>,
@@ -210,13 +224,13 @@ impl Rig {
         FakeVcpu {
             index,
             state: self.states[index as usize].clone(),
+            kick: self.kicks[index as usize].clone(),
         }
     }
 
     /// Runs vCPU `index`'s loop on a thread; `first` runs once on that thread before it.
     fn spawn_with(&self, index: u32, first: impl FnOnce(&mut FakeVcpu) + Send + 'static) -> Other {
         let (coordinator, control) = (self.coordinator.clone(), self.control.clone());
-        let kick = self.kicks[index as usize].clone();
         let mut vcpu = self.vcpu(index);
         let [loops, parks, errors] = [(); 3].map(|_| Arc::new(AtomicUsize::new(0)));
         let counters = (loops.clone(), parks.clone(), errors.clone());
@@ -229,7 +243,7 @@ impl Rig {
                     Err(_) => _ = counters.2.fetch_add(1, Ordering::SeqCst),
                 }
                 counters.0.fetch_add(1, Ordering::SeqCst);
-                kick.run(Duration::from_millis(20));
+                let _ = vcpu.run();
             }
         });
         Other {
@@ -661,6 +675,7 @@ fn stats_serialise_for_the_api() {
         serde_json::to_value(stats).unwrap(),
         serde_json::json!({
             "state": "running",
+            "paused": false,
             "suspend_count": 2,
             "resume_count": 0,
             "denied_count": 0,
@@ -670,3 +685,5 @@ fn stats_serialise_for_the_api() {
         })
     );
 }
+
+mod pause;

@@ -1,15 +1,38 @@
-//! `vmm`: boots an arm64 Linux guest on KVM with a serial console on this terminal.
+//! `vmm`: boots an arm64 Linux guest on KVM with a serial console on this terminal, and
+//! `vmm ctl` drives a running one through its API socket.
+
+mod ctl;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use clap::{ArgAction, Parser};
-use vmm::{ExitReason, VmConfig, VmmError};
+use clap::{ArgAction, Args, Parser, Subcommand};
+use vmm::api::ApiServer;
+use vmm::routes::VmRouter;
+use vmm::{ExitReason, Vm, VmConfig, VmmError};
 
 /// Boots an arm64 Linux guest on KVM; its serial console is this terminal.
 #[derive(Debug, Parser)]
-#[command(name = "vmm", version, about)]
+#[command(name = "vmm", version, about, args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+    /// More logging on stderr (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Drives a running vmm through its API socket.
+    Ctl(ctl::CtlArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
     /// Uncompressed arm64 kernel Image.
     #[arg(long, value_name = "FILE")]
     kernel: Option<PathBuf>,
@@ -31,15 +54,15 @@ struct Cli {
     /// Do not offer suspend-to-RAM (PSCI SYSTEM_SUSPEND) to the guest; it keeps s2idle.
     #[arg(long)]
     no_suspend: bool,
+    /// Serve the control API (HTTP/1.1, JSON) on this Unix socket.
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
     /// JSON file with the same settings; flags given here override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// More logging on stderr (-v info, -vv debug, -vvv trace).
-    #[arg(short, long, action = ArgAction::Count)]
-    verbose: u8,
 }
 
-impl Cli {
+impl RunArgs {
     fn into_config(self) -> Result<VmConfig, VmmError> {
         let mut config = match &self.config {
             Some(path) => VmConfig::from_file(path)?,
@@ -82,11 +105,10 @@ fn main() -> ExitCode {
         .format_timestamp_millis()
         .init();
 
-    let result = cli
-        .into_config()
-        .map_err(std::sync::Arc::new)
-        .and_then(|config| vmm::run(&config));
-    match result {
+    if let Some(Command::Ctl(args)) = cli.command {
+        return ctl::run(args);
+    }
+    match run_vm(cli.run) {
         Ok(ExitReason::Error(message)) => {
             eprintln!("vmm: {message}");
             ExitCode::FAILURE
@@ -104,4 +126,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Checks, serves the API socket if asked, boots, and waits for the VM to stop.
+fn run_vm(args: RunArgs) -> Result<ExitReason, Arc<VmmError>> {
+    let api_socket = args.api_socket.clone();
+    let vm = Vm::new(args.into_config()?)?;
+    let server = match api_socket {
+        Some(path) => Some(
+            ApiServer::start(&path, Arc::new(VmRouter::new(vm.handle())))
+                .map_err(|err| Arc::new(VmmError::Api(err)))?,
+        ),
+        None => None,
+    };
+    let result = vm.start()?.wait();
+    drop(server);
+    result
 }

@@ -1,0 +1,161 @@
+//! `vmm ctl`: a client of the API socket, human-readable or `--json`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, ValueEnum};
+use serde_json::Value;
+use vmm::api::ApiClient;
+
+/// Arguments of `vmm ctl`.
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// The API socket of the running vmm.
+    #[arg(long, value_name = "PATH")]
+    api_socket: PathBuf,
+    /// Print the API's JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// What to do.
+    #[arg(value_enum)]
+    action: Action,
+}
+
+/// The API calls `vmm ctl` makes.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Action {
+    /// The VM's state, vCPUs, memory, uptime and suspend figures.
+    Info,
+    /// Press the wake button.
+    Wakeup,
+    /// Press the power button.
+    PowerButton,
+    /// Pause every vCPU (host side).
+    Pause,
+    /// Resume a paused VM.
+    Resume,
+    /// Stop the VM now.
+    Shutdown,
+    /// Follow the VM's events until it stops.
+    Events,
+}
+
+impl Action {
+    fn endpoint(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Info => ("GET", "vm.info"),
+            Self::Wakeup => ("PUT", "vm.wakeup"),
+            Self::PowerButton => ("PUT", "vm.power-button"),
+            Self::Pause => ("PUT", "vm.pause"),
+            Self::Resume => ("PUT", "vm.resume"),
+            Self::Shutdown => ("PUT", "vm.shutdown"),
+            Self::Events => ("GET", "vm.events"),
+        }
+    }
+}
+
+/// Runs one `vmm ctl` command.
+pub fn run(args: CtlArgs) -> ExitCode {
+    let client = ApiClient::new(&args.api_socket);
+    let (method, endpoint) = args.action.endpoint();
+    let path = format!("{}{endpoint}", vmm::routes::API_PREFIX);
+    if let Action::Events = args.action {
+        return follow_events(&client, &path, args.json);
+    }
+    match client.request(method, &path, None) {
+        Ok((status, body)) if (200..300).contains(&status) => {
+            if args.json {
+                println!("{body}");
+            } else if let Action::Info = args.action {
+                print_info(&body);
+            } else {
+                println!("{}", body["result"].as_str().unwrap_or("ok"));
+            }
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            let message = body["error"]
+                .as_str()
+                .map_or(body.to_string(), str::to_owned);
+            eprintln!("vmm ctl: {status}: {message}");
+            ExitCode::FAILURE
+        }
+        Err(err) => {
+            eprintln!("vmm ctl: {}", vmm::error_chain(&err));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn follow_events(client: &ApiClient, path: &str, json: bool) -> ExitCode {
+    let events = match client.stream(path) {
+        Ok(events) => events,
+        Err(err) => {
+            eprintln!("vmm ctl: {}", vmm::error_chain(&err));
+            return ExitCode::FAILURE;
+        }
+    };
+    for event in events {
+        match event {
+            Ok(event) if json => println!("{event}"),
+            Ok(event) => println!("{}", describe_event(&event)),
+            Err(err) => {
+                eprintln!("vmm ctl: {}", vmm::error_chain(&err));
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// `at_ms event key=value...` for people.
+fn describe_event(event: &Value) -> String {
+    let mut text = format!(
+        "{} {}",
+        event["at_ms"].as_u64().unwrap_or_default(),
+        event["event"].as_str().unwrap_or("event")
+    );
+    if let Some(fields) = event.as_object() {
+        for (key, value) in fields {
+            if key != "at_ms" && key != "event" {
+                text.push_str(&format!(" {key}={value}"));
+            }
+        }
+    }
+    text
+}
+
+fn print_info(info: &Value) {
+    let text = |key: &str| match &info[key] {
+        Value::String(text) => text.clone(),
+        Value::Null => "-".to_owned(),
+        other => other.to_string(),
+    };
+    println!("state:        {}", text("state"));
+    let vcpus: Vec<String> = info["vcpus"]
+        .as_array()
+        .map(|vcpus| {
+            vcpus
+                .iter()
+                .map(|vcpu| {
+                    format!(
+                        "{}:{}",
+                        vcpu["index"],
+                        vcpu["power"].as_str().unwrap_or("?")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    println!("vcpus:        {}", vcpus.join(" "));
+    println!("memory:       {} MiB", text("memory_mib"));
+    println!(
+        "uptime:       {:.1} s",
+        info["uptime_s"].as_f64().unwrap_or_default()
+    );
+    println!("boots:        {}", text("boots"));
+    println!("suspends:     {}", text("suspend_count"));
+    println!("last wake:    {}", text("last_wake_source"));
+    println!("last suspend: {} us", text("last_suspend_latency_us"));
+    println!("last resume:  {} us", text("last_resume_latency_us"));
+}

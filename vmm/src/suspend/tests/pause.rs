@@ -1,0 +1,436 @@
+//! Host pause, resume and census, with the fake vCPUs of the suspend tests on real threads.
+
+use std::sync::mpsc::RecvTimeoutError;
+
+use devices::bus::MmioBus;
+use hypervisor::{SystemEvent, VmExit};
+
+use super::*;
+use crate::vcpu::{VcpuContext, run_vcpu};
+
+/// Long enough for a vCPU thread that could run to do so a few times (it loops every 20 ms).
+const QUIET: Duration = Duration::from_millis(100);
+
+/// Runs `f` on a thread; [`done`] collects its result.
+fn start<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Receiver<T> {
+    let (report, result) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = report.send(f());
+    });
+    result
+}
+
+fn done<T>(result: &Receiver<T>) -> T {
+    result.recv_timeout(LIMIT).expect("deadlock or panic")
+}
+
+fn still_blocked<T>(result: &Receiver<T>) -> bool {
+    matches!(
+        result.recv_timeout(Duration::from_millis(50)),
+        Err(RecvTimeoutError::Timeout)
+    )
+}
+
+impl Rig {
+    fn pause(&self) -> Result<(), PauseError> {
+        let coordinator = self.coordinator.clone();
+        within(move || coordinator.pause())
+    }
+
+    fn resume(&self) -> Result<(), PauseError> {
+        let coordinator = self.coordinator.clone();
+        within(move || coordinator.resume())
+    }
+
+    fn census(&self) -> Result<Vec<Option<MpState>>, PauseError> {
+        let coordinator = self.coordinator.clone();
+        within(move || coordinator.census())
+    }
+
+    fn runs(&self) -> Vec<usize> {
+        let runs = |state: &Arc<FakeState>| state.runs.load(Ordering::SeqCst);
+        self.states.iter().map(runs).collect()
+    }
+
+    fn mp_reads(&self) -> Vec<usize> {
+        let reads = |state: &Arc<FakeState>| state.mp_reads.load(Ordering::SeqCst);
+        self.states.iter().map(reads).collect()
+    }
+
+    /// Checks that no vCPU enters the guest for a while.
+    fn assert_none_runs(&self) {
+        let before = self.runs();
+        thread::sleep(QUIET);
+        assert_eq!(self.runs(), before, "a paused vCPU entered KVM_RUN");
+    }
+
+    /// Waits until every vCPU has entered the guest again since `before`.
+    fn wait_all_run_since(&self, before: &[usize]) {
+        wait_for(|| self.runs().iter().zip(before).all(|(now, then)| now > then));
+    }
+
+    /// Runs vCPU `index` in the real [`run_vcpu`] loop on a thread.
+    fn spawn_run_vcpu(&self, index: u32) -> JoinHandle<()> {
+        let context = VcpuContext {
+            bus: Arc::new(MmioBus::new()),
+            control: self.control.clone(),
+            suspend: self.coordinator.clone(),
+        };
+        let kick = self.kicks[index as usize].clone();
+        let vcpu = self.vcpu(index);
+        thread::spawn(move || run_vcpu(vcpu, &*kick, &context))
+    }
+}
+
+#[test]
+fn pause_parks_every_vcpu_and_none_runs_until_resume() {
+    let rig = Rig::new(&[MpState::Runnable; 4]);
+    let others: Vec<Other> = (0..4).map(|index| rig.spawn(index)).collect();
+    rig.wait_all_run_since(&[0; 4]);
+
+    rig.pause().unwrap();
+    assert!(rig.coordinator.is_paused());
+    assert!(rig.coordinator.stats().paused);
+    assert_eq!(rig.coordinator.state(), SuspendState::Running);
+    // Each parked and reported its MP state once.
+    assert_eq!(rig.mp_reads(), [1; 4]);
+    let loops: Vec<usize> = others
+        .iter()
+        .map(|o| o.loops.load(Ordering::SeqCst))
+        .collect();
+    rig.assert_none_runs();
+    let after: Vec<usize> = others
+        .iter()
+        .map(|o| o.loops.load(Ordering::SeqCst))
+        .collect();
+    assert_eq!(loops, after, "a paused vCPU left its park");
+
+    let before = rig.runs();
+    rig.resume().unwrap();
+    assert!(!rig.coordinator.is_paused());
+    assert!(!rig.coordinator.stats().paused);
+    rig.wait_all_run_since(&before);
+    for other in &others {
+        assert_eq!(other.parks.load(Ordering::SeqCst), 1);
+        assert_eq!(other.errors.load(Ordering::SeqCst), 0);
+    }
+    assert!(rig.events().is_empty(), "a pause is not a guest suspend");
+    rig.stop(others);
+}
+
+#[test]
+fn pause_while_suspended_keeps_the_guest_asleep() {
+    let rig = Rig::new(&[MpState::Runnable, MpState::Stopped]);
+    let mut others = vec![rig.spawn(1)];
+    rig.states[0].call(0xC400_000E, ENTRY, CONTEXT);
+    let (mut vcpu, outcome) = suspend(&rig, rig.vcpu(0));
+    assert_eq!(outcome.unwrap(), SuspendOutcome::Suspended);
+    // The caller's thread is back in KVM_RUN, SUSPENDED.
+    others.push(rig.spawn(0));
+    rig.wait_all_run_since(&rig.runs());
+
+    let kicks = rig.kicks[0].kicks.load(Ordering::SeqCst);
+    rig.pause().unwrap();
+    assert!(
+        rig.kicks[0].kicks.load(Ordering::SeqCst) > kicks,
+        "kicked out of KVM_RUN"
+    );
+    let stats = rig.coordinator.stats();
+    assert_eq!((stats.state, stats.paused), (SuspendState::Suspended, true));
+    assert_eq!(
+        rig.census().unwrap(),
+        [Some(MpState::Suspended), Some(MpState::Stopped)]
+    );
+    rig.assert_none_runs();
+
+    let before = rig.runs();
+    rig.resume().unwrap();
+    rig.wait_all_run_since(&before);
+    assert_eq!(
+        rig.states[0].mp(),
+        MpState::Suspended,
+        "re-entered still SUSPENDED"
+    );
+    assert_eq!(rig.states[0].resets.load(Ordering::SeqCst), 0);
+    assert_eq!(rig.coordinator.state(), SuspendState::Suspended);
+
+    // The guest still wakes as usual.
+    rig.tracker.note(WakeSource::Rtc);
+    assert_eq!(
+        wakeup(&rig, &mut vcpu),
+        WakeupOutcome::Resumed(WakeSource::Rtc)
+    );
+    assert_eq!(rig.states[0].reg(PC), ENTRY);
+    rig.stop(others);
+}
+
+#[test]
+fn census_reports_each_vcpu_and_lets_them_run_again() {
+    let rig = Rig::new(&[MpState::Runnable, MpState::Stopped, MpState::Runnable]);
+    rig.states[2].fail_mp_read.store(true, Ordering::SeqCst);
+    let others: Vec<Other> = (0..3).map(|index| rig.spawn(index)).collect();
+
+    assert_eq!(
+        rig.census().unwrap(),
+        [Some(MpState::Runnable), Some(MpState::Stopped), None]
+    );
+    assert!(!rig.coordinator.is_paused());
+    assert_eq!(rig.mp_reads(), [1; 3]);
+    rig.wait_all_run_since(&rig.runs());
+    // The parked thread reports its failed read after the round, as in a suspend.
+    wait_for(|| others[2].errors.load(Ordering::SeqCst) == 1);
+    assert_eq!(others[0].parks.load(Ordering::SeqCst), 1);
+    assert_eq!(rig.coordinator.state(), SuspendState::Running);
+    rig.stop(others);
+}
+
+#[test]
+fn census_while_paused_reads_again_and_stays_paused() {
+    let rig = Rig::new(&[MpState::Runnable, MpState::Runnable]);
+    let others: Vec<Other> = (0..2).map(|index| rig.spawn(index)).collect();
+    rig.pause().unwrap();
+    assert_eq!(rig.mp_reads(), [1, 1]);
+    let runs = rig.runs();
+
+    // Only the vCPU's own thread can see this, so the census must ask it.
+    *rig.states[1].mp.lock().unwrap() = MpState::Stopped;
+    assert_eq!(
+        rig.census().unwrap(),
+        [Some(MpState::Runnable), Some(MpState::Stopped)]
+    );
+    assert_eq!(rig.mp_reads(), [2, 2]);
+    assert_eq!(
+        rig.census().unwrap(),
+        [Some(MpState::Runnable), Some(MpState::Stopped)]
+    );
+    assert_eq!(rig.mp_reads(), [3, 3]);
+    assert!(rig.coordinator.is_paused());
+    assert_eq!(rig.runs(), runs, "no vCPU ran for the census");
+    for other in &others {
+        assert_eq!(
+            other.parks.load(Ordering::SeqCst),
+            0,
+            "still in the first park"
+        );
+    }
+
+    rig.resume().unwrap();
+    rig.wait_all_run_since(&runs);
+    rig.stop(others);
+}
+
+#[test]
+fn pausing_twice_or_resuming_unpaused_is_refused() {
+    let rig = Rig::new(&[MpState::Runnable]);
+    let others = vec![rig.spawn(0)];
+    assert_eq!(rig.resume(), Err(PauseError::NotPaused));
+    rig.pause().unwrap();
+    assert_eq!(rig.pause(), Err(PauseError::AlreadyPaused));
+    assert!(rig.coordinator.is_paused());
+    rig.resume().unwrap();
+    assert_eq!(rig.resume(), Err(PauseError::NotPaused));
+    assert_eq!(
+        PauseError::AlreadyPaused.to_string(),
+        "The VM is already paused"
+    );
+
+    rig.stop(others);
+    assert_eq!(rig.pause(), Err(PauseError::Stopping));
+    assert_eq!(rig.census(), Err(PauseError::Stopping));
+    assert!(!rig.coordinator.is_paused());
+}
+
+#[test]
+fn shutdown_while_paused_releases_every_thread_promptly() {
+    let rig = Rig::new(&[MpState::Runnable, MpState::Stopped, MpState::Runnable]);
+    let others: Vec<Other> = (0..3).map(|index| rig.spawn(index)).collect();
+    rig.pause().unwrap();
+
+    let started = Instant::now();
+    rig.stop(others);
+    // The waits poll `stopping` every 10 ms.
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    // The hold is left for a resume, which releases nothing by now but keeps the state sane.
+    assert!(rig.coordinator.is_paused());
+    rig.resume().unwrap();
+    assert!(!rig.coordinator.is_paused());
+}
+
+#[test]
+fn shutdown_while_pausing_fails_the_pause() {
+    let rig = Rig::new(&[MpState::Runnable, MpState::Runnable]);
+    // vCPU 1 has no thread: it never parks.
+    let others = vec![rig.spawn(0)];
+    let coordinator = rig.coordinator.clone();
+    let pause = start(move || coordinator.pause());
+    wait_for(|| rig.mp_reads()[0] == 1);
+    assert!(still_blocked(&pause));
+    assert!(!rig.coordinator.is_paused());
+    assert!(rig.kicks[1].kicks.load(Ordering::SeqCst) >= 1);
+
+    rig.control.request_exit(ExitReason::Shutdown);
+    assert_eq!(done(&pause), Err(PauseError::Stopping));
+    assert!(!rig.coordinator.is_paused());
+    rig.stop(others);
+}
+
+#[test]
+fn while_pausing_suspend_is_denied_and_resume_waits() {
+    let rig = Rig::new(&[MpState::Runnable, MpState::Stopped]);
+    // vCPU 1 parks late, so the pause stays in progress.
+    let mut others = vec![rig.spawn(0)];
+    let coordinator = rig.coordinator.clone();
+    let pause = start(move || coordinator.pause());
+    wait_for(|| rig.mp_reads()[0] == 1);
+
+    // A SYSTEM_SUSPEND exit vCPU 1 took just before its kick is refused at once.
+    rig.states[1].call(0xC400_000E, ENTRY, CONTEXT);
+    let (_, outcome) = suspend(&rig, rig.vcpu(1));
+    assert_eq!(outcome.unwrap(), SuspendOutcome::Denied(Denial::Busy));
+    assert_eq!(
+        rig.states[1].reg(xreg(0)),
+        sign_extended(PsciReturn::Denied)
+    );
+    assert_eq!(rig.coordinator.state(), SuspendState::Running);
+
+    let coordinator = rig.coordinator.clone();
+    let resume = start(move || coordinator.resume());
+    assert!(still_blocked(&resume), "resume waits for the pause");
+    assert!(still_blocked(&pause));
+
+    others.push(rig.spawn(1));
+    assert_eq!(done(&pause), Ok(()));
+    assert_eq!(done(&resume), Ok(()));
+    assert!(!rig.coordinator.is_paused());
+    rig.wait_all_run_since(&rig.runs());
+    rig.stop(others);
+}
+
+#[test]
+fn pause_and_census_wait_for_a_suspend_decision() {
+    let rig = Rig::new(&[MpState::Runnable, MpState::Stopped, MpState::Stopped]);
+    // vCPU 2 parks late, so the decision stays in progress.
+    let mut others = vec![rig.spawn(1)];
+    rig.states[0].call(0xC400_000E, ENTRY, CONTEXT);
+    let (coordinator, mut caller) = (rig.coordinator.clone(), rig.vcpu(0));
+    let suspend = start(move || coordinator.on_suspend_exit(&mut caller).map(|_| caller));
+    wait_for(|| rig.mp_reads()[1] == 1);
+    assert_eq!(rig.coordinator.state(), SuspendState::Suspending);
+
+    let coordinator = rig.coordinator.clone();
+    let pause = start(move || coordinator.pause());
+    let coordinator = rig.coordinator.clone();
+    let census = start(move || coordinator.census());
+    assert!(still_blocked(&pause));
+    assert!(still_blocked(&census));
+    assert_eq!(rig.coordinator.state(), SuspendState::Suspending);
+
+    others.push(rig.spawn(2));
+    let caller = done(&suspend).unwrap();
+    assert_eq!(caller.state.mp(), MpState::Suspended);
+    // The caller re-enters KVM_RUN, SUSPENDED; it parks for the pause and the census.
+    others.push(rig.spawn(0));
+    let all = [
+        Some(MpState::Suspended),
+        Some(MpState::Stopped),
+        Some(MpState::Stopped),
+    ];
+    assert_eq!(done(&pause), Ok(()));
+    assert_eq!(done(&census), Ok(all.to_vec()));
+    let stats = rig.coordinator.stats();
+    assert_eq!((stats.state, stats.paused), (SuspendState::Suspended, true));
+    assert_eq!(stats.suspend_count, 1);
+    rig.resume().unwrap();
+    rig.stop(others);
+}
+
+/// A SYSTEM_SUSPEND exit races a pause in the real vCPU loop: the suspend is decided either
+/// way (accepted, or denied because the pause came first) and the pause then completes.
+#[test]
+fn a_suspend_exit_racing_a_pause_ends_cleanly() {
+    for attempt in 0..20u64 {
+        let rig = Rig::new(&[MpState::Runnable, MpState::Stopped, MpState::Stopped]);
+        rig.states[0].call(0xC400_000E, ENTRY, CONTEXT);
+        let threads: Vec<JoinHandle<()>> = (0..3).map(|index| rig.spawn_run_vcpu(index)).collect();
+        rig.wait_all_run_since(&[0; 3]);
+        let barrier = Arc::new(Barrier::new(2));
+        let (coordinator, wait) = (rig.coordinator.clone(), barrier.clone());
+        // Spread the exit around the pause over the attempts: first the pause, then the exit
+        // gets a head start.
+        let lead = Duration::from_micros((attempt % 10) * 100);
+        let pause = start(move || {
+            wait.wait();
+            if attempt >= 10 {
+                thread::sleep(lead);
+            }
+            coordinator.pause()
+        });
+        barrier.wait();
+        if attempt < 10 {
+            thread::sleep(lead);
+        }
+        let exits = rig.states[0].exits.lock();
+        exits
+            .unwrap()
+            .push_back(VmExit::SystemEvent(SystemEvent::Suspend));
+        rig.kicks[0].kick();
+
+        assert_eq!(done(&pause), Ok(()), "attempt {attempt}");
+        // The exit may still be queued if the pause won before vCPU 0 ran again.
+        let pending = !rig.states[0].exits.lock().unwrap().is_empty();
+        let stats = rig.coordinator.stats();
+        assert!(stats.paused);
+        let (state, mp) = (stats.state, rig.states[0].mp());
+        match (stats.suspend_count, stats.denied_count) {
+            (1, 0) => assert_eq!((state, mp), (SuspendState::Suspended, MpState::Suspended)),
+            (0, 1) => {
+                assert_eq!((state, mp), (SuspendState::Running, MpState::Runnable));
+                let denial = VmEventKind::SuspendDenied {
+                    vcpu: 0,
+                    reason: Denial::Busy,
+                };
+                assert!(rig.events().contains(&denial), "attempt {attempt}");
+            }
+            (0, 0) => assert!(pending, "attempt {attempt}: the exit got lost"),
+            counts => panic!("attempt {attempt}: {counts:?}"),
+        }
+        assert_eq!(rig.census().unwrap()[0], Some(mp));
+        rig.assert_none_runs();
+
+        rig.resume().unwrap();
+        // Once resumed, vCPU 0 takes any exit still queued and runs on.
+        wait_for(|| rig.states[0].exits.lock().unwrap().is_empty());
+        rig.wait_all_run_since(&rig.runs());
+        rig.control.request_exit(ExitReason::Shutdown);
+        for thread in threads {
+            join_within(thread);
+        }
+        assert_eq!(rig.control.exit_reason(), Some(ExitReason::Shutdown));
+    }
+}
+
+#[test]
+fn only_the_documented_hold_changes_are_allowed() {
+    use Hold::*;
+    let all = [Free, Census, Pausing, Paused];
+    let allowed: Vec<_> = all
+        .iter()
+        .flat_map(|&from| all.iter().map(move |&to| (from, to)))
+        .filter(|&(from, to)| from.may_go(to))
+        .collect();
+    assert_eq!(
+        allowed,
+        [
+            (Free, Census),
+            (Free, Pausing),
+            (Census, Free),
+            (Pausing, Free),
+            (Pausing, Paused),
+            (Paused, Free),
+        ]
+    );
+}

@@ -1,0 +1,419 @@
+//! The control API end to end: the real `vmm` binary with `--api-socket`, a Linux guest, and
+//! the API client (and `vmm ctl`) driving it.
+//!
+//! Needs an arm64 KVM host and the testbed's guest (`VMM_TEST_KERNEL`, `VMM_TEST_INITRD`); the
+//! testbed sets both, and `VMM_BIN`.
+#![cfg(target_arch = "aarch64")]
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use vmm::api::ApiClient;
+
+fn env_path(variable: &str) -> PathBuf {
+    std::env::var_os(variable)
+        .unwrap_or_else(|| panic!("{variable} must be set (the testbed sets it)"))
+        .into()
+}
+
+fn vmm_binary() -> PathBuf {
+    std::env::var_os("VMM_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_vmm")))
+}
+
+/// A `vmm --api-socket` process running the testbed guest in `mode`.
+struct Vmm {
+    child: Child,
+    dir: PathBuf,
+    socket: PathBuf,
+    console: PathBuf,
+}
+
+impl Vmm {
+    fn start(name: &str, mode: &str, cpus: u32) -> Self {
+        let dir = std::env::temp_dir().join(format!("vmm-api-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("api.sock");
+        let console = dir.join("console.log");
+        let child = Command::new(vmm_binary())
+            .arg("--kernel")
+            .arg(env_path("VMM_TEST_KERNEL"))
+            .arg("--initramfs")
+            .arg(env_path("VMM_TEST_INITRD"))
+            .args([
+                "--cmdline",
+                &format!("console=ttyS0 quiet panic=-1 vmmtest={mode}"),
+            ])
+            .args(["--cpus", &cpus.to_string(), "--memory", "256", "-v"])
+            .arg("--api-socket")
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&console).unwrap())
+            .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap())
+            .spawn()
+            .expect("start vmm");
+        let vmm = Self {
+            child,
+            dir,
+            socket,
+            console,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !vmm.socket.exists() {
+            assert!(Instant::now() < deadline, "no API socket: {}", vmm.stderr());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        vmm
+    }
+
+    fn client(&self) -> ApiClient {
+        ApiClient::new(&self.socket)
+    }
+
+    fn call(&self, method: &str, endpoint: &str) -> (u16, Value) {
+        self.client()
+            .request(method, &format!("/api/v1/{endpoint}"), None)
+            .unwrap_or_else(|err| panic!("{method} {endpoint}: {err}"))
+    }
+
+    fn console_text(&self) -> String {
+        std::fs::read_to_string(&self.console).unwrap_or_default()
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+    }
+
+    /// Whole console lines containing `text`.
+    fn console_lines(&self, text: &str) -> Vec<String> {
+        let console = self.console_text();
+        let complete = console.rsplit_once('\n').map_or("", |(whole, _)| whole);
+        complete
+            .lines()
+            .filter(|line| line.contains(text))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn wait_console(&self, text: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(line) = self.console_lines(text).pop() {
+                return line;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{text:?} not on the console within {limit:?}:\n{}\n{}",
+                self.console_text(),
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> i32 {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "vmm did not exit: {}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Follows `vm.events` on a thread; events arrive on the returned channel.
+fn follow_events(socket: &Path) -> mpsc::Receiver<Value> {
+    let client = ApiClient::new(socket);
+    let events = client
+        .stream("/api/v1/vm.events")
+        .expect("open the event stream");
+    let (sender, receiver) = mpsc::channel();
+    std::thread::spawn(move || {
+        for event in events.flatten() {
+            if sender.send(event).is_err() {
+                break;
+            }
+        }
+    });
+    receiver
+}
+
+fn wait_event(events: &mpsc::Receiver<Value>, name: &str, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let event = events
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no {name:?} event within {limit:?}"));
+        if event["event"] == name {
+            return event;
+        }
+    }
+}
+
+/// Sends raw bytes and returns the status code of the reply (0 if the server closed first).
+fn raw(socket: &Path, request: &[u8]) -> u16 {
+    let mut stream = UnixStream::connect(socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let _ = stream.write_all(request);
+    let mut reply = String::new();
+    let _ = stream.read_to_string(&mut reply);
+    reply
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn api_sees_a_guest_suspend_and_wakes_it_with_the_gpio_button() {
+    let mut vmm = Vmm::start("wake", "suspend-wait", 2);
+    let mode = std::fs::metadata(&vmm.socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
+    let events = follow_events(&vmm.socket);
+
+    wait_event(&events, "suspended", Duration::from_secs(120));
+    let (status, info) = vmm.call("GET", "vm.info");
+    assert_eq!(status, 200, "{info}");
+    assert_eq!(info["state"], "suspended", "{info}");
+    assert_eq!(info["vcpus"][0]["power"], "suspended", "{info}");
+    assert_eq!(info["vcpus"][1]["power"], "off", "{info}");
+    assert_eq!(info["suspend_count"], 1, "{info}");
+
+    let (status, reply) = vmm.call("PUT", "vm.wakeup");
+    assert_eq!(status, 200, "{reply}");
+    let resumed = wait_event(&events, "resumed", Duration::from_secs(30));
+    assert_eq!(resumed["source"], "gpio", "{resumed}");
+    let line = vmm.wait_console("@@guest resumed", Duration::from_secs(60));
+    assert!(
+        line.contains("rc=0") && line.contains("online=0-1"),
+        "{line}"
+    );
+    assert_eq!(vmm.wait_exit(Duration::from_secs(60)), 0);
+    assert!(!vmm.socket.exists(), "the socket outlived vmm");
+}
+
+/// The guest's (tick number, date) lines so far.
+fn ticks(vmm: &Vmm) -> Vec<(u64, u64)> {
+    let field = |line: &str, name: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|word| word.strip_prefix(name))
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_default()
+    };
+    vmm.console_lines("@@guest tick")
+        .iter()
+        .map(|line| (field(line, "n="), field(line, "date=")))
+        .collect()
+}
+
+#[test]
+fn pause_and_resume_keep_the_guest_clock_and_the_power_button_powers_it_off() {
+    let mut vmm = Vmm::start("pause", "ticker", 1);
+    vmm.wait_console("@@guest tick n=3 ", Duration::from_secs(120));
+
+    assert_eq!(vmm.call("PUT", "vm.pause").0, 200);
+    assert_eq!(vmm.call("GET", "vm.info").1["state"], "paused");
+    let before = ticks(&vmm);
+    std::thread::sleep(Duration::from_secs(3));
+    let during = ticks(&vmm);
+    assert_eq!(before, during, "the guest ran while paused");
+    assert_eq!(vmm.call("PUT", "vm.pause").0, 409, "a second pause");
+
+    assert_eq!(vmm.call("PUT", "vm.resume").0, 200);
+    assert_eq!(vmm.call("PUT", "vm.resume").0, 409, "resume when running");
+    let (last_n, last_date) = *during.last().unwrap();
+    vmm.wait_console(
+        &format!("@@guest tick n={} ", last_n + 2),
+        Duration::from_secs(30),
+    );
+    let after = ticks(&vmm);
+    let (_, next_date) = after
+        .iter()
+        .find(|(n, _)| *n == last_n + 1)
+        .copied()
+        .unwrap();
+    println!("guest date across a 3 s pause: {last_date} -> {next_date}");
+    assert!(
+        next_date >= last_date + 3,
+        "the guest clock stopped: {last_date} -> {next_date}"
+    );
+
+    assert_eq!(vmm.call("PUT", "vm.power-button").0, 200);
+    vmm.wait_console("@@guest power-key pressed", Duration::from_secs(30));
+    assert_eq!(vmm.wait_exit(Duration::from_secs(60)), 0);
+}
+
+#[test]
+fn bad_requests_get_clear_errors_and_the_guest_is_unaffected() {
+    let mut vmm = Vmm::start("bad", "ticker", 1);
+    vmm.wait_console("@@guest tick n=2 ", Duration::from_secs(120));
+    let socket = vmm.socket.clone();
+
+    let put = |path: &str, body: &str| {
+        format!(
+            "PUT {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    assert_eq!(
+        raw(&socket, put("/api/v1/vm.pause", "{not json").as_bytes()),
+        400
+    );
+    assert_eq!(
+        raw(
+            &socket,
+            b"GET /api/v1/vm.nothing HTTP/1.1\r\nHost: x\r\n\r\n"
+        ),
+        404
+    );
+    assert_eq!(
+        raw(&socket, b"GET /api/v1/vm.pause HTTP/1.1\r\nHost: x\r\n\r\n"),
+        405
+    );
+    assert_eq!(
+        raw(
+            &socket,
+            put("/api/v1/vm.pause", &"x".repeat(80 * 1024)).as_bytes()
+        ),
+        413
+    );
+    assert_eq!(raw(&socket, b"\x16\x03\x01 garbage\r\n\r\n"), 400);
+    assert_eq!(vmm.call("PUT", "vm.resume").0, 409, "resume while running");
+
+    // A client that connects and never sends is dropped (or told 408) after a timeout.
+    let started = Instant::now();
+    let silent = raw(&socket, b"");
+    assert!(silent == 0 || silent == 408, "silent client got {silent}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+
+    // A client that disconnects in the middle of the event stream.
+    {
+        let mut stream = UnixStream::connect(&socket).unwrap();
+        stream
+            .write_all(b"GET /api/v1/vm.events HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut head = [0u8; 64];
+        let _ = stream.read(&mut head);
+    }
+
+    // The guest kept running, and the API still answers, also through `vmm ctl`.
+    let (n, _) = *ticks(&vmm).last().unwrap();
+    vmm.wait_console(
+        &format!("@@guest tick n={} ", n + 2),
+        Duration::from_secs(30),
+    );
+    let ctl = Command::new(vmm_binary())
+        .args(["ctl", "--api-socket"])
+        .arg(&socket)
+        .arg("info")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&ctl.stdout);
+    assert!(
+        ctl.status.success() && text.contains("state:        running"),
+        "{text}"
+    );
+    let ctl = Command::new(vmm_binary())
+        .args(["ctl", "--api-socket"])
+        .arg(&socket)
+        .args(["--json", "shutdown"])
+        .output()
+        .unwrap();
+    assert!(
+        ctl.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ctl.stderr)
+    );
+    assert_eq!(vmm.wait_exit(Duration::from_secs(30)), 0);
+}
+
+#[test]
+fn a_stale_socket_is_replaced_and_a_live_one_refused() {
+    let dir = std::env::temp_dir().join(format!("vmm-api-{}-stale", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let stale = dir.join("api.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    assert!(stale.exists());
+
+    let mut first = Vmm::start("live", "ticker", 1);
+    // Reuse the stale path for a second VMM: it must take it over.
+    let mut second = Command::new(vmm_binary())
+        .arg("--kernel")
+        .arg(env_path("VMM_TEST_KERNEL"))
+        .args(["--api-socket"])
+        .arg(&stale)
+        .args([
+            "--cmdline",
+            "console=ttyS0 quiet panic=-1 vmmtest=ticker",
+            "--memory",
+            "128",
+        ])
+        .arg("--initramfs")
+        .arg(env_path("VMM_TEST_INITRD"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ApiClient::new(&stale)
+        .request("GET", "/api/v1/vm.info", None)
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the stale socket was not taken over"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = second.kill();
+    let _ = second.wait();
+
+    // The first VMM's socket is live: a third VMM must refuse it and exit 1.
+    let refused = Command::new(vmm_binary())
+        .arg("--kernel")
+        .arg(env_path("VMM_TEST_KERNEL"))
+        .arg("--api-socket")
+        .arg(&first.socket)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&first.socket.display().to_string()),
+        "{stderr}"
+    );
+    assert_eq!(
+        first.call("GET", "vm.info").0,
+        200,
+        "the live VMM was disturbed"
+    );
+    assert_eq!(first.call("PUT", "vm.shutdown").0, 200);
+    assert_eq!(first.wait_exit(Duration::from_secs(30)), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
