@@ -111,7 +111,11 @@ fn run(cli: Cli) -> Result<bool, TestbedError> {
                 let image = initramfs::pack(&staged)?;
                 console::run_emulated(&artefacts, &image, &staged, &work_dir)?
             };
-            Ok(report::summarise(&selected, &outcome))
+            Ok(report::summarise(
+                &selected,
+                &outcome,
+                &mut std::io::stdout(),
+            ))
         }
     }
 }

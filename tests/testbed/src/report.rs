@@ -4,6 +4,7 @@
 //! from libtest (`test NAME ... ok|FAILED|ignored`) and from scenario scripts
 //! (`@@result NAME pass|fail [detail]`).
 
+use std::io::Write;
 use std::time::Duration;
 
 use crate::scenarios::Scenario;
@@ -186,12 +187,13 @@ impl Outcome {
     }
 }
 
-/// Prints the summary and returns whether everything passed.
-pub fn summarise(selected: &[Scenario], outcome: &Outcome) -> bool {
-    println!();
-    println!("testbed summary");
+/// Writes the summary to `out` and returns whether everything passed.
+pub fn summarise(selected: &[Scenario], outcome: &Outcome, out: &mut impl Write) -> bool {
+    let _ = writeln!(out);
+    let _ = writeln!(out, "testbed summary");
     if let Some((elapsed, detail)) = &outcome.host_ready {
-        println!(
+        let _ = writeln!(
+            out,
             "  arm64 host ready after {:.1} s ({detail})",
             elapsed.as_secs_f64()
         );
@@ -228,7 +230,8 @@ pub fn summarise(selected: &[Scenario], outcome: &Outcome) -> bool {
                 format!("FAILED ({other:?})")
             }
         };
-        println!(
+        let _ = writeln!(
+            out,
             "  {:<20} {:<24} {:>6.1} s  {} passed, {} failed  (limit {} s)",
             scenario.name,
             status,
@@ -238,14 +241,17 @@ pub fn summarise(selected: &[Scenario], outcome: &Outcome) -> bool {
             scenario.timeout.as_secs()
         );
         for case in result.cases.iter().filter(|c| c.passed == Some(false)) {
-            println!("      failed: {}", case.name);
+            let _ = writeln!(out, "      failed: {}", case.name);
         }
     }
     if let Some(reason) = &outcome.aborted {
-        println!("  run aborted: {reason}");
+        let _ = writeln!(out, "  run aborted: {reason}");
     }
     all_ok &= failed == 0;
-    println!("testbed: {passed} passed, {failed} failed, {ignored} skipped");
+    let _ = writeln!(
+        out,
+        "testbed: {passed} passed, {failed} failed, {ignored} skipped"
+    );
     all_ok
 }
 
@@ -345,7 +351,7 @@ mod tests {
                 Duration::ZERO,
             );
         }
-        assert!(summarise(&selected, &out));
+        assert!(summarise(&selected, &out, &mut std::io::sink()));
 
         let mut silent = Outcome::new(&names);
         for scenario in &names {
@@ -358,9 +364,9 @@ mod tests {
                 Duration::ZERO,
             );
         }
-        assert!(!summarise(&selected, &silent));
+        assert!(!summarise(&selected, &silent, &mut std::io::sink()));
 
         let not_run = Outcome::new(&names);
-        assert!(!summarise(&selected, &not_run));
+        assert!(!summarise(&selected, &not_run, &mut std::io::sink()));
     }
 }
