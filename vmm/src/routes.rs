@@ -111,3 +111,72 @@ impl VmRouter {
         ApiReply::Stream(Box::new(stream))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A router over a VM that was never started: no KVM needed.
+    fn router() -> (VmRouter, VmHandle) {
+        let handle = VmHandle::detached();
+        (VmRouter::new(handle.clone()), handle)
+    }
+
+    fn status(reply: ApiReply) -> (u16, Value) {
+        match reply {
+            ApiReply::Json { status, body } => (status, body),
+            ApiReply::Stream(_) => (0, Value::Null),
+        }
+    }
+
+    #[test]
+    fn unknown_paths_wrong_methods_and_bad_bodies_are_4xx() {
+        let (router, _) = router();
+        assert_eq!(
+            status(router.route("GET", "/api/v1/vm.nothing", b"")).0,
+            404
+        );
+        assert_eq!(status(router.route("GET", "/api/v2/vm.info", b"")).0, 404);
+        assert_eq!(status(router.route("GET", "/", b"")).0, 404);
+        let (code, body) = status(router.route("GET", "/api/v1/vm.pause", b""));
+        assert_eq!(code, 405);
+        assert_eq!(body["error"], "/api/v1/vm.pause takes PUT, not GET");
+        let (code, body) = status(router.route("PUT", "/api/v1/vm.pause", b"{oops"));
+        assert_eq!(code, 400);
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("Malformed JSON body"),
+            "{body}"
+        );
+        assert_eq!(
+            status(router.route("PUT", "/api/v1/vm.pause", b"[1]")).0,
+            400
+        );
+    }
+
+    #[test]
+    fn actions_on_a_vm_that_is_not_running_are_conflicts() {
+        let (router, handle) = router();
+        // Booting: nothing to press or pause yet.
+        assert_eq!(status(router.route("PUT", "/api/v1/vm.wakeup", b"")).0, 409);
+        assert_eq!(
+            status(router.route("PUT", "/api/v1/vm.pause", b"{}")).0,
+            409
+        );
+        let (code, info) = status(router.route("GET", "/api/v1/vm.info", b""));
+        assert_eq!((code, info["state"].as_str()), (200, Some("booting")));
+        // Shutting down: pause is refused, shutdown stays accepted.
+        assert_eq!(
+            status(router.route("PUT", "/api/v1/vm.shutdown", b"")).0,
+            200
+        );
+        let (code, body) = status(router.route("PUT", "/api/v1/vm.pause", b""));
+        assert_eq!(
+            (code, body["error"].as_str()),
+            (409, Some("The VM is shutting down"))
+        );
+        assert_eq!(handle.state(), crate::VmState::ShuttingDown);
+    }
+}

@@ -248,6 +248,14 @@ pub struct VmHandle {
 }
 
 impl VmHandle {
+    /// A handle to a VM that never starts, for tests of its users.
+    #[cfg(test)]
+    pub(crate) fn detached() -> Self {
+        Self {
+            shared: Arc::new(HandleShared::default()),
+        }
+    }
+
     /// Presses and releases the wake button (a gpio-keys KEY_WAKEUP with `wakeup-source`).
     /// Blocks for the 100 ms the key is held.
     pub fn press_wake_button(&self) -> Result<(), HandleError> {
