@@ -463,3 +463,20 @@ impl VmHandle {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_handle_can_be_shared_across_threads() {
+        fn shareable<T: Send + Sync + Clone + 'static>() {}
+        shareable::<VmHandle>();
+        let handle = VmHandle::detached();
+        let other = handle.clone();
+        let state = std::thread::spawn(move || other.state()).join().unwrap();
+        assert_eq!(state, VmState::Booting);
+        assert!(matches!(handle.press_wake_button(), Err(HandleError::NotRunning)));
+        assert!(handle.wait_timeout(Duration::from_millis(10)).is_none());
+    }
+}
