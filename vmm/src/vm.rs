@@ -476,7 +476,10 @@ mod tests {
         let other = handle.clone();
         let state = std::thread::spawn(move || other.state()).join().unwrap();
         assert_eq!(state, VmState::Booting);
-        assert!(matches!(handle.press_wake_button(), Err(HandleError::NotRunning)));
+        assert!(matches!(
+            handle.press_wake_button(),
+            Err(HandleError::NotRunning)
+        ));
         assert!(handle.wait_timeout(Duration::from_millis(10)).is_none());
     }
 }
