@@ -34,6 +34,7 @@ case "$mode" in
 build)
     mkdir -p "$CARGO_TARGET_DIR"
     "${cargo[@]}" build --target "$target" -p vmm --bins --examples "$@"
+    "${cargo[@]}" build --target "$target" -p hypervisor --examples "$@"
     "${cargo[@]}" test --target "$target" --workspace --no-run --message-format=json-render-diagnostics "$@" \
         >"$CARGO_TARGET_DIR/artifacts.json"
     ;;

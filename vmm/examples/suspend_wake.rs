@@ -5,7 +5,8 @@
 //! ```text
 //! suspend_wake KERNEL INITRAMFS [CMDLINE]
 //! ```
-//! The guest must suspend on its own, e.g. run `echo mem > /sys/power/state` from its init (the
+//! Its own messages go to stderr, the guest's console to stdout. The guest must suspend on its
+//! own, e.g. run `echo mem > /sys/power/state` from its init (the
 //! testbed's guest does with `vmmtest=suspend-wait`, the default command line here).
 
 use std::process::ExitCode;
@@ -52,7 +53,7 @@ fn run(config: VmConfig) -> Result<(), String> {
             .map_err(|_| "no event: the guest did not suspend in time".to_owned())?;
         match event.kind {
             VmEventKind::Suspended { latency_us, .. } => {
-                println!(
+                eprintln!(
                     "suspend_wake: guest suspended ({latency_us} us); pressing the wake button"
                 );
                 handle
@@ -62,7 +63,7 @@ fn run(config: VmConfig) -> Result<(), String> {
             VmEventKind::Resumed {
                 source, latency_us, ..
             } => {
-                println!("suspend_wake: guest resumed (wakeup: {source}, {latency_us} us)");
+                eprintln!("suspend_wake: guest resumed (wakeup: {source}, {latency_us} us)");
                 break;
             }
             _ => {}
@@ -70,7 +71,7 @@ fn run(config: VmConfig) -> Result<(), String> {
     }
     match handle.wait_timeout(LIMIT) {
         Some(Ok(ExitReason::PowerOff)) => {
-            println!("suspend_wake: guest powered off");
+            eprintln!("suspend_wake: guest powered off");
             Ok(())
         }
         Some(Ok(other)) => Err(format!("the VM stopped: {other:?}")),

@@ -9,14 +9,14 @@ use std::sync::{Arc, Mutex};
 use arch_aarch64::boot::boot_regs;
 use arch_aarch64::fdt::{FdtConfig, GpioKey, create_fdt};
 use arch_aarch64::layout::{
-    self, BootLayout, GPIO_BASE, GPIO_SPI, GuestRegion, MMIO_SLOT_SIZE, RAM_START, RTC_BASE,
-    RTC_SPI, UART_BASE, UART_SPI,
+    self, BOOT_TIMER_BASE, BootLayout, GPIO_BASE, GPIO_SPI, GuestRegion, MMIO_SLOT_SIZE, RAM_START,
+    RTC_BASE, RTC_SPI, UART_BASE, UART_SPI,
 };
 use arch_aarch64::regs::{MPIDR_AFFINITY_MASK, MPIDR_EL1};
 use devices::bus::MmioBus;
 use devices::irq::{IrqError, IrqLine};
 use devices::rtc_pl031::{SystemClock, TimerFdAlarm};
-use devices::{Pl061Gpio, Serial16550};
+use devices::{BootTimer, Pl061Gpio, Serial16550};
 use hypervisor::kvm::{GicV3, Hypervisor, KvmVcpu, Vm, VmOptions};
 use hypervisor::{Vcpu, VcpuError};
 use linux_loader::loader::{KernelLoader, pe::PE};
@@ -282,6 +282,13 @@ pub fn build(
         .map_err(device_error("rtc"))?;
     bus.insert(GPIO_BASE, MMIO_SLOT_SIZE, gpio.clone())
         .map_err(device_error("gpio"))?;
+    // Logs `Guest boot time: N us since vmm start` when the guest's init writes its magic.
+    bus.insert(
+        BOOT_TIMER_BASE,
+        MMIO_SLOT_SIZE,
+        Arc::new(Mutex::new(BootTimer::new())),
+    )
+    .map_err(device_error("boot timer"))?;
 
     Ok(Machine {
         vm,

@@ -3,12 +3,14 @@
 //! The PL031 alarm, a gpio-keys button on the PL061 and serial input are the guest's
 //! wakeup sources for suspend-to-RAM.
 
+pub mod boot_timer;
 pub mod bus;
 pub mod gpio_pl061;
 pub mod irq;
 pub mod rtc_pl031;
 pub mod serial;
 
+pub use boot_timer::{BOOT_TIMER_MAGIC, BootTimer};
 pub use bus::{BusError, MmioBus, MmioDevice, SharedMmioDevice};
 pub use gpio_pl061::{GpioError, Pl061Gpio, Pl061State};
 pub use irq::{IrqError, IrqLine, IrqLineTrigger, RecordingIrqLine};

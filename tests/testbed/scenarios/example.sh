@@ -1,11 +1,15 @@
 #!/bin/sh
 # The library example: boot, wait for `suspended`, wake through the handle, wait for `resumed`.
+# Its messages (stderr) and the guest console (stdout) go to separate files, so that neither
+# can split a line of the other.
 . "$ROOT/testbed/lib.sh"
 out=/tmp/example.log
-timeout 300 "$ROOT/bin/suspend_wake" "$ROOT/guest/Image" "$ROOT/guest/initrd.cpio" </dev/null >"$out" 2>&1
+err=/tmp/example.err
+timeout 300 "$ROOT/bin/suspend_wake" "$ROOT/guest/Image" "$ROOT/guest/initrd.cpio" </dev/null >"$out" 2>"$err"
 status=$?
 show "$out"
-if [ "$status" = 0 ] && grep -q 'suspend_wake: guest resumed (wakeup: gpio' "$out" \
+cat "$err"
+if [ "$status" = 0 ] && grep -q 'suspend_wake: guest resumed (wakeup: gpio' "$err" \
     && grep -q '@@guest resumed rc=0' "$out"; then
     verdict=pass
 else

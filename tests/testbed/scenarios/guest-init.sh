@@ -79,6 +79,40 @@ ticker)
         sleep 1
     done
     ;;
+bench)
+    # scripts/bench.sh: stop the VMM's boot timer (BOOT_TIMER_BASE, Firecracker's magic 123)
+    # and print the marker the runner times from outside; then `cycles=N` round trips of
+    # `rtcwake -m mem -s 1`, each started just after an RTC second ticks so that its alarm
+    # (util-linux sets it at the RTC's second + 1 + 1) is 2 s away, and with `sleep=S` one
+    # S-second sleep for the host's idle cost. The runner stops the VM after `@@bench done`.
+    devmem 0x09040000 8 123
+    echo "@@bench init"
+    sleep_s=0
+    for word in $(cat /proc/cmdline); do
+        case "$word" in sleep=*) sleep_s=${word#sleep=} ;; esac
+    done
+    rtc_now=/sys/class/rtc/rtc0/since_epoch
+    i=1
+    while [ "$i" -le "$cycles" ]; do
+        read -r s0 <"$rtc_now"
+        s=$s0
+        while [ -n "$s0" ] && [ "$s" = "$s0" ]; do read -r s <"$rtc_now"; done
+        read -r t0 _ </proc/uptime
+        rtcwake -u -m mem -s 1 >/dev/null
+        rc=$?
+        read -r t1 _ </proc/uptime
+        echo "@@bench trip cycle=$i rc=$rc t0=$t0 t1=$t1"
+        i=$((i + 1))
+    done
+    if [ "$sleep_s" -gt 0 ]; then
+        echo "@@bench sleep s=$sleep_s mem_sleep=$(tr ' ' , </sys/power/mem_sleep)"
+        rtcwake -u -m mem -s "$sleep_s" >/dev/null
+        echo "@@bench woke rc=$?"
+    fi
+    echo "@@bench done"
+    sleep 600
+    poweroff -f
+    ;;
 demo)
     echo "Hello from an arm64 Linux guest on our vmm:"
     uname -a

@@ -14,6 +14,17 @@ pub enum ArtefactError {
         /// Where it was looked for.
         path: PathBuf,
     },
+    /// An artefact only the benchmark needs is missing.
+    #[error(
+        "Missing {what} at {path} (run scripts/bench.sh, or scripts/setup-bench.sh and \
+         scripts/build-aarch64.sh build --profile bench-release)"
+    )]
+    MissingBench {
+        /// What it is.
+        what: &'static str,
+        /// Where it was looked for.
+        path: PathBuf,
+    },
     /// Cargo's build messages could not be read.
     #[error("Cannot read the aarch64 build messages at {path}")]
     BuildMessages {
@@ -101,6 +112,58 @@ impl Artefacts {
         self.tests
             .iter()
             .find(|test| test.package == package && test.target == target)
+    }
+}
+
+/// The cargo profile of the benchmark's binaries: release code, built faster.
+pub const BENCH_PROFILE: &str = "bench-release";
+
+/// What only `testbed bench` stages: QEMU for arm64 from scripts/setup-bench.sh, and our
+/// binaries built with [`BENCH_PROFILE`].
+#[derive(Clone, Debug)]
+pub struct BenchArtefacts {
+    /// `qemu-system-aarch64`.
+    pub qemu: PathBuf,
+    /// The shared libraries it loads, the dynamic loader among them.
+    pub qemu_libs: Vec<PathBuf>,
+    /// The Debian version of the QEMU package.
+    pub qemu_version: PathBuf,
+    /// The optimised `vmm`.
+    pub vmm: PathBuf,
+    /// The hypervisor crate's `suspend_floor` example.
+    pub floor: PathBuf,
+}
+
+impl BenchArtefacts {
+    /// Looks in `dir`, or in the default cache, and in the aarch64 build of [`BENCH_PROFILE`].
+    pub fn locate(dir: Option<PathBuf>) -> Result<Self, ArtefactError> {
+        let qemu_dir = dir.unwrap_or_else(default_dir).join("qemu-arm64");
+        let build = Path::new("target/aarch64/aarch64-unknown-linux-gnu").join(BENCH_PROFILE);
+        let bench = |what, path: PathBuf| {
+            if path.exists() {
+                Ok(path)
+            } else {
+                Err(ArtefactError::MissingBench { what, path })
+            }
+        };
+        bench("QEMU for arm64", qemu_dir.join(".complete"))?;
+        let lib_dir = qemu_dir.join("lib");
+        let qemu_libs = std::fs::read_dir(&lib_dir)
+            .and_then(|entries| entries.map(|entry| Ok(entry?.path())).collect())
+            .map_err(|_| ArtefactError::MissingBench {
+                what: "QEMU's libraries",
+                path: lib_dir,
+            })?;
+        Ok(Self {
+            qemu: bench(
+                "qemu-system-aarch64",
+                qemu_dir.join("bin/qemu-system-aarch64"),
+            )?,
+            qemu_libs,
+            qemu_version: bench("QEMU's version", qemu_dir.join("version"))?,
+            vmm: bench("optimised vmm", build.join("vmm"))?,
+            floor: bench("suspend_floor", build.join("examples/suspend_floor"))?,
+        })
     }
 }
 

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::artefacts::Artefacts;
+use crate::artefacts::{Artefacts, BenchArtefacts};
 use crate::scenarios::{Scenario, Steps};
 
 /// Failures staging or packing the initramfs.
@@ -228,6 +228,26 @@ echo "@@testbed ready uptime=$(cut -d' ' -f1 /proc/uptime) kvm=$(test -c /dev/kv
 sh /testbed/run.sh
 poweroff -f
 "#;
+
+/// Adds what only the benchmark needs to a staged tree: QEMU under `qemu/` (run through its
+/// own loader, `qemu/lib/ld-linux-aarch64.so.1 --library-path qemu/lib`), the floor program
+/// as `bin/suspend_floor`, and the plan as `testbed/bench.env`.
+pub fn stage_bench(
+    staged: &Staged,
+    bench: &BenchArtefacts,
+    plan_env: &str,
+) -> Result<(), InitramfsError> {
+    let root = &staged.root;
+    copy(&bench.qemu, &root.join("qemu/bin/qemu-system-aarch64"))?;
+    copy(&bench.qemu_version, &root.join("qemu/version"))?;
+    for lib in &bench.qemu_libs {
+        if let Some(name) = lib.file_name() {
+            copy(lib, &root.join("qemu/lib").join(name))?;
+        }
+    }
+    copy(&bench.floor, &root.join("bin/suspend_floor"))?;
+    write(&root.join("testbed/bench.env"), plan_env, false)
+}
 
 /// Packs the staged tree into `work_dir/arm64-host.cpio`.
 pub fn pack(staged: &Staged) -> Result<PathBuf, InitramfsError> {

@@ -7,6 +7,7 @@
 //! `/dev/kvm` it runs the same scenario scripts directly.
 
 mod artefacts;
+mod bench;
 mod console;
 mod initramfs;
 mod report;
@@ -50,6 +51,34 @@ enum Command {
         #[arg(long)]
         emulate: bool,
     },
+    /// Benchmarks vmm against QEMU in one boot of the emulated host (scripts/bench.sh):
+    /// prints a table, writes results.json and results.svg.
+    Bench {
+        /// Repetitions of every measurement, alternating the VMMs.
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+        /// The unpacked arm64 artefacts, QEMU's included (scripts/setup-bench.sh).
+        #[arg(long, env = "VMM_ARTEFACTS")]
+        artefacts: Option<PathBuf>,
+        /// Where the initramfs and the console log go.
+        #[arg(long, default_value = "target/bench")]
+        work_dir: PathBuf,
+        /// Where results.json and results.svg go.
+        #[arg(long, default_value = "bench")]
+        out_dir: PathBuf,
+        /// Multiplies every time limit, for slow machines.
+        #[arg(long, default_value_t = 1.0)]
+        time_scale: f64,
+        /// Forces the emulated host even on a native arm64 KVM host.
+        #[arg(long)]
+        emulate: bool,
+        /// Re-reads the console log of an earlier run instead of running.
+        #[arg(long, value_name = "LOG")]
+        from_log: Option<PathBuf>,
+        /// Profiles the suspend and resume paths with ftrace instead of benchmarking.
+        #[arg(long)]
+        profile: bool,
+    },
 }
 
 /// Failures of the runner itself, as opposed to failing scenarios.
@@ -67,6 +96,9 @@ pub enum TestbedError {
     /// The host could not be booted or watched.
     #[error(transparent)]
     Console(#[from] console::ConsoleError),
+    /// The benchmark could not run or report.
+    #[error(transparent)]
+    Bench(#[from] bench::BenchError),
 }
 
 fn main() -> ExitCode {
@@ -117,6 +149,25 @@ fn run(cli: Cli) -> Result<bool, TestbedError> {
                 &mut std::io::stdout(),
             ))
         }
+        Command::Bench {
+            rounds,
+            artefacts,
+            work_dir,
+            out_dir,
+            time_scale,
+            emulate,
+            from_log,
+            profile,
+        } => Ok(bench::run(bench::BenchOptions {
+            artefacts,
+            work_dir,
+            out_dir,
+            rounds,
+            time_scale,
+            emulate,
+            from_log,
+            profile,
+        })?),
     }
 }
 

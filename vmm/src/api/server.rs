@@ -138,6 +138,21 @@ impl ApiServer {
         self.shutdown();
     }
 
+    /// Stops accepting, then gives requests in flight up to `grace` to finish, so that a
+    /// request which ended the VM (a power-button press, a shutdown) still gets its reply
+    /// before the process exits. Returns whether every connection finished.
+    pub fn stop_gracefully(mut self, grace: std::time::Duration) -> bool {
+        self.shutdown();
+        let deadline = std::time::Instant::now() + grace;
+        while self.connections() > 0 {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        true
+    }
+
     fn shutdown(&mut self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
         if let Err(err) = self.stop.write(1) {

@@ -6,6 +6,7 @@ mod ctl;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 use vmm::api::ApiServer;
@@ -140,6 +141,11 @@ fn run_vm(args: RunArgs) -> Result<ExitReason, Arc<VmmError>> {
         None => None,
     };
     let result = vm.start()?.wait();
-    drop(server);
+    // Event streams end with the VM; other requests in flight get to send their reply.
+    if let Some(server) = server {
+        if !server.stop_gracefully(Duration::from_secs(2)) {
+            log::warn!("API requests still in flight at exit");
+        }
+    }
     result
 }

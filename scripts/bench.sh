@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Benchmarks our vmm side by side with QEMU (KVM) in one boot of the emulated arm64 host (or
+# natively on an arm64 KVM host): boot to init, VMM memory overhead, suspend and resume
+# latency next to the bare ioctl floor, and the host CPU a sleeping guest costs. Prints the
+# table and writes bench/results.json and bench/results.svg. Not part of scripts/test.sh; it
+# takes about 20 minutes on a 2-core x86-64 machine.
+#
+#   scripts/bench.sh                 5 rounds, alternating vmm and QEMU
+#   scripts/bench.sh --rounds 1      a quick look
+#   scripts/bench.sh --profile       ftrace of the suspend and resume paths instead
+#
+# Other arguments go to `testbed bench` (see `cargo run -p testbed -- bench --help`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+started=$SECONDS
+
+step "setup"
+eval "$(scripts/setup.sh | tail -1)"
+scripts/setup-bench.sh >/dev/null
+export VMM_ARTEFACTS
+
+step "cross build (aarch64, bench-release profile)"
+scripts/build-aarch64.sh build --profile bench-release --locked
+
+step "benchmark"
+cargo run --quiet --locked -p testbed -- bench "$@"
+
+step "benchmark done in $((SECONDS - started)) s"

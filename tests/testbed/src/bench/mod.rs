@@ -1,0 +1,271 @@
+//! `testbed bench`: our `vmm` side by side with QEMU (KVM) in one boot of the emulated arm64
+//! host, with the bare ioctl floor of a suspend cycle next to them.
+//!
+//! The host runs `scenarios/bench.sh`, which alternates the VMMs over the same guest kernel,
+//! initramfs and command line for a number of rounds and prints one `@@bench` line per figure.
+//! This module stages it with QEMU and the optimised binaries, then reads the console log back
+//! ([`parse`]), sorts it into medians, minima and maxima and judges the goals ([`summary`]),
+//! prints the table and writes `results.json` and `results.svg` ([`plot`]). Figures from an
+//! emulated host are only comparable with each other: every goal is a ratio within one run.
+
+mod parse;
+mod plot;
+mod summary;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::artefacts::{ArtefactError, Artefacts, BenchArtefacts};
+use crate::console::{self, ConsoleError};
+use crate::initramfs::{self, InitramfsError};
+use crate::report;
+use crate::scenarios::{Scenario, Steps};
+
+/// The most rounds a run may ask for; each takes about three minutes here.
+const MAX_ROUNDS: u32 = 50;
+/// A generous time limit per round inside the host (a round takes about 170 s here).
+const ROUND_LIMIT: Duration = Duration::from_secs(360);
+
+/// Failures of the benchmark runner, as opposed to runs that failed inside the host.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The round count is out of range.
+    #[error("Invalid round count {0}: must be 1 to {MAX_ROUNDS}")]
+    Rounds(u32),
+    /// The artefacts are missing.
+    #[error(transparent)]
+    Artefacts(#[from] ArtefactError),
+    /// The initramfs could not be assembled.
+    #[error(transparent)]
+    Initramfs(#[from] InitramfsError),
+    /// The host could not be booted or watched.
+    #[error(transparent)]
+    Console(#[from] ConsoleError),
+    /// The console log could not be read.
+    #[error("Cannot read the console log {path}")]
+    ReadLog {
+        /// The log.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The log holds no figures at all.
+    #[error("The console log {0} has no benchmark figures")]
+    NoFigures(PathBuf),
+    /// An output file could not be written.
+    #[error("Cannot write {path}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The plot could not be drawn.
+    #[error(transparent)]
+    Plot(#[from] plot::PlotError),
+}
+
+/// How to run the benchmark.
+#[derive(Debug)]
+pub struct BenchOptions {
+    /// The arm64 artefacts directory, or the default cache.
+    pub artefacts: Option<PathBuf>,
+    /// Where the initramfs and the console log go.
+    pub work_dir: PathBuf,
+    /// Where `results.json` and `results.svg` go.
+    pub out_dir: PathBuf,
+    /// Repetitions of every measurement, alternating the VMMs.
+    pub rounds: u32,
+    /// Multiplies the time limits.
+    pub time_scale: f64,
+    /// Forces the emulated host on a native arm64 KVM host.
+    pub emulate: bool,
+    /// Reads this console log of an earlier run instead of running.
+    pub from_log: Option<PathBuf>,
+    /// Runs `scenarios/bench-profile.sh` instead: ftrace of the suspend and resume paths.
+    pub profile: bool,
+}
+
+/// The plan for `scenarios/bench.sh`, as shell assignments.
+fn plan_env(rounds: u32, time_scale: f64) -> String {
+    let run_limit = (240.0 * time_scale).ceil() as u64;
+    format!(
+        "# Written by `testbed bench`.\n\
+         ROUNDS={rounds}\n\
+         MEMORY=256\n\
+         BOOT_CPUS=\"1 4\"\n\
+         SUSPEND_CPUS=\"1 2 4 8\"\n\
+         SUSPEND_CYCLES=2\n\
+         IDLE_CPUS=2\n\
+         IDLE_TRIPS=1\n\
+         IDLE_SETTLE=3\n\
+         IDLE_WINDOW=10\n\
+         FLOOR_CYCLES=10\n\
+         RUN_LIMIT={run_limit}\n"
+    )
+}
+
+fn scenario(rounds: u32) -> Scenario {
+    Scenario {
+        name: "bench",
+        description: "vmm and QEMU side by side: boot, memory, suspend/resume, idle cost",
+        timeout: ROUND_LIMIT * rounds + Duration::from_secs(60),
+        steps: Steps::Script(include_str!("../../scenarios/bench.sh")),
+        default: false,
+    }
+}
+
+fn profile_scenario() -> Scenario {
+    Scenario {
+        name: "bench-profile",
+        description: "ftrace of the suspend and resume paths of vmm and of the ioctl floor",
+        timeout: Duration::from_secs(900),
+        steps: Steps::Script(include_str!("../../scenarios/bench-profile.sh")),
+        default: false,
+    }
+}
+
+/// Runs the benchmark (or reads an earlier run's log), prints the table and writes the
+/// results. Returns whether every run inside the host succeeded.
+pub fn run(options: BenchOptions) -> Result<bool, BenchError> {
+    if !(1..=MAX_ROUNDS).contains(&options.rounds) {
+        return Err(BenchError::Rounds(options.rounds));
+    }
+    let (log, ran_ok) = match &options.from_log {
+        Some(log) => (log.clone(), true),
+        None => (options.work_dir.join("console.log"), execute(&options)?),
+    };
+    let text = std::fs::read_to_string(&log).map_err(|source| BenchError::ReadLog {
+        path: log.clone(),
+        source,
+    })?;
+    if options.profile {
+        println!("\nprofile of the suspend and resume paths (ftrace; spans in us):");
+        for line in text
+            .lines()
+            .filter_map(|line| line.split_once("@@profile "))
+        {
+            println!("  {}", line.1);
+        }
+        return Ok(ran_ok);
+    }
+    let summary = summary::Summary::new(&parse::records(&text));
+    if summary.samples.is_empty() {
+        return Err(BenchError::NoFigures(log));
+    }
+
+    let machine = machine();
+    println!(
+        "\nbenchmark: {machine}; emulated arm64 host {:?}",
+        summary.host
+    );
+    println!("{}", summary.markdown());
+    std::fs::create_dir_all(&options.out_dir).map_err(|source| BenchError::Write {
+        path: options.out_dir.clone(),
+        source,
+    })?;
+    let json_path = options.out_dir.join("results.json");
+    let json = serde_json::to_string_pretty(&summary.json(&machine)).unwrap_or_default() + "\n";
+    std::fs::write(&json_path, json).map_err(|source| BenchError::Write {
+        path: json_path.clone(),
+        source,
+    })?;
+    let svg_path = options.out_dir.join("results.svg");
+    plot::draw(&summary, &svg_path)?;
+    println!(
+        "benchmark: wrote {} and {}",
+        json_path.display(),
+        svg_path.display()
+    );
+    if summary.failures > 0 {
+        println!(
+            "benchmark: {} runs failed; see {}",
+            summary.failures,
+            log.display()
+        );
+    }
+    Ok(ran_ok && summary.failures == 0)
+}
+
+/// Stages the host with QEMU and the optimised binaries, and runs the scenario.
+fn execute(options: &BenchOptions) -> Result<bool, BenchError> {
+    let artefacts = Artefacts::locate(options.artefacts.clone())?;
+    let bench = BenchArtefacts::locate(options.artefacts.clone())?;
+    let artefacts = Artefacts {
+        vmm: Some(bench.vmm.clone()),
+        ..artefacts
+    };
+    let scenario = if options.profile {
+        profile_scenario()
+    } else {
+        scenario(options.rounds)
+    };
+    let scenarios = [scenario];
+    let staged = initramfs::stage(
+        &options.work_dir,
+        &artefacts,
+        &scenarios,
+        options.time_scale,
+    )?;
+    initramfs::stage_bench(
+        &staged,
+        &bench,
+        &plan_env(options.rounds, options.time_scale),
+    )?;
+    let outcome = if !options.emulate && console::native_kvm_host() {
+        console::run_native(&staged, &options.work_dir)?
+    } else {
+        let image = initramfs::pack(&staged)?;
+        console::run_emulated(&artefacts, &image, &staged, &options.work_dir)?
+    };
+    Ok(report::summarise(
+        &scenarios,
+        &outcome,
+        &mut std::io::stdout(),
+    ))
+}
+
+/// What this machine is, for the results: architecture, cores and CPU model.
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let model = std::fs::read_to_string(Path::new("/proc/cpuinfo"))
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|line| line.strip_prefix("model name")?.split_once(':'))
+                .map(|(_, model)| model.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("{} with {cores} cores ({model})", std::env::consts::ARCH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_plan_is_shell_assignments_with_scaled_limits() {
+        let env = plan_env(5, 1.5);
+        assert!(env.contains("ROUNDS=5\n"));
+        assert!(env.contains("SUSPEND_CPUS=\"1 2 4 8\"\n"));
+        assert!(env.contains("RUN_LIMIT=360\n"));
+        assert_eq!(scenario(5).timeout, Duration::from_secs(5 * 360 + 60));
+    }
+
+    #[test]
+    fn rejects_bad_round_counts_before_touching_anything() {
+        let options = BenchOptions {
+            artefacts: None,
+            work_dir: PathBuf::from("/nonexistent"),
+            out_dir: PathBuf::from("/nonexistent"),
+            rounds: 0,
+            time_scale: 1.0,
+            emulate: false,
+            from_log: None,
+            profile: false,
+        };
+        assert!(matches!(run(options), Err(BenchError::Rounds(0))));
+    }
+}

@@ -1,0 +1,73 @@
+//! Reads the `@@bench KIND key=value ...` lines that `scenarios/bench.sh` prints on the
+//! emulated host's console.
+
+use std::collections::BTreeMap;
+
+/// One `@@bench` line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Record {
+    /// The word after `@@bench`: `boot`, `trip`, `suspend`, `idle`, `floor`, `host`, ...
+    pub kind: String,
+    /// Its `key=value` words.
+    pub fields: BTreeMap<String, String>,
+}
+
+impl Record {
+    /// The value of `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.fields.get(key).map(String::as_str)
+    }
+
+    /// The value of `key` as a number.
+    pub fn number(&self, key: &str) -> Option<f64> {
+        self.get(key)?
+            .parse()
+            .ok()
+            .filter(|value: &f64| value.is_finite())
+    }
+
+    /// Whether `key` is `value`.
+    pub fn is(&self, key: &str, value: &str) -> bool {
+        self.get(key) == Some(value)
+    }
+}
+
+/// Every `@@bench` line of `log`, in order. The marker may follow other console output on the
+/// same line (a guest line cut off without its newline); words without `=` are ignored.
+pub fn records(log: &str) -> Vec<Record> {
+    log.lines()
+        .filter_map(|line| {
+            let rest = &line[line.find("@@bench ")? + "@@bench ".len()..];
+            let mut words = rest.split_whitespace();
+            let kind = words.next()?.to_owned();
+            let fields = words
+                .filter_map(|word| word.split_once('='))
+                .map(|(key, value)| (key.to_owned(), value.to_owned()))
+                .collect();
+            Some(Record { kind, fields })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_kinds_and_fields_anywhere_on_a_line() {
+        let log = "noise\n\
+                   @@bench boot run=boot vmm=ours cpus=1 round=2 boot_ms=3410 timer_us=3390123\n\
+                   [guest] cut off@@bench trip run=idle vmm=qemu t0=12.50 t1=14.31 stray\n\
+                   @@bench\n\
+                   @@result bench-boot pass\n";
+        let records = records(log);
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[0].kind, "boot");
+        assert!(records[0].is("vmm", "ours"));
+        assert_eq!(records[0].number("boot_ms"), Some(3410.0));
+        assert_eq!(records[0].number("vmm"), None);
+        assert_eq!(records[1].kind, "trip");
+        assert_eq!(records[1].number("t1"), Some(14.31));
+        assert_eq!(records[1].get("stray"), None);
+    }
+}

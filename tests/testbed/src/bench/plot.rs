@@ -1,0 +1,329 @@
+//! Draws the benchmark's SVG: four panels of medians with min-max whiskers.
+
+use std::path::{Path, PathBuf};
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use super::summary::{Metric, Stats, Subject, Summary, number};
+
+/// The plot could not be drawn or written.
+#[derive(Debug, thiserror::Error)]
+pub enum PlotError {
+    /// plotters failed; its errors are generic over the backend, so they travel as text.
+    #[error("Cannot draw the plot {path}: {message}")]
+    Draw {
+        /// The SVG file.
+        path: PathBuf,
+        /// plotters' message.
+        message: String,
+    },
+}
+
+const SIZE: (u32, u32) = (1200, 860);
+
+type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
+/// One series of a panel: its subject and its figure per category (or vCPU count).
+type Series = (Subject, Vec<Option<Stats>>);
+
+fn color(subject: Subject) -> RGBColor {
+    match subject {
+        Subject::Ours => RGBColor(31, 119, 180),
+        Subject::OursS2idle => RGBColor(255, 127, 14),
+        Subject::Qemu => RGBColor(214, 39, 40),
+        Subject::Floor => RGBColor(110, 110, 110),
+    }
+}
+
+/// Writes the plot of `summary` to `path`.
+pub fn draw(summary: &Summary, path: &Path) -> Result<(), PlotError> {
+    draw_panels(summary, path).map_err(|message| PlotError::Draw {
+        path: path.to_owned(),
+        message,
+    })
+}
+
+fn draw_panels(summary: &Summary, path: &Path) -> Result<(), String> {
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let date = summary.host.get("date").map_or("", String::as_str);
+    let root = root
+        .titled(
+            &format!("vmm vs QEMU (KVM) inside the emulated arm64 host, {date}"),
+            ("sans-serif", 22),
+        )
+        .map_err(|e| e.to_string())?;
+    let panels = root.split_evenly((2, 2));
+
+    let boot_cpus = summary.cpus(Metric::BootToInit, Subject::Ours);
+    let per_cpu = |metric, subject, scale: f64| -> Series {
+        let stats = boot_cpus
+            .iter()
+            .map(|&cpus| {
+                summary
+                    .stats(metric, subject, cpus)
+                    .map(|s| scaled(s, scale))
+            })
+            .collect();
+        (subject, stats)
+    };
+    let cpu_names: Vec<String> = boot_cpus.iter().map(|cpus| vcpus(*cpus)).collect();
+    bars(
+        &panels[0],
+        "Boot to init (s)",
+        &cpu_names,
+        &[
+            per_cpu(Metric::BootToInit, Subject::Ours, 1e-3),
+            per_cpu(Metric::BootToInit, Subject::Qemu, 1e-3),
+        ],
+    )?;
+    bars(
+        &panels[1],
+        "VMM memory overhead at init (MiB)",
+        &cpu_names,
+        &[
+            per_cpu(Metric::MemoryOverhead, Subject::Ours, 1.0),
+            per_cpu(Metric::MemoryOverhead, Subject::Qemu, 1.0),
+        ],
+    )?;
+
+    let suspend_cpus = summary.cpus(Metric::Suspend, Subject::Ours);
+    let lines_of = |metric, subject| -> Series {
+        let stats = suspend_cpus
+            .iter()
+            .map(|&cpus| summary.stats(metric, subject, cpus))
+            .collect();
+        (subject, stats)
+    };
+    lines(
+        &panels[2],
+        "Suspend (solid) and resume (dashed) latency, us",
+        &suspend_cpus,
+        &[
+            lines_of(Metric::Suspend, Subject::Ours),
+            lines_of(Metric::Suspend, Subject::Floor),
+        ],
+        &[
+            lines_of(Metric::Resume, Subject::Ours),
+            lines_of(Metric::Resume, Subject::Floor),
+        ],
+    )?;
+
+    let idle_cpus = summary
+        .cpus(Metric::IdleCpu, Subject::Qemu)
+        .first()
+        .copied()
+        .unwrap_or(1);
+    let idle: Vec<Series> = [Subject::Ours, Subject::OursS2idle, Subject::Qemu]
+        .into_iter()
+        .map(|subject| {
+            (
+                subject,
+                vec![summary.stats(Metric::IdleCpu, subject, idle_cpus)],
+            )
+        })
+        .collect();
+    bars(
+        &panels[3],
+        &format!("Host CPU in 10 s of guest sleep, {} (ms)", vcpus(idle_cpus)),
+        &["vmm: deep; --no-suspend and QEMU: s2idle".to_owned()],
+        &idle,
+    )?;
+    root.present().map_err(|e| e.to_string())
+}
+
+fn vcpus(cpus: u32) -> String {
+    format!("{cpus} vCPU{}", if cpus == 1 { "" } else { "s" })
+}
+
+fn scaled(stats: Stats, factor: f64) -> Stats {
+    Stats {
+        median: stats.median * factor,
+        min: stats.min * factor,
+        max: stats.max * factor,
+        ..stats
+    }
+}
+
+/// Grouped bars: one group per category, one bar per series, whiskers from min to max.
+fn bars(area: &Area, title: &str, categories: &[String], series: &[Series]) -> Result<(), String> {
+    let top = series
+        .iter()
+        .flat_map(|(_, stats)| stats.iter().flatten().map(|s| s.max))
+        .fold(0.0, f64::max)
+        .max(1e-3)
+        * 1.18;
+    let groups = categories.len().max(1) as f64;
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 17))
+        .margin(12)
+        .x_label_area_size(28)
+        .y_label_area_size(56)
+        .build_cartesian_2d(-0.5..groups - 0.5, 0.0..top)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(categories.len().max(1))
+        .x_label_formatter(&|x| category(categories, *x))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    let width = 0.8 / series.len().max(1) as f64;
+    for (index, (subject, stats)) in series.iter().enumerate() {
+        let style = color(*subject);
+        let bars = stats.iter().enumerate().filter_map(|(group, stats)| {
+            let left = group as f64 - 0.4 + index as f64 * width;
+            stats.map(|s| (left, s))
+        });
+        chart
+            .draw_series(bars.clone().flat_map(|(left, s)| {
+                let middle = left + width / 2.0;
+                let bar = Rectangle::new(
+                    [(left + width * 0.08, 0.0), (left + width * 0.92, s.median)],
+                    style.filled(),
+                );
+                let whisker = ErrorBar::new_vertical(
+                    middle,
+                    s.min,
+                    s.median,
+                    s.max,
+                    BLACK.stroke_width(1),
+                    8,
+                );
+                let label = Text::new(
+                    number(s.median),
+                    (left + width * 0.1, s.max + top * 0.04),
+                    ("sans-serif", 13),
+                );
+                [bar.into_dyn(), whisker.into_dyn(), label.into_dyn()]
+            }))
+            .map_err(|e| e.to_string())?
+            .label(subject.label())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], style.filled()));
+    }
+    legend(&mut chart)
+}
+
+/// Medians over vCPU counts on a log scale: `solid` series drawn solid, `dashed` dashed.
+fn lines(
+    area: &Area,
+    title: &str,
+    cpus: &[u32],
+    solid: &[Series],
+    dashed: &[Series],
+) -> Result<(), String> {
+    let all = || {
+        solid
+            .iter()
+            .chain(dashed)
+            .flat_map(|(_, s)| s.iter().flatten())
+    };
+    let low = all().map(|s| s.min).fold(f64::INFINITY, f64::min);
+    let high = all().map(|s| s.max).fold(0.0, f64::max);
+    let (low, high) = if low.is_finite() && high > 0.0 {
+        (low.max(0.1) / 2.0, high * 2.0)
+    } else {
+        (1.0, 10.0)
+    };
+    let names: Vec<String> = cpus.iter().map(|cpus| vcpus(*cpus)).collect();
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 17))
+        .margin(12)
+        .x_label_area_size(28)
+        .y_label_area_size(56)
+        .build_cartesian_2d(
+            -0.5..cpus.len().max(1) as f64 - 0.5,
+            (low..high).log_scale(),
+        )
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_labels(cpus.len().max(1))
+        .x_label_formatter(&|x| category(&names, *x))
+        .y_label_formatter(&|y| number(*y))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    for (dashes, series) in [(false, solid), (true, dashed)] {
+        for (subject, stats) in series {
+            let style = color(*subject).stroke_width(2);
+            let points: Vec<(f64, Stats)> = stats
+                .iter()
+                .enumerate()
+                .filter_map(|(index, s)| s.map(|s| (index as f64, s)))
+                .collect();
+            let line: Vec<(f64, f64)> = points.iter().map(|(x, s)| (*x, s.median)).collect();
+            let drawn = if dashes {
+                chart.draw_series(DashedLineSeries::new(line, 6, 4, style))
+            } else {
+                chart.draw_series(LineSeries::new(line, style))
+            }
+            .map_err(|e| e.to_string())?;
+            if !dashes {
+                drawn
+                    .label(subject.label())
+                    .legend(move |(x, y)| PathElement::new([(x, y), (x + 14, y)], style));
+            }
+            chart
+                .draw_series(
+                    points
+                        .iter()
+                        .map(|(x, s)| ErrorBar::new_vertical(*x, s.min, s.median, s.max, style, 8)),
+                )
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    legend(&mut chart)
+}
+
+fn legend<'a, X: Ranged, Y: Ranged>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
+) -> Result<(), String> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| e.to_string())
+}
+
+/// The category name at integer positions of a categorical axis, nothing elsewhere.
+fn category(names: &[String], x: f64) -> String {
+    let index = x.round();
+    if (x - index).abs() > 1e-6 || index < 0.0 {
+        return String::new();
+    }
+    names.get(index as usize).cloned().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::parse::records;
+    use super::*;
+
+    #[test]
+    fn draws_an_svg_even_with_missing_figures() {
+        let dir = std::env::temp_dir().join(format!("testbed-plot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("plot.svg");
+        let log = "@@bench boot run=boot vmm=ours cpus=1 round=1 boot_ms=3000 overhead_kb=3072\n\
+                   @@bench boot run=boot vmm=qemu cpus=1 round=1 boot_ms=6000 overhead_kb=99000\n\
+                   @@bench suspend run=suspend vmm=ours cpus=2 round=1 suspend_us=900\n\
+                   @@bench idle run=idle vmm=qemu cpus=2 round=1 cpu_ns=4000000 window_ms=10000\n";
+        draw(&Summary::new(&records(log)), &path).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert!(svg.starts_with("<svg"));
+        assert!(svg.contains("Boot to init"));
+        draw(&Summary::default(), &path).unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn categories_sit_on_integers() {
+        let names = ["a".to_owned(), "b".to_owned()];
+        assert_eq!(category(&names, 1.0), "b");
+        assert_eq!(category(&names, 0.5), "");
+        assert_eq!(category(&names, 2.0), "");
+        assert_eq!(category(&names, -1.0), "");
+    }
+}
