@@ -32,7 +32,7 @@ use hypervisor::{MpState, Vcpu, VcpuError, VcpuKick};
 use serde::{Deserialize, Serialize};
 
 use crate::control::VmControl;
-use crate::events::{Denial, EventBus, VmEventKind, WakeSource, WakeSourceTracker};
+use crate::events::{Denial, EventBus, VmEvent, VmEventKind, WakeSource, WakeSourceTracker};
 
 mod pause;
 
@@ -206,6 +206,9 @@ pub struct SuspendCoordinator {
     park_requested: AtomicBool,
     inner: Mutex<Inner>,
     changed: Condvar,
+    /// Signalled when a vCPU parks: only the one thread waiting for the round listens, so a
+    /// park does not wake every vCPU parked before it (that made a round cost O(N²) wakeups).
+    parked: Condvar,
 }
 
 impl SuspendCoordinator {
@@ -239,6 +242,7 @@ impl SuspendCoordinator {
                 stats: SuspendStats::default(),
             }),
             changed: Condvar::new(),
+            parked: Condvar::new(),
         }
     }
 
@@ -296,13 +300,14 @@ impl SuspendCoordinator {
             self.go(&mut inner, SuspendState::Suspending);
             // Only interrupts raised from now on can be the wakeup.
             self.wake.arm();
-            self.events.emit(VmEventKind::SuspendRequested {
-                vcpu: index,
-                entry: call.entry,
-                context_id: call.context_id,
-            });
             self.start_round(&mut inner, Some(index as usize))
         };
+        // Stamped now, published with the decision: logging it here would be timed too.
+        let requested = VmEvent::now(VmEventKind::SuspendRequested {
+            vcpu: index,
+            entry: call.entry,
+            context_id: call.context_id,
+        });
         self.kick_pending();
 
         let (mut inner, parked) = self.await_round(self.lock(), round);
@@ -316,7 +321,7 @@ impl SuspendCoordinator {
             Some(on) => match validate_system_suspend(&call, &self.ram, on) {
                 Err(denial) => Denial::from(denial),
                 Ok(()) => {
-                    let result = self.accept(&mut inner, vcpu, call, started);
+                    let result = self.accept(&mut inner, vcpu, call, started, requested);
                     self.release(&mut inner);
                     return result;
                 }
@@ -327,6 +332,7 @@ impl SuspendCoordinator {
             .map_err(SuspendError::WriteResult);
         self.go(&mut inner, SuspendState::Running);
         self.release(&mut inner);
+        self.events.publish(requested);
         written?;
         inner.stats.denied_count += 1;
         self.events.emit(VmEventKind::SuspendDenied {
@@ -417,7 +423,7 @@ impl SuspendCoordinator {
             };
             park.slots[index] = Slot::Parked(state);
             parked = true;
-            self.changed.notify_all();
+            self.parked.notify_all();
             while !self.control.stopping() {
                 match inner.park.as_ref().filter(|park| park.id == round) {
                     Some(park) if park.slots[index] == Slot::Asked => continue 'read,
@@ -440,15 +446,18 @@ impl SuspendCoordinator {
         vcpu: &mut V,
         call: SystemSuspendCall,
         started: Instant,
+        requested: VmEvent,
     ) -> Result<SuspendOutcome, SuspendError> {
         if let Err(err) = vcpu.set_mp_state(MpState::Suspended) {
             self.go(inner, SuspendState::Running);
+            self.events.publish(requested);
             return Err(SuspendError::Suspend(err));
         }
         let vcpu = vcpu.index();
         self.go(inner, SuspendState::Suspended);
         inner.accepted = Some(Accepted { vcpu, call });
         let latency_us = micros_since(started);
+        self.events.publish(requested);
         inner.stats.suspend_count += 1;
         inner.stats.last_suspend_latency_us = Some(latency_us);
         self.events
@@ -502,7 +511,10 @@ impl SuspendCoordinator {
                 Some(park) if park.complete() => return (inner, true),
                 Some(_) => {}
             }
-            let (guard, wait) = self.wait(inner);
+            let (guard, wait) = self
+                .parked
+                .wait_timeout(inner, POLL)
+                .unwrap_or_else(|e| e.into_inner());
             inner = guard;
             if wait.timed_out() {
                 drop(inner);
@@ -517,6 +529,7 @@ impl SuspendCoordinator {
         inner.park = None;
         self.park_requested.store(false, Ordering::SeqCst);
         self.changed.notify_all();
+        self.parked.notify_all();
     }
 
     /// Kicks the vCPUs of the current round that have not parked yet.
