@@ -48,23 +48,36 @@ fn conflict_or_ok(result: Result<(), HandleError>, done: &str) -> ApiReply {
     }
 }
 
-/// The endpoints and the method each takes.
-const ENDPOINTS: [(&str, &str); 7] = [
-    ("vm.info", "GET"),
-    ("vm.events", "GET"),
-    ("vm.wakeup", "PUT"),
-    ("vm.power-button", "PUT"),
-    ("vm.pause", "PUT"),
-    ("vm.resume", "PUT"),
-    ("vm.shutdown", "PUT"),
+/// What serves an endpoint.
+type Handler = fn(&VmRouter) -> ApiReply;
+
+/// Every endpoint: its name under [`API_PREFIX`], the method it takes, and what serves it.
+const ENDPOINTS: [(&str, &str, Handler); 7] = [
+    ("vm.info", "GET", VmRouter::info),
+    ("vm.events", "GET", VmRouter::events),
+    ("vm.wakeup", "PUT", |router| {
+        conflict_or_ok(router.handle.press_wake_button(), "wake button pressed")
+    }),
+    ("vm.power-button", "PUT", |router| {
+        conflict_or_ok(router.handle.press_power_button(), "power button pressed")
+    }),
+    ("vm.pause", "PUT", |router| {
+        conflict_or_ok(router.handle.pause(), "paused")
+    }),
+    ("vm.resume", "PUT", |router| {
+        conflict_or_ok(router.handle.resume(), "resumed")
+    }),
+    ("vm.shutdown", "PUT", |router| {
+        conflict_or_ok(router.handle.shutdown(), "shutting down")
+    }),
 ];
 
 impl ApiRouter for VmRouter {
     fn route(&self, method: &str, path: &str, body: &[u8]) -> ApiReply {
-        let Some(endpoint) = path.strip_prefix(API_PREFIX) else {
-            return error(404, format!("Unknown path {path}"));
-        };
-        let Some(&(_, allowed)) = ENDPOINTS.iter().find(|(name, _)| *name == endpoint) else {
+        let endpoint = path
+            .strip_prefix(API_PREFIX)
+            .and_then(|name| ENDPOINTS.iter().find(|(known, ..)| *known == name));
+        let Some(&(_, allowed, handler)) = endpoint else {
             return error(404, format!("Unknown path {path}"));
         };
         if method != allowed {
@@ -78,25 +91,19 @@ impl ApiRouter for VmRouter {
                 Err(err) => return error(400, format!("Malformed JSON body: {err}")),
             }
         }
-        match endpoint {
-            "vm.info" => match serde_json::to_value(self.handle.info()) {
-                Ok(info) => ok(info),
-                Err(err) => error(500, format!("Cannot encode the VM info: {err}")),
-            },
-            "vm.events" => self.events(),
-            "vm.wakeup" => conflict_or_ok(self.handle.press_wake_button(), "wake button pressed"),
-            "vm.power-button" => {
-                conflict_or_ok(self.handle.press_power_button(), "power button pressed")
-            }
-            "vm.pause" => conflict_or_ok(self.handle.pause(), "paused"),
-            "vm.resume" => conflict_or_ok(self.handle.resume(), "resumed"),
-            "vm.shutdown" => conflict_or_ok(self.handle.shutdown(), "shutting down"),
-            _ => error(404, format!("Unknown path {path}")),
-        }
+        handler(self)
     }
 }
 
 impl VmRouter {
+    /// The VM's state, vCPUs, memory, uptime and suspend figures.
+    fn info(&self) -> ApiReply {
+        match serde_json::to_value(self.handle.info()) {
+            Ok(info) => ok(info),
+            Err(err) => error(500, format!("Cannot encode the VM info: {err}")),
+        }
+    }
+
     /// Every event from now until the VM ends, as JSON lines.
     fn events(&self) -> ApiReply {
         if self.handle.has_exited() {
