@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use devices::{Pl061Gpio, Serial16550};
@@ -107,10 +107,10 @@ impl Vm {
         let kvm_path = crate::kvm_path();
         hypervisor::check_kvm_device(&kvm_path)?;
         Ok(Self {
+            shared: Arc::new(HandleShared::new(config.cpus, config.memory_mib)),
             config,
             console: Console::Terminal,
             kvm_path,
-            shared: Arc::new(HandleShared::default()),
         })
     }
 
@@ -136,9 +136,7 @@ impl Vm {
     /// Starts the VM on a new thread and returns its handle.
     pub fn start(self) -> Result<VmHandle, VmmError> {
         let shared = Arc::clone(&self.shared);
-        *shared.started.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-        *shared.memory_mib.lock().unwrap_or_else(|e| e.into_inner()) = self.config.memory_mib;
-        *shared.vcpu_count.lock().unwrap_or_else(|e| e.into_inner()) = self.config.cpus;
+        let _ = shared.started.set(Instant::now());
         let thread_shared = Arc::clone(&shared);
         let spawned = std::thread::Builder::new()
             .name("vmm".to_owned())
@@ -185,12 +183,12 @@ pub enum VmState {
 }
 
 /// State shared between the handle and the VMM thread.
-#[derive(Default)]
 pub(crate) struct HandleShared {
     events: Arc<EventBus>,
-    started: Mutex<Option<Instant>>,
-    memory_mib: Mutex<u64>,
-    vcpu_count: Mutex<u32>,
+    /// Set once, when the VM starts.
+    started: OnceLock<Instant>,
+    memory_mib: u64,
+    vcpu_count: u32,
     boots: std::sync::atomic::AtomicU32,
     boot: Mutex<Option<BootControls>>,
     shutdown: AtomicBool,
@@ -199,6 +197,21 @@ pub(crate) struct HandleShared {
 }
 
 impl HandleShared {
+    /// The shared state of a VM with `vcpu_count` vCPUs and `memory_mib` of RAM.
+    fn new(vcpu_count: u32, memory_mib: u64) -> Self {
+        Self {
+            events: Arc::default(),
+            started: OnceLock::new(),
+            memory_mib,
+            vcpu_count,
+            boots: Default::default(),
+            boot: Mutex::default(),
+            shutdown: AtomicBool::default(),
+            exit: Mutex::default(),
+            exited: Condvar::new(),
+        }
+    }
+
     /// Publishes the controls of a boot that starts, or clears them when it ends.
     pub(crate) fn set_boot(&self, boot: Option<BootControls>) {
         if boot.is_some() {
@@ -252,7 +265,7 @@ impl VmHandle {
     #[cfg(test)]
     pub(crate) fn detached() -> Self {
         Self {
-            shared: Arc::new(HandleShared::default()),
+            shared: Arc::new(HandleShared::new(0, 0)),
         }
     }
 
@@ -370,16 +383,11 @@ impl VmHandle {
     /// A snapshot of the VM: state, vCPU power states, memory, uptime and suspend figures.
     /// Reading the vCPU power states parks the vCPUs for a moment.
     pub fn info(&self) -> VmInfo {
-        let vcpu_count = *self
-            .shared
-            .vcpu_count
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
         let census = self
             .running_boot(|boot| Arc::clone(&boot.suspend))
             .ok()
             .and_then(|suspend| suspend.census().ok());
-        let vcpus = (0..vcpu_count)
+        let vcpus = (0..self.shared.vcpu_count)
             .map(|index| {
                 let state = census
                     .as_ref()
@@ -398,17 +406,12 @@ impl VmHandle {
         let uptime_s = self
             .shared
             .started
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .get()
             .map_or(0.0, |started| started.elapsed().as_secs_f64());
         VmInfo {
             state: self.state(),
             vcpus,
-            memory_mib: *self
-                .shared
-                .memory_mib
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
+            memory_mib: self.shared.memory_mib,
             uptime_s,
             boots: self.shared.boots.load(Ordering::SeqCst),
             suspend_count: stats.suspend_count,
