@@ -643,15 +643,19 @@ fn a_failed_suspend_releases_the_parked_vcpus() {
     rig.stop(others);
 }
 
+/// Every `(from, to)` pair among `all` that `may_go` allows, in order.
+fn allowed_changes<T: Copy>(all: &[T], may_go: impl Fn(T, T) -> bool) -> Vec<(T, T)> {
+    all.iter()
+        .flat_map(|&from| all.iter().map(move |&to| (from, to)))
+        .filter(|&(from, to)| may_go(from, to))
+        .collect()
+}
+
 #[test]
 fn only_the_documented_transitions_are_allowed() {
     use SuspendState::*;
     let all = [Running, Suspending, Suspended, Resuming];
-    let allowed: Vec<_> = all
-        .iter()
-        .flat_map(|&from| all.iter().map(move |&to| (from, to)))
-        .filter(|&(from, to)| from.may_go(to))
-        .collect();
+    let allowed = allowed_changes(&all, SuspendState::may_go);
     assert_eq!(
         allowed,
         [

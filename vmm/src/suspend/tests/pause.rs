@@ -417,11 +417,7 @@ fn a_suspend_exit_racing_a_pause_ends_cleanly() {
 fn only_the_documented_hold_changes_are_allowed() {
     use Hold::*;
     let all = [Free, Census, Pausing, Paused];
-    let allowed: Vec<_> = all
-        .iter()
-        .flat_map(|&from| all.iter().map(move |&to| (from, to)))
-        .filter(|&(from, to)| from.may_go(to))
-        .collect();
+    let allowed = super::allowed_changes(&all, Hold::may_go);
     assert_eq!(
         allowed,
         [
