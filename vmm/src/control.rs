@@ -30,6 +30,18 @@ impl ExitReason {
             Self::GuestCrash | Self::Error(_) => 1,
         }
     }
+
+    /// Why the VMM stops after a boot that ended for this reason, or `None` to boot again. A
+    /// guest reset reboots unless rebooting is off or a stop `signal` arrived: the boot's event
+    /// loop may have seen the reset first and taken the signal with it, and the signal must
+    /// still win.
+    pub fn after_boot(self, no_reboot: bool, signal: Option<i32>) -> Option<ExitReason> {
+        match (self, signal) {
+            (Self::Reboot, Some(signal)) => Some(Self::Signal(signal)),
+            (Self::Reboot, None) if !no_reboot => None,
+            (reason, _) => Some(reason),
+        }
+    }
 }
 
 /// Failures creating the control block.
@@ -109,5 +121,30 @@ mod tests {
         assert_eq!(ExitReason::Signal(15).exit_code(), 0);
         assert_eq!(ExitReason::GuestCrash.exit_code(), 1);
         assert_eq!(ExitReason::Error("x".into()).exit_code(), 1);
+    }
+
+    #[test]
+    fn a_stop_signal_wins_over_a_guest_reset() {
+        const SIGINT: i32 = 2;
+        const SIGTERM: i32 = 15;
+        assert_eq!(ExitReason::Reboot.after_boot(false, None), None);
+        assert_eq!(
+            ExitReason::Reboot.after_boot(true, None),
+            Some(ExitReason::Reboot)
+        );
+        for no_reboot in [false, true] {
+            assert_eq!(
+                ExitReason::Reboot.after_boot(no_reboot, Some(SIGTERM)),
+                Some(ExitReason::Signal(SIGTERM))
+            );
+        }
+        assert_eq!(
+            ExitReason::PowerOff.after_boot(false, Some(SIGINT)),
+            Some(ExitReason::PowerOff)
+        );
+        assert_eq!(
+            ExitReason::Signal(SIGINT).after_boot(false, Some(SIGINT)),
+            Some(ExitReason::Signal(SIGINT))
+        );
     }
 }

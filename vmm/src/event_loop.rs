@@ -177,8 +177,8 @@ impl MutEventSubscriber for SignalWatcher {
 
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
         let _ = self.event.read();
+        // The runner logs it once the VM has stopped, whichever boot the signal ended.
         let signal = crate::signals::last_signal();
-        log::warn!("Terminating on signal {signal}");
         self.control.request_exit(ExitReason::Signal(signal));
     }
 }

@@ -63,9 +63,15 @@ pub(crate) fn run(
             config.memory_mib
         );
         let reason = run_machine(machine, wake, signals, console, shared)?;
-        match reason {
-            ExitReason::Reboot if !config.no_reboot => log::info!("Guest reset: rebooting"),
-            other => return Ok(other),
+        let signal = signals.and_then(|_| signals::received());
+        match reason.after_boot(config.no_reboot, signal) {
+            None => log::info!("Guest reset: rebooting"),
+            Some(reason) => {
+                if let ExitReason::Signal(signal) = reason {
+                    log::warn!("Terminating on signal {signal}");
+                }
+                return Ok(reason);
+            }
         }
     }
 }

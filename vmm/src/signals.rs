@@ -52,3 +52,8 @@ pub fn install() -> Result<&'static EventFd, SignalError> {
 pub fn last_signal() -> i32 {
     LAST_SIGNAL.load(Ordering::SeqCst)
 }
+
+/// The stop signal received so far, if any. It stays set: the process is ending.
+pub fn received() -> Option<i32> {
+    Some(last_signal()).filter(|&signal| signal != 0)
+}

@@ -5,7 +5,7 @@
 //! testbed sets both, and `VMM_BIN`.
 #![cfg(target_arch = "aarch64")]
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -172,15 +172,23 @@ fn wait_event(events: &mpsc::Receiver<Value>, name: &str, limit: Duration) -> Va
     }
 }
 
-/// Sends raw bytes and returns the status code of the reply (0 if the server closed first).
+/// Sends raw bytes and returns the status code of the reply (0 if the server closed without
+/// one). A server that neither answers nor closes within a minute fails the test.
 fn raw(socket: &Path, request: &[u8]) -> u16 {
     let mut stream = UnixStream::connect(socket).unwrap();
     stream
-        .set_read_timeout(Some(Duration::from_secs(15)))
+        .set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
+    // The server may answer and close before it has read everything (413, say).
     let _ = stream.write_all(request);
     let mut reply = String::new();
-    let _ = stream.read_to_string(&mut reply);
+    if let Err(err) = stream.read_to_string(&mut reply) {
+        assert!(
+            !matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+            "no reply to {:?}",
+            String::from_utf8_lossy(&request[..request.len().min(40)])
+        );
+    }
     reply
         .strip_prefix("HTTP/1.1 ")
         .and_then(|rest| rest.get(..3))
@@ -304,11 +312,8 @@ fn bad_requests_get_clear_errors_and_the_guest_is_unaffected() {
     assert_eq!(raw(&socket, b"\x16\x03\x01 garbage\r\n\r\n"), 400);
     assert_eq!(vmm.call("PUT", "vm.resume").0, 409, "resume while running");
 
-    // A client that connects and never sends is dropped (or told 408) after a timeout.
-    let started = Instant::now();
-    let silent = raw(&socket, b"");
-    assert!(silent == 0 || silent == 408, "silent client got {silent}");
-    assert!(started.elapsed() < Duration::from_secs(15));
+    // A client that connects and never sends is told 408 after the server's read timeout.
+    assert_eq!(raw(&socket, b""), 408, "silent client");
 
     // A client that disconnects in the middle of the event stream.
     {

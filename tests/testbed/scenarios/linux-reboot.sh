@@ -20,14 +20,22 @@ while [ "$(grep -c "@@guest init" "$out")" -lt 2 ] && [ $waited -lt 240 ] && kil
     sleep 0.5; waited=$((waited + 1))
 done
 kill -TERM $pid 2>/dev/null
+# A vmm that lost the signal would reboot forever: give it a minute, then name the failure.
+waited=0
+while kill -0 $pid 2>/dev/null && [ $waited -lt 120 ]; do
+    sleep 0.5; waited=$((waited + 1))
+done
+stopped=yes
+if kill -0 $pid 2>/dev/null; then stopped=no; kill -KILL $pid; fi
 wait $pid
 status=$?
 show "$out"
 boots=$(grep -c "@@guest init" "$out")
-if [ "$status" = 0 ] && [ "$boots" -ge 2 ] && grep -q "Terminating on signal 15" "$out"; then
+if [ "$stopped" = yes ] && [ "$status" = 0 ] && [ "$boots" -ge 2 ] \
+    && grep -q "Terminating on signal 15" "$out"; then
     verdict=pass
 else
     verdict=fail; rc=1
 fi
-echo "@@result linux-reboot-in-process $verdict exit=$status boots=$boots"
+echo "@@result linux-reboot-in-process $verdict exit=$status boots=$boots stopped_by_sigterm=$stopped"
 exit $rc

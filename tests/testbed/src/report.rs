@@ -31,7 +31,22 @@ pub struct CaseResult {
     pub name: String,
     /// Whether it passed; `None` for ignored tests.
     pub passed: Option<bool>,
+    /// What a failure printed: a result line's fields, or libtest's output block for the test.
+    pub detail: Vec<String>,
 }
+
+impl CaseResult {
+    fn new(name: &str, passed: Option<bool>) -> Self {
+        Self {
+            name: name.to_owned(),
+            passed,
+            detail: Vec::new(),
+        }
+    }
+}
+
+/// Lines of a failure's detail kept for the summary: the end, where the assertion is.
+const DETAIL_LINES: usize = 30;
 
 /// A scenario's results.
 #[derive(Clone, Debug)]
@@ -57,6 +72,8 @@ pub struct Outcome {
     /// Why the run was cut short, if it was.
     pub aborted: Option<String>,
     current: Option<usize>,
+    /// The libtest output block being read (`---- NAME stdout ----`), and its lines.
+    block: Option<(String, Vec<String>)>,
 }
 
 /// A marker the watcher acts on.
@@ -94,6 +111,7 @@ impl Outcome {
             host_ready: None,
             aborted: None,
             current: None,
+            block: None,
         }
     }
 
@@ -104,19 +122,26 @@ impl Outcome {
             return self.marker(rest, now);
         }
         let current = self.current?;
+        if self.block_line(current, line) {
+            return None;
+        }
         // A result line may follow console output that lacked a final newline.
         let result = line
             .find("@@result ")
             .map(|at| &line[at + "@@result ".len()..]);
         let case = if let Some(rest) = result {
             let mut words = rest.split_whitespace();
-            let name = words.next()?.to_owned();
+            let name = words.next()?;
             let passed = match words.next()? {
                 "pass" => Some(true),
                 "fail" => Some(false),
                 _ => return None,
             };
-            CaseResult { name, passed }
+            let mut case = CaseResult::new(name, passed);
+            if passed == Some(false) {
+                case.detail.push(words.collect::<Vec<_>>().join(" "));
+            }
+            case
         } else {
             let rest = line.strip_prefix("test ")?;
             let (name, verdict) = rest.rsplit_once(" ... ")?;
@@ -126,13 +151,45 @@ impl Outcome {
                 "ignored" => None,
                 _ => return None,
             };
-            CaseResult {
-                name: name.to_owned(),
-                passed,
-            }
+            CaseResult::new(name, passed)
         };
         self.scenarios[current].cases.push(case);
         None
+    }
+
+    /// Follows libtest's per-test output blocks, which come after the verdicts, and gives a
+    /// failed test its block. Returns whether `line` belonged to a block.
+    fn block_line(&mut self, current: usize, line: &str) -> bool {
+        let header = line
+            .strip_prefix("---- ")
+            .and_then(|rest| rest.strip_suffix(" stdout ----"));
+        let ends_block = header.is_some()
+            || matches!(line, "failures:" | "successes:")
+            || line.starts_with("test result: ")
+            || line.starts_with("@@");
+        if ends_block && let Some((name, lines)) = self.block.take() {
+            let failed = self.scenarios[current]
+                .cases
+                .iter_mut()
+                .find(|case| case.name == name && case.passed == Some(false));
+            if let Some(case) = failed {
+                let skip = lines.len().saturating_sub(DETAIL_LINES);
+                case.detail = lines.into_iter().skip(skip).collect();
+            }
+        }
+        if let Some(name) = header {
+            self.block = Some((name.to_owned(), Vec::new()));
+            return true;
+        }
+        match &mut self.block {
+            Some((_, lines)) => {
+                if !line.is_empty() {
+                    lines.push(line.to_owned());
+                }
+                true
+            }
+            None => false,
+        }
     }
 
     fn marker(&mut self, rest: &str, now: Duration) -> Option<Marker> {
@@ -150,6 +207,7 @@ impl Outcome {
                     .and_then(|value| value.parse().ok())
                     .unwrap_or(60);
                 let index = self.scenarios.iter().position(|s| s.name == name)?;
+                self.block = None;
                 let scenario = &mut self.scenarios[index];
                 scenario.status = ScenarioStatus::Running;
                 scenario.started_at = now;
@@ -163,6 +221,7 @@ impl Outcome {
                     .and_then(|word| word.strip_prefix("rc="))
                     .and_then(|value| value.parse().ok())
                     .unwrap_or(-1);
+                self.block = None;
                 let scenario = self.scenarios.iter_mut().find(|s| s.name == name)?;
                 scenario.duration = now.saturating_sub(scenario.started_at);
                 scenario.status = if rc == 0 {
@@ -242,6 +301,9 @@ pub fn summarise(selected: &[Scenario], outcome: &Outcome, out: &mut impl Write)
         );
         for case in result.cases.iter().filter(|c| c.passed == Some(false)) {
             let _ = writeln!(out, "      failed: {}", case.name);
+            for line in &case.detail {
+                let _ = writeln!(out, "        | {line}");
+            }
         }
     }
     if let Some(reason) = &outcome.aborted {
@@ -298,29 +360,74 @@ mod tests {
         assert_eq!(
             kvm.cases,
             [
-                CaseResult {
-                    name: "psci_system_off_gives_a_shutdown_exit".into(),
-                    passed: Some(true)
-                },
-                CaseResult {
-                    name: "suspend_denied".into(),
-                    passed: Some(false)
-                },
-                CaseResult {
-                    name: "slow".into(),
-                    passed: None
-                },
+                CaseResult::new("psci_system_off_gives_a_shutdown_exit", Some(true)),
+                CaseResult::new("suspend_denied", Some(false)),
+                CaseResult::new("slow", None),
             ]
         );
         let linux = &out.scenarios[1];
         assert_eq!(linux.status, ScenarioStatus::Passed);
+        assert_eq!(linux.cases, [CaseResult::new("linux-boot", Some(true))]);
+    }
+
+    #[test]
+    fn failures_keep_what_they_printed_for_the_summary() {
+        let mut out = outcome();
+        let lines = [
+            "@@testbed begin kvm limit=60",
+            "test good ... ok",
+            "test bad ... FAILED",
+            "",
+            "successes:",
+            "",
+            "---- good stdout ----",
+            "figures of a passing test",
+            "",
+            "failures:",
+            "",
+            "---- bad stdout ----",
+            "thread 'bad' panicked at vmm/tests/x.rs:7:5:",
+            "round 3: vmm ignored SIGTERM",
+            "",
+            "failures:",
+            "    bad",
+            "",
+            "test result: FAILED. 1 passed; 1 failed; 0 ignored",
+            "@@testbed end kvm rc=101",
+            "@@testbed begin linux limit=90",
+            "@@result linux-boot fail exit=124 nproc=",
+            "@@testbed end linux rc=1",
+        ];
+        for line in lines {
+            out.feed(line, Duration::ZERO);
+        }
+        let kvm = &out.scenarios[0].cases;
+        assert_eq!(kvm.len(), 2, "{kvm:?}");
+        assert!(kvm[0].detail.is_empty());
         assert_eq!(
-            linux.cases,
-            [CaseResult {
-                name: "linux-boot".into(),
-                passed: Some(true)
-            }]
+            kvm[1].detail,
+            [
+                "thread 'bad' panicked at vmm/tests/x.rs:7:5:",
+                "round 3: vmm ignored SIGTERM"
+            ]
         );
+        assert_eq!(out.scenarios[1].cases[0].detail, ["exit=124 nproc="]);
+
+        let selected: Vec<_> = ["kvm-smoke", "kvm-suspend"]
+            .iter()
+            .map(|name| {
+                let all = crate::scenarios::all();
+                all.into_iter().find(|s| s.name == *name).unwrap()
+            })
+            .collect();
+        let mut text = Vec::new();
+        assert!(!summarise(&selected, &out, &mut text));
+        let text = String::from_utf8(text).unwrap();
+        assert!(
+            text.contains("failed: bad\n        | thread 'bad' panicked"),
+            "{text}"
+        );
+        assert!(text.contains("        | exit=124 nproc=\n"), "{text}");
     }
 
     #[test]

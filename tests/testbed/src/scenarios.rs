@@ -45,6 +45,13 @@ pub fn all() -> Vec<Scenario> {
             default: false,
         },
         Scenario {
+            name: "signals",
+            description: "SIGTERM and SIGINT stop vmm while its guest resets over and over",
+            timeout: Duration::from_secs(240),
+            steps: Steps::CargoTests(&[("vmm", "signals")]),
+            default: false,
+        },
+        Scenario {
             name: "demo",
             description: "boots Linux with 2 vCPUs on vmm and shows its console (the main job)",
             timeout: Duration::from_secs(150),

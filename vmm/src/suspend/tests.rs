@@ -20,7 +20,9 @@ const RAM: RamRange = RamRange {
 };
 const ENTRY: u64 = 0x4008_0000;
 const CONTEXT: u64 = 0xDEAD_C0DE;
-const LIMIT: Duration = Duration::from_secs(5);
+/// How long a test waits for what must happen: only a deadlock takes this long, however slow
+/// the machine (the emulated arm64 host is slow).
+const LIMIT: Duration = Duration::from_secs(30);
 
 /// What a fake vCPU's owner can look at and break.
 struct FakeState {

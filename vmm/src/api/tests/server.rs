@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::{TestRouter, raw, socket_path, wait_until};
+use super::{SETTLE, TestRouter, eventually, raw, socket_path};
 use crate::api::{ApiClient, ApiClientError, ApiServer, ApiServerOptions};
 
 fn start(
@@ -21,9 +21,12 @@ fn start(
     (dir, server, router)
 }
 
+/// The read deadline of [`short_timeout`] servers.
+const SHORT_TIMEOUT: Duration = Duration::from_millis(300);
+
 fn short_timeout() -> ApiServerOptions {
     ApiServerOptions {
-        read_timeout: Duration::from_millis(300),
+        read_timeout: SHORT_TIMEOUT,
         ..Default::default()
     }
 }
@@ -58,7 +61,7 @@ fn api_server_json() {
         response.ends_with("Content-Length: 19\r\nConnection: close\r\n\r\n"),
         "{response}"
     );
-    assert!(wait_until(Duration::from_secs(2), || server.connections() == 0));
+    assert!(eventually(|| server.connections() == 0));
 }
 
 #[test]
@@ -95,11 +98,8 @@ fn api_server_times_out_silent_clients() {
     let mut half = UnixStream::connect(server.path()).unwrap();
     half.write_all(b"GET /api/v1/vm.info HTTP/1.1\r\nHo")
         .unwrap();
-    assert!(wait_until(Duration::from_secs(1), || server.connections() == 2));
     for stream in [&mut silent, &mut half] {
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
+        stream.set_read_timeout(Some(SETTLE)).unwrap();
         let mut response = String::new();
         stream.read_to_string(&mut response).unwrap();
         assert!(
@@ -107,42 +107,51 @@ fn api_server_times_out_silent_clients() {
             "{response}"
         );
     }
-    assert!(started.elapsed() < Duration::from_secs(2));
-    assert!(wait_until(Duration::from_secs(1), || server.connections() == 0));
+    // A lower bound only: a server that answered 408 at once would pass the checks above, and
+    // an upper bound would measure the machine rather than the server.
+    assert!(
+        started.elapsed() >= SHORT_TIMEOUT,
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(eventually(|| server.connections() == 0));
 }
 
 #[test]
 fn api_server_deadline_covers_the_whole_request() {
     let (_dir, server, _) = start(short_timeout());
     let mut slow = UnixStream::connect(server.path()).unwrap();
-    let started = Instant::now();
-    // A byte every 50 ms never trips a per-read timeout of 300 ms.
-    for &byte in b"GET /api/v1/vm.info HTTP/1.1\r\nHost: localhost\r\n" {
+    // One byte every 50 ms never trips a per-read timeout of 300 ms, and sending all of them
+    // takes 20 s: only a deadline on the whole request cuts the client off first.
+    let mut request = b"GET /api/v1/vm.info HTTP/1.1\r\nX-Slow: ".to_vec();
+    request.resize(400, b'z');
+    let mut sent = 0;
+    for &byte in &request {
         if slow.write_all(&[byte]).is_err() {
             break;
         }
+        sent += 1;
         thread::sleep(Duration::from_millis(50));
     }
+    assert!(sent < request.len(), "the server read all {sent} bytes");
+    slow.set_read_timeout(Some(SETTLE)).unwrap();
     let mut response = String::new();
     let _ = slow.read_to_string(&mut response);
     assert!(response.starts_with("HTTP/1.1 408 "), "{response}");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
-    );
 }
 
 #[test]
 fn api_server_caps_connections() {
     let (_dir, server, _) = start(ApiServerOptions {
         max_connections: 2,
+        // The held connections must outlast the test, however slow the machine.
+        read_timeout: 2 * SETTLE,
         ..Default::default()
     });
     let held: Vec<_> = (0..2)
         .map(|_| UnixStream::connect(server.path()).unwrap())
         .collect();
-    assert!(wait_until(Duration::from_secs(2), || server.connections() == 2));
+    assert!(eventually(|| server.connections() == 2));
     let client = ApiClient::new(server.path());
     // Refused without a read, so the client may find the socket closed while it sends.
     let (status, body) = client.request("GET", "/api/v1/vm.info", None).unwrap();
@@ -151,7 +160,7 @@ fn api_server_caps_connections() {
         (503, json!({ "error": "Too many connections" }))
     );
     drop(held);
-    assert!(wait_until(Duration::from_secs(2), || server.connections() == 0));
+    assert!(eventually(|| server.connections() == 0));
     assert_eq!(
         client.request("GET", "/api/v1/vm.info", None).unwrap().0,
         200
@@ -169,7 +178,7 @@ fn api_server_streams() {
         .collect();
     assert_eq!(events, [json!({ "n": 1 }), json!({ "n": 2 })]);
     let dropped = || router.dropped.load(Ordering::SeqCst);
-    assert!(wait_until(Duration::from_secs(1), dropped));
+    assert!(eventually(dropped));
     // HTTP/1.0 has no chunked coding: the stream ends with the connection.
     let response = raw(server.path(), b"GET /api/v1/events.finite HTTP/1.0\r\n\r\n");
     assert!(
@@ -195,15 +204,10 @@ fn api_server_ends_streams_of_departed_clients() {
         assert_eq!(events.next().unwrap().unwrap(), json!({ "n": 1 }));
         drop(events);
         assert!(
-            wait_until(Duration::from_secs(2), || router
-                .dropped
-                .load(Ordering::SeqCst)),
+            eventually(|| router.dropped.load(Ordering::SeqCst)),
             "{path}"
         );
-        assert!(
-            wait_until(Duration::from_secs(1), || server.connections() == 0),
-            "{path}"
-        );
+        assert!(eventually(|| server.connections() == 0), "{path}");
     }
 }
 
