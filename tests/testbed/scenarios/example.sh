@@ -5,7 +5,7 @@
 . "$ROOT/testbed/lib.sh"
 out=/tmp/example.log
 err=/tmp/example.err
-timeout 300 "$ROOT/bin/suspend_wake" "$ROOT/guest/Image" "$ROOT/guest/initrd.cpio" </dev/null >"$out" 2>"$err"
+timeout 150 "$ROOT/bin/suspend_wake" "$ROOT/guest/Image" "$ROOT/guest/initrd.cpio" </dev/null >"$out" 2>"$err"
 status=$?
 show "$out"
 cat "$err"

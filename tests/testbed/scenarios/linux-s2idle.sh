@@ -2,7 +2,7 @@
 # With --no-suspend the guest has no deep sleep, and `rtcwake -m mem` still returns (s2idle).
 . "$ROOT/testbed/lib.sh"
 out=/tmp/linux-s2idle.log
-run_vmm 300 "$out" -v --no-suspend --memory 256 --cmdline "$GUEST_CMDLINE vmmtest=suspend-rtc cycles=1"
+run_vmm 150 "$out" -v --no-suspend --memory 256 --cmdline "$GUEST_CMDLINE vmmtest=suspend-rtc cycles=1"
 status=$?
 mem_sleep=$(field mem_sleep "$(grep '@@guest mem_sleep=' "$out")")
 cycle=$(grep '@@guest cycle=1' "$out")

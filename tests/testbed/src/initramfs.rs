@@ -106,6 +106,7 @@ pub fn stage(
 
     let mut staged_scenarios = Vec::new();
     for scenario in scenarios {
+        let limit = (scenario.timeout.as_secs_f64() * time_scale).ceil() as u64;
         let script = match scenario.steps {
             Steps::CargoTests(selection) => {
                 let tests: Vec<_> = if selection.is_empty() {
@@ -133,13 +134,12 @@ pub fn stage(
                     }
                     names.push(name);
                 }
-                cargo_tests_script(&names)
+                cargo_tests_script(&names, limit / 2)
             }
             Steps::Script(script) => script.to_owned(),
         };
         let path = root.join(format!("testbed/scenarios/{}.sh", scenario.name));
         write(&path, &script, true)?;
-        let limit = (scenario.timeout.as_secs_f64() * time_scale).ceil() as u64;
         staged_scenarios.push((scenario.name.to_owned(), limit));
     }
 
@@ -185,15 +185,20 @@ fn stage_guest(work_dir: &Path, artefacts: &Artefacts, root: &Path) -> Result<()
 }
 
 /// Runs test executables one after the other; the libtest lines are the result lines. The
-/// vmm's own tests find the binary and a real kernel through the environment.
-fn cargo_tests_script(names: &[String]) -> String {
+/// vmm's own tests find the binary and a real kernel through the environment. Each executable
+/// has `exec_limit` seconds, so that one that hangs is named and the rest still run.
+fn cargo_tests_script(names: &[String], exec_limit: u64) -> String {
     let mut script = String::from(
         "#!/bin/sh\nrc=0\ncd /tmp\nexport VMM_BIN=\"$ROOT/bin/vmm\" VMM_TEST_KERNEL=\"$ROOT/guest/Image\" VMM_TEST_INITRD=\"$ROOT/guest/initrd.cpio\"\n",
     );
     for name in names {
         let _ = writeln!(
             script,
-            "echo \"@@testbed exec {name}\"\n\"$ROOT/tests/{name}\" --test-threads=1 --show-output || rc=1"
+            "echo \"@@testbed exec {name}\"\n\
+             timeout {exec_limit} \"$ROOT/tests/{name}\" --test-threads=1 --show-output\n\
+             status=$?\n\
+             [ $status = 0 ] || rc=1\n\
+             [ $status = 124 ] && echo \"@@result {name} fail killed after {exec_limit} s\""
         );
     }
     script.push_str("exit $rc\n");
@@ -202,14 +207,16 @@ fn cargo_tests_script(names: &[String]) -> String {
 
 fn run_script(scenarios: &[(String, u64)]) -> String {
     let mut script = String::from(
-        "#!/bin/sh\n# Runs each scenario under its time limit between begin and end markers.\n",
+        "#!/bin/sh\n# Runs each scenario under its time limit between begin and end markers; a vmm it\n\
+         # left running must not load the next one.\n",
     );
     for (name, limit) in scenarios {
         let _ = writeln!(
             script,
             "echo \"@@testbed begin {name} limit={limit}\"\n\
              ROOT=\"$ROOT\" timeout {limit} sh \"$ROOT/testbed/scenarios/{name}.sh\"\n\
-             echo \"@@testbed end {name} rc=$?\""
+             echo \"@@testbed end {name} rc=$?\"\n\
+             killall -KILL vmm 2>/dev/null && echo \"testbed: killed a vmm that {name} left running\""
         );
     }
     script.push_str("echo \"@@testbed done\"\n");
