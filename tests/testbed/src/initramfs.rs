@@ -186,7 +186,8 @@ fn stage_guest(work_dir: &Path, artefacts: &Artefacts, root: &Path) -> Result<()
 
 /// Runs test executables one after the other; the libtest lines are the result lines. The
 /// vmm's own tests find the binary and a real kernel through the environment. Each executable
-/// has `exec_limit` seconds, so that one that hangs is named and the rest still run.
+/// has `exec_limit` seconds, so that one that hangs is named and the rest still run (busybox's
+/// `timeout` exits 143 where GNU's exits 124).
 fn cargo_tests_script(names: &[String], exec_limit: u64) -> String {
     let mut script = String::from(
         "#!/bin/sh\nrc=0\ncd /tmp\nexport VMM_BIN=\"$ROOT/bin/vmm\" VMM_TEST_KERNEL=\"$ROOT/guest/Image\" VMM_TEST_INITRD=\"$ROOT/guest/initrd.cpio\"\n",
@@ -198,7 +199,7 @@ fn cargo_tests_script(names: &[String], exec_limit: u64) -> String {
              timeout {exec_limit} \"$ROOT/tests/{name}\" --test-threads=1 --show-output\n\
              status=$?\n\
              [ $status = 0 ] || rc=1\n\
-             [ $status = 124 ] && echo \"@@result {name} fail killed after {exec_limit} s\""
+             case $status in 124|143) echo \"\n@@result {name} fail killed after {exec_limit} s\" ;; esac"
         );
     }
     script.push_str("exit $rc\n");
