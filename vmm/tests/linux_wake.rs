@@ -106,7 +106,7 @@ fn suspend_then_wake(cpus: u32, source: WakeSource, wake: impl Fn(&VmHandle)) {
         VmEventKind::Suspended { latency_us, .. } => Some(*latency_us),
         _ => None,
     });
-    guest.wait_console("@@guest suspending", Duration::from_secs(5));
+    guest.wait_console("@@guest suspending", Duration::from_secs(30));
     assert_eq!(guest.handle.state(), VmState::Suspended);
 
     let (cpu_before, wall_before) = (cpu_time(), Instant::now());
