@@ -1,17 +1,19 @@
-//! SIGTERM and SIGINT stop the `vmm` binary with status 0 whenever they arrive, even while the
-//! guest resets over and over: a signal that lands together with a reset must not be lost to
-//! the reboot. The guest is one PSCI SYSTEM_RESET call, so vmm spends its time rebooting and
-//! the signals hit every part of a boot. Runs in the arm64 testbed, where `VMM_BIN` is set.
+//! SIGTERM and SIGINT stop the `vmm` binary with status 0 whenever they arrive: while the
+//! guest resets over and over (a signal that lands together with a reset must not be lost to
+//! the reboot; the guest is one PSCI SYSTEM_RESET call, so the signals hit every part of a
+//! boot), and while it is suspended with nothing to wake it. Runs in the arm64 testbed, where
+//! `VMM_BIN` is set.
 #![cfg(target_arch = "aarch64")]
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use arch_aarch64::a64::Assembler;
-use arch_aarch64::psci::SYSTEM_RESET;
+use arch_aarch64::layout::RAM_START;
+use arch_aarch64::psci::{SYSTEM_RESET, SYSTEM_SUSPEND_64};
 
 /// Signals sent, each to a new vmm after a different number of boots.
 const ROUNDS: u32 = 40;
@@ -24,10 +26,11 @@ fn vmm_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_vmm")))
 }
 
-/// An arm64 Image whose first instruction branches over the header to a SYSTEM_RESET call.
-fn resetting_image() -> Vec<u8> {
-    let mut code = Assembler::new();
-    code.psci_call(SYSTEM_RESET, &[]);
+/// Where the kernel Image is loaded: RAM + 2 MiB.
+const LOAD: u64 = RAM_START + 0x20_0000;
+
+/// An arm64 Image whose first instruction branches over the header to `code`.
+fn image(code: &Assembler) -> Vec<u8> {
     let mut bytes = vec![0u8; 0x1000];
     bytes[0..4].copy_from_slice(&0x1400_0010u32.to_le_bytes()); // b +64
     bytes[16..24].copy_from_slice(&0x1_0000u64.to_le_bytes()); // image_size
@@ -52,35 +55,18 @@ fn stderr_lines(child: &mut Child) -> mpsc::Receiver<String> {
     lines
 }
 
-/// Waits for a line containing `needle`; returns every line read so far.
-fn wait_line(lines: &mpsc::Receiver<String>, needle: &str, seen: &mut Vec<String>) -> bool {
-    let deadline = Instant::now() + HANG;
-    while let Ok(line) = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-        let found = line.contains(needle);
-        seen.push(line);
-        if found {
-            return true;
-        }
-    }
-    false
+/// A `vmm -v` running a guest, with what it logged so far.
+struct Vmm {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    logged: Vec<String>,
 }
 
-#[test]
-fn a_stop_signal_ends_vmm_even_while_the_guest_keeps_resetting() {
-    let dir = std::env::temp_dir().join(format!("vmm-signals-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kernel = dir.join("Image");
-    std::fs::write(&kernel, resetting_image()).unwrap();
-
-    for round in 0..ROUNDS {
-        let (signal, name) = if round % 2 == 0 {
-            (libc::SIGTERM, "SIGTERM")
-        } else {
-            (libc::SIGINT, "SIGINT")
-        };
+impl Vmm {
+    fn start(kernel: &Path) -> Self {
         let mut child = Command::new(vmm_binary())
             .arg("--kernel")
-            .arg(&kernel)
+            .arg(kernel)
             .args(["--memory", "64", "-v"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -88,37 +74,102 @@ fn a_stop_signal_ends_vmm_even_while_the_guest_keeps_resetting() {
             .spawn()
             .expect("start vmm");
         let lines = stderr_lines(&mut child);
-        let mut seen = Vec::new();
-        let boot = 2 + round % 4;
-        assert!(
-            wait_line(&lines, &format!("boot {boot}"), &mut seen),
-            "round {round}: no boot {boot}: {seen:#?}"
-        );
-        // A varying delay moves the signal around inside a boot.
-        std::thread::sleep(Duration::from_micros(u64::from(round) * 250));
-        let pid = libc::pid_t::try_from(child.id()).unwrap();
+        Self {
+            child,
+            lines,
+            logged: Vec::new(),
+        }
+    }
+
+    /// Waits until vmm logs a line containing `needle`.
+    fn wait_log(&mut self, needle: &str) {
+        let deadline = Instant::now() + HANG;
+        while let Ok(line) = self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            let found = line.contains(needle);
+            self.logged.push(line);
+            if found {
+                return;
+            }
+        }
+        panic!("vmm never logged {needle:?}: {:#?}", self.logged);
+    }
+
+    /// Sends `signal` and checks that vmm stops with status 0 and says why.
+    fn stop_with(mut self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
         // SAFETY: kill(2) only sends a signal to the child this test started and still owns.
         assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
-
         let deadline = Instant::now() + HANG;
         let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
+            if let Some(status) = self.child.try_wait().unwrap() {
                 break status;
             }
             if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("round {round}: vmm ignored {name} and went on rebooting");
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("vmm ignored signal {signal}: {:#?}", self.logged);
             }
             std::thread::sleep(Duration::from_millis(10));
         };
-        seen.extend(lines.iter());
-        assert_eq!(status.code(), Some(0), "round {round} ({name}): {seen:#?}");
-        let logged = format!("Terminating on signal {signal}");
+        self.logged.extend(self.lines.iter());
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "signal {signal}: {:#?}",
+            self.logged
+        );
+        let said = format!("Terminating on signal {signal}");
         assert!(
-            seen.iter().any(|line| line.contains(&logged)),
-            "round {round}: no {logged:?} in {seen:#?}"
+            self.logged.iter().any(|line| line.contains(&said)),
+            "no {said:?} in {:#?}",
+            self.logged
         );
     }
-    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn scratch_kernel(name: &str, code: &Assembler) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vmm-signals-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kernel = dir.join("Image");
+    std::fs::write(&kernel, image(code)).unwrap();
+    kernel
+}
+
+#[test]
+fn a_stop_signal_ends_vmm_even_while_the_guest_keeps_resetting() {
+    let mut code = Assembler::new();
+    code.psci_call(SYSTEM_RESET, &[]);
+    let kernel = scratch_kernel("reset", &code);
+    for round in 0..ROUNDS {
+        let mut vmm = Vmm::start(&kernel);
+        let boot = 2 + round % 4;
+        vmm.wait_log(&format!("boot {boot}"));
+        // A varying delay moves the signal around inside a boot.
+        std::thread::sleep(Duration::from_micros(u64::from(round) * 250));
+        let signal = if round % 2 == 0 {
+            libc::SIGTERM
+        } else {
+            libc::SIGINT
+        };
+        vmm.stop_with(signal);
+    }
+    std::fs::remove_dir_all(kernel.parent().unwrap()).unwrap();
+}
+
+#[test]
+fn a_stop_signal_ends_vmm_while_the_guest_is_suspended() {
+    // SYSTEM_SUSPEND with no wakeup source armed: the guest would sleep forever.
+    let mut code = Assembler::new();
+    code.psci_call(SYSTEM_SUSPEND_64, &[LOAD, 0]);
+    code.b_to(code.offset());
+    let kernel = scratch_kernel("suspended", &code);
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let mut vmm = Vmm::start(&kernel);
+        vmm.wait_log("suspended");
+        vmm.stop_with(signal);
+    }
+    std::fs::remove_dir_all(kernel.parent().unwrap()).unwrap();
 }
