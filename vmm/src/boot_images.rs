@@ -148,9 +148,12 @@ mod tests {
 
     /// A minimal arm64 Image header claiming `image_size` bytes.
     fn image(image_size: u64) -> Vec<u8> {
-        let mut bytes = vec![0u8; 4096];
-        bytes[16..24].copy_from_slice(&image_size.to_le_bytes());
-        bytes[56..60].copy_from_slice(b"ARM\x64");
+        let header = ImageHeader {
+            text_offset: 0,
+            image_size,
+        };
+        let mut bytes = header.to_bytes().to_vec();
+        bytes.resize(4096, 0);
         bytes
     }
 

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use arch_aarch64::image::ImageHeader;
+
 /// Far longer than any rejection takes, even in the emulated arm64 host.
 const HANG: Duration = Duration::from_secs(60);
 
@@ -34,9 +36,12 @@ impl Scratch {
 
     /// A file with a valid arm64 Image header claiming `image_size` bytes, and no code.
     fn fake_image(&self, image_size: u64) -> PathBuf {
-        let mut bytes = vec![0u8; 4096];
-        bytes[16..24].copy_from_slice(&image_size.to_le_bytes());
-        bytes[56..60].copy_from_slice(b"ARM\x64");
+        let header = ImageHeader {
+            text_offset: 0,
+            image_size,
+        };
+        let mut bytes = header.to_bytes().to_vec();
+        bytes.resize(4096, 0);
         self.file("Image", &bytes)
     }
 }

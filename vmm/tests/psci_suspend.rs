@@ -9,6 +9,7 @@ use std::time::Duration;
 use arch_aarch64::a64::{
     Assembler, CURRENT_EL, ICC_IGRPEN1_EL1, ICC_PMR_EL1, ICC_SRE_EL1, SCTLR_EL1,
 };
+use arch_aarch64::image::ImageHeader;
 use arch_aarch64::layout::{GIC_DIST_BASE, RAM_START, RTC_BASE, UART_BASE};
 use arch_aarch64::psci::{
     CPU_ON_64, PSCI_FEATURES, PsciReturn, SYSTEM_OFF, SYSTEM_SUSPEND_32, SYSTEM_SUSPEND_64,
@@ -79,10 +80,12 @@ fn image(main: &Assembler) -> Vec<u8> {
     let mut spin = Assembler::new();
     spin.b_to(0);
 
-    let mut bytes = vec![0u8; 0x1000];
-    bytes[0..4].copy_from_slice(&0x1400_0010u32.to_le_bytes()); // b +64
-    bytes[16..24].copy_from_slice(&0x1_0000u64.to_le_bytes()); // image_size
-    bytes[56..60].copy_from_slice(b"ARM\x64");
+    let header = ImageHeader {
+        text_offset: 0,
+        image_size: 0x1_0000,
+    };
+    let mut bytes = header.to_bytes().to_vec();
+    bytes.resize(0x1000, 0);
     let code = main.to_bytes();
     assert!(64 + code.len() <= RESUME_OFFSET as usize, "main too long");
     bytes[64..64 + code.len()].copy_from_slice(&code);

@@ -12,6 +12,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use arch_aarch64::a64::Assembler;
+use arch_aarch64::image::ImageHeader;
 use arch_aarch64::layout::RAM_START;
 use arch_aarch64::psci::{SYSTEM_RESET, SYSTEM_SUSPEND_64};
 
@@ -31,12 +32,12 @@ const LOAD: u64 = RAM_START + 0x20_0000;
 
 /// An arm64 Image whose first instruction branches over the header to `code`.
 fn image(code: &Assembler) -> Vec<u8> {
-    let mut bytes = vec![0u8; 0x1000];
-    bytes[0..4].copy_from_slice(&0x1400_0010u32.to_le_bytes()); // b +64
-    bytes[16..24].copy_from_slice(&0x1_0000u64.to_le_bytes()); // image_size
-    bytes[56..60].copy_from_slice(b"ARM\x64");
-    let code = code.to_bytes();
-    bytes[64..64 + code.len()].copy_from_slice(&code);
+    let header = ImageHeader {
+        text_offset: 0,
+        image_size: 0x1_0000,
+    };
+    let mut bytes = header.to_bytes().to_vec();
+    bytes.extend(code.to_bytes());
     bytes
 }
 

@@ -5,6 +5,8 @@
 pub const HEADER_SIZE: usize = 64;
 /// `magic` at offset 56: "ARM\x64".
 const ARM64_MAGIC: u32 = 0x644D_5241;
+/// `b .+64`: from `code0` to the first byte after the header.
+const BRANCH_OVER_HEADER: u32 = 0x1400_0000 | (HEADER_SIZE as u32 / 4);
 /// The `text_offset` pre-3.17 kernels imply when `image_size` is 0.
 const LEGACY_TEXT_OFFSET: u64 = 0x8_0000;
 
@@ -71,6 +73,18 @@ impl ImageHeader {
     pub fn footprint(&self, file_len: u64) -> u64 {
         self.text_offset + self.image_size.max(file_len)
     }
+
+    /// A little-endian header with these fields whose first instruction branches over it, as
+    /// a kernel's branches to its text: code placed right after it runs first. Bare-metal test
+    /// guests are built this way.
+    pub fn to_bytes(&self) -> [u8; HEADER_SIZE] {
+        let mut bytes = [0u8; HEADER_SIZE];
+        bytes[0..4].copy_from_slice(&BRANCH_OVER_HEADER.to_le_bytes());
+        bytes[8..16].copy_from_slice(&self.text_offset.to_le_bytes());
+        bytes[16..24].copy_from_slice(&self.image_size.to_le_bytes());
+        bytes[56..60].copy_from_slice(&ARM64_MAGIC.to_le_bytes());
+        bytes
+    }
 }
 
 #[cfg(test)]
@@ -78,12 +92,26 @@ mod tests {
     use super::*;
 
     fn header(text_offset: u64, image_size: u64, flags: u64) -> Vec<u8> {
-        let mut bytes = vec![0u8; HEADER_SIZE];
-        bytes[8..16].copy_from_slice(&text_offset.to_le_bytes());
-        bytes[16..24].copy_from_slice(&image_size.to_le_bytes());
+        let mut bytes = ImageHeader {
+            text_offset,
+            image_size,
+        }
+        .to_bytes();
         bytes[24..32].copy_from_slice(&flags.to_le_bytes());
-        bytes[56..60].copy_from_slice(b"ARM\x64");
-        bytes
+        bytes.to_vec()
+    }
+
+    #[test]
+    fn written_headers_parse_back_and_branch_over_themselves() {
+        let header = ImageHeader {
+            text_offset: 0,
+            image_size: 0x1_0000,
+        };
+        let bytes = header.to_bytes();
+        assert_eq!(ImageHeader::parse(&bytes), Ok(header));
+        assert_eq!(&bytes[56..60], b"ARM\x64");
+        // b +64, as `objdump` shows the first word of a kernel Image.
+        assert_eq!(bytes[0..4], 0x1400_0010u32.to_le_bytes());
     }
 
     #[test]
