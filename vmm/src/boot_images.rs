@@ -125,24 +125,18 @@ impl BootImages {
 mod tests {
     use super::*;
 
-    struct Scratch(PathBuf);
+    /// A temporary directory, removed when dropped.
+    struct Scratch(vmm_sys_util::tempdir::TempDir);
 
     impl Scratch {
-        fn new(name: &str) -> Self {
-            let dir = std::env::temp_dir().join(format!("vmm-boot-{}-{name}", std::process::id()));
-            std::fs::create_dir_all(&dir).unwrap();
-            Self(dir)
+        fn new() -> Self {
+            let prefix = std::env::temp_dir().join("vmm-boot-");
+            Self(vmm_sys_util::tempdir::TempDir::new_with_prefix(prefix).unwrap())
         }
         fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
-            let path = self.0.join(name);
+            let path = self.0.as_path().join(name);
             std::fs::write(&path, bytes).unwrap();
             path
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
         }
     }
 
@@ -170,7 +164,7 @@ mod tests {
 
     #[test]
     fn places_a_valid_kernel_and_initramfs() {
-        let scratch = Scratch::new("ok");
+        let scratch = Scratch::new();
         let mut config = VmConfig::new(scratch.file("Image", &image(0x100_0000)));
         config.initramfs = Some(scratch.file("initrd", &[7; 5000]));
         let images = BootImages::open(&config).unwrap();
@@ -181,8 +175,8 @@ mod tests {
 
     #[test]
     fn names_missing_and_wrong_files() {
-        let scratch = Scratch::new("bad");
-        let missing = VmConfig::new(scratch.0.join("nope"));
+        let scratch = Scratch::new();
+        let missing = VmConfig::new(scratch.0.as_path().join("nope"));
         assert!(
             error(&missing).starts_with("Cannot read kernel "),
             "{}",
@@ -200,7 +194,7 @@ mod tests {
         assert!(error(&gz).contains("gzip-compressed"), "{}", error(&gz));
 
         let mut no_initrd = VmConfig::new(scratch.file("Image", &image(0x100_0000)));
-        no_initrd.initramfs = Some(scratch.0.join("missing.cpio"));
+        no_initrd.initramfs = Some(scratch.0.as_path().join("missing.cpio"));
         assert!(error(&no_initrd).starts_with("Cannot read initramfs"));
 
         let mut empty = no_initrd.clone();
@@ -214,7 +208,7 @@ mod tests {
 
     #[test]
     fn memory_too_small_for_the_images_is_an_error() {
-        let scratch = Scratch::new("small");
+        let scratch = Scratch::new();
         let mut config = VmConfig::new(scratch.file("Image", &image(61 << 20)));
         config.memory_mib = 64;
         assert!(

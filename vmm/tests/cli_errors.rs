@@ -9,6 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use arch_aarch64::image::ImageHeader;
+use vmm_sys_util::tempdir::TempDir;
 
 /// Far longer than any rejection takes, even in the emulated arm64 host.
 const HANG: Duration = Duration::from_secs(60);
@@ -19,17 +20,17 @@ fn vmm_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_vmm")))
 }
 
-struct Scratch(PathBuf);
+/// A temporary directory, removed when dropped.
+struct Scratch(TempDir);
 
 impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("vmm-cli-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
+    fn new() -> Self {
+        let prefix = std::env::temp_dir().join("vmm-cli-");
+        Self(TempDir::new_with_prefix(prefix).unwrap())
     }
 
     fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
-        let path = self.0.join(name);
+        let path = self.0.as_path().join(name);
         std::fs::write(&path, bytes).unwrap();
         path
     }
@@ -43,12 +44,6 @@ impl Scratch {
         let mut bytes = header.to_bytes().to_vec();
         bytes.resize(4096, 0);
         self.file("Image", &bytes)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -114,17 +109,21 @@ fn missing_kernel() {
 
 #[test]
 fn kernel_that_is_not_an_arm64_image() {
-    let scratch = Scratch::new("not-image");
+    let scratch = Scratch::new();
     let text = scratch.file("notes.txt", &[b'x'; 4096]);
     fails_with(&["--kernel", path(&text)], None, "not an arm64 Image");
     let gz = scratch.file("Image.gz", &[0x1F, 0x8B, 8, 0, 0, 0, 0, 0]);
     fails_with(&["--kernel", path(&gz)], None, "gzip-compressed");
-    fails_with(&["--kernel", path(&scratch.0)], None, "Cannot read kernel");
+    fails_with(
+        &["--kernel", path(scratch.0.as_path())],
+        None,
+        "Cannot read kernel",
+    );
 }
 
 #[test]
 fn initramfs_that_does_not_fit() {
-    let scratch = Scratch::new("big-initrd");
+    let scratch = Scratch::new();
     let kernel = scratch.fake_image(8 << 20);
     let initrd = scratch.file("initrd.cpio", &vec![0u8; 60 << 20]);
     fails_with(
@@ -139,7 +138,7 @@ fn initramfs_that_does_not_fit() {
         None,
         "Guest memory of 64 MiB cannot hold the boot images",
     );
-    let missing = scratch.0.join("missing.cpio");
+    let missing = scratch.0.as_path().join("missing.cpio");
     fails_with(
         &["--kernel", path(&kernel), "--initramfs", path(&missing)],
         None,
@@ -149,7 +148,7 @@ fn initramfs_that_does_not_fit() {
 
 #[test]
 fn memory_too_small_for_kernel_and_device_tree() {
-    let scratch = Scratch::new("small-mem");
+    let scratch = Scratch::new();
     let kernel = scratch.fake_image(30 << 20);
     fails_with(
         &["--kernel", path(&kernel), "--memory", "32"],
@@ -170,7 +169,7 @@ fn memory_too_small_for_kernel_and_device_tree() {
 
 #[test]
 fn vcpu_counts_outside_what_the_vgic_allows() {
-    let scratch = Scratch::new("cpus");
+    let scratch = Scratch::new();
     let kernel = scratch.fake_image(8 << 20);
     fails_with(
         &["--kernel", path(&kernel), "--cpus", "0"],
@@ -186,7 +185,7 @@ fn vcpu_counts_outside_what_the_vgic_allows() {
 
 #[test]
 fn command_line_too_long() {
-    let scratch = Scratch::new("cmdline");
+    let scratch = Scratch::new();
     let kernel = scratch.fake_image(8 << 20);
     let long = "x".repeat(3000);
     fails_with(
@@ -198,7 +197,7 @@ fn command_line_too_long() {
 
 #[test]
 fn no_kvm_device() {
-    let scratch = Scratch::new("no-kvm");
+    let scratch = Scratch::new();
     let kernel = scratch.fake_image(8 << 20);
     fails_with(
         &["--kernel", path(&kernel)],
@@ -209,7 +208,7 @@ fn no_kvm_device() {
 
 #[test]
 fn a_device_that_is_not_kvm() {
-    let scratch = Scratch::new("not-kvm");
+    let scratch = Scratch::new();
     let kernel = scratch.fake_image(8 << 20);
     fails_with(
         &["--kernel", path(&kernel)],
@@ -222,7 +221,7 @@ fn a_device_that_is_not_kvm() {
 #[cfg(not(target_arch = "aarch64"))]
 #[test]
 fn kvm_without_arm64_support() {
-    let scratch = Scratch::new("x86-kvm");
+    let scratch = Scratch::new();
     let kernel = scratch.fake_image(8 << 20);
     let expected = if Path::new("/dev/kvm").exists() {
         "this VMM needs an arm64 (aarch64) host"
@@ -234,7 +233,7 @@ fn kvm_without_arm64_support() {
 
 #[test]
 fn bad_config_files() {
-    let scratch = Scratch::new("config");
+    let scratch = Scratch::new();
     let kernel = scratch.fake_image(8 << 20);
     let broken = scratch.file("broken.json", b"{\"kernel\": ");
     fails_with(&["--config", path(&broken)], None, "Invalid config file");

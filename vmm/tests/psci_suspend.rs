@@ -16,6 +16,7 @@ use arch_aarch64::psci::{
 };
 use vmm::events::{VmEventKind, WakeSource};
 use vmm::{Console, ExitReason, Vm, VmConfig};
+use vmm_sys_util::tempdir::TempDir;
 
 /// Where the kernel Image is loaded: RAM + 2 MiB.
 const LOAD: u64 = RAM_START + 0x20_0000;
@@ -119,9 +120,9 @@ impl Run {
 }
 
 fn boot(name: &str, main: &Assembler, cpus: u32, suspend: bool) -> Run {
-    let dir = std::env::temp_dir().join(format!("psci-suspend-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kernel = dir.join("Image");
+    let prefix = std::env::temp_dir().join(format!("psci-suspend-{name}-"));
+    let dir = TempDir::new_with_prefix(prefix).unwrap();
+    let kernel = dir.as_path().join("Image");
     std::fs::write(&kernel, image(main)).unwrap();
     let mut config = VmConfig::new(&kernel);
     config.cpus = cpus;
@@ -137,7 +138,6 @@ fn boot(name: &str, main: &Assembler, cpus: u32, suspend: bool) -> Run {
         .wait_timeout(Duration::from_secs(60))
         .expect("the guest did not power off within 60 s")
         .expect("the VM failed");
-    std::fs::remove_dir_all(&dir).unwrap();
     let bytes = output.lock().unwrap().clone();
     assert_eq!(bytes.len() % 9, 0, "torn reports: {bytes:x?}");
     let reports = bytes

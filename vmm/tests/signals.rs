@@ -15,6 +15,7 @@ use arch_aarch64::a64::Assembler;
 use arch_aarch64::image::ImageHeader;
 use arch_aarch64::layout::RAM_START;
 use arch_aarch64::psci::{SYSTEM_RESET, SYSTEM_SUSPEND_64};
+use vmm_sys_util::tempdir::TempDir;
 
 /// Signals sent, each to a new vmm after a different number of boots.
 const ROUNDS: u32 = 40;
@@ -131,19 +132,19 @@ impl Vmm {
     }
 }
 
-fn scratch_kernel(name: &str, code: &Assembler) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vmm-signals-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kernel = dir.join("Image");
+/// Writes `code` as a kernel Image into a temporary directory that lives as long as the result.
+fn scratch_kernel(code: &Assembler) -> (TempDir, PathBuf) {
+    let dir = TempDir::new_with_prefix(std::env::temp_dir().join("vmm-signals-")).unwrap();
+    let kernel = dir.as_path().join("Image");
     std::fs::write(&kernel, image(code)).unwrap();
-    kernel
+    (dir, kernel)
 }
 
 #[test]
 fn a_stop_signal_ends_vmm_even_while_the_guest_keeps_resetting() {
     let mut code = Assembler::new();
     code.psci_call(SYSTEM_RESET, &[]);
-    let kernel = scratch_kernel("reset", &code);
+    let (_dir, kernel) = scratch_kernel(&code);
     for round in 0..ROUNDS {
         let mut vmm = Vmm::start(&kernel);
         let boot = 2 + round % 4;
@@ -157,7 +158,6 @@ fn a_stop_signal_ends_vmm_even_while_the_guest_keeps_resetting() {
         };
         vmm.stop_with(signal);
     }
-    std::fs::remove_dir_all(kernel.parent().unwrap()).unwrap();
 }
 
 #[test]
@@ -166,11 +166,10 @@ fn a_stop_signal_ends_vmm_while_the_guest_is_suspended() {
     let mut code = Assembler::new();
     code.psci_call(SYSTEM_SUSPEND_64, &[LOAD, 0]);
     code.b_to(code.offset());
-    let kernel = scratch_kernel("suspended", &code);
+    let (_dir, kernel) = scratch_kernel(&code);
     for signal in [libc::SIGTERM, libc::SIGINT] {
         let mut vmm = Vmm::start(&kernel);
         vmm.wait_log("suspended");
         vmm.stop_with(signal);
     }
-    std::fs::remove_dir_all(kernel.parent().unwrap()).unwrap();
 }
