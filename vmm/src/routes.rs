@@ -48,38 +48,79 @@ fn conflict_or_ok(result: Result<(), HandleError>, done: &str) -> ApiReply {
     }
 }
 
-/// What serves an endpoint.
-type Handler = fn(&VmRouter) -> ApiReply;
+/// The control API's endpoints. Clients name them through this too, so the names and methods
+/// live in one place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `GET vm.info`: the VM's state, vCPUs, memory, uptime and suspend figures.
+    Info,
+    /// `GET vm.events`: newline-delimited JSON events until the VM ends.
+    Events,
+    /// `PUT vm.wakeup`: press the wake button.
+    Wakeup,
+    /// `PUT vm.power-button`: press the power button.
+    PowerButton,
+    /// `PUT vm.pause`: pause every vCPU on the host side.
+    Pause,
+    /// `PUT vm.resume`: resume a paused VM.
+    Resume,
+    /// `PUT vm.shutdown`: stop the VM now.
+    Shutdown,
+}
 
-/// Every endpoint: its name under [`API_PREFIX`], the method it takes, and what serves it.
-const ENDPOINTS: [(&str, &str, Handler); 7] = [
-    ("vm.info", "GET", VmRouter::info),
-    ("vm.events", "GET", VmRouter::events),
-    ("vm.wakeup", "PUT", |router| {
-        conflict_or_ok(router.handle.press_wake_button(), "wake button pressed")
-    }),
-    ("vm.power-button", "PUT", |router| {
-        conflict_or_ok(router.handle.press_power_button(), "power button pressed")
-    }),
-    ("vm.pause", "PUT", |router| {
-        conflict_or_ok(router.handle.pause(), "paused")
-    }),
-    ("vm.resume", "PUT", |router| {
-        conflict_or_ok(router.handle.resume(), "resumed")
-    }),
-    ("vm.shutdown", "PUT", |router| {
-        conflict_or_ok(router.handle.shutdown(), "shutting down")
-    }),
-];
+impl Endpoint {
+    /// Every endpoint.
+    pub const ALL: [Self; 7] = [
+        Self::Info,
+        Self::Events,
+        Self::Wakeup,
+        Self::PowerButton,
+        Self::Pause,
+        Self::Resume,
+        Self::Shutdown,
+    ];
+
+    /// Its name under [`API_PREFIX`].
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Info => "vm.info",
+            Self::Events => "vm.events",
+            Self::Wakeup => "vm.wakeup",
+            Self::PowerButton => "vm.power-button",
+            Self::Pause => "vm.pause",
+            Self::Resume => "vm.resume",
+            Self::Shutdown => "vm.shutdown",
+        }
+    }
+
+    /// The one method it takes: reads are GET, actions PUT.
+    pub fn method(self) -> &'static str {
+        match self {
+            Self::Info | Self::Events => "GET",
+            _ => "PUT",
+        }
+    }
+
+    /// Its full path.
+    pub fn path(self) -> String {
+        format!("{API_PREFIX}{}", self.name())
+    }
+
+    /// The endpoint at `path`, if any.
+    pub fn from_path(path: &str) -> Option<Self> {
+        let name = path.strip_prefix(API_PREFIX)?;
+        Self::ALL
+            .into_iter()
+            .find(|endpoint| endpoint.name() == name)
+    }
+}
 
 impl ApiRouter for VmRouter {
     fn route(&self, method: &str, path: &str, body: &[u8]) -> ApiReply {
-        let endpoint = path
-            .strip_prefix(API_PREFIX)
-            .and_then(|name| ENDPOINTS.iter().find(|(known, ..)| *known == name));
-        let Some(&(_, allowed, handler)) = endpoint else {
+        let Some(endpoint) = Endpoint::from_path(path) else {
             return error(404, format!("Unknown path {path}"));
         };
+        let allowed = endpoint.method();
         if method != allowed {
             return error(405, format!("{path} takes {allowed}, not {method}"));
         }
@@ -91,7 +132,18 @@ impl ApiRouter for VmRouter {
                 Err(err) => return error(400, format!("Malformed JSON body: {err}")),
             }
         }
-        handler(self)
+        let handle = &self.handle;
+        match endpoint {
+            Endpoint::Info => self.info(),
+            Endpoint::Events => self.events(),
+            Endpoint::Wakeup => conflict_or_ok(handle.press_wake_button(), "wake button pressed"),
+            Endpoint::PowerButton => {
+                conflict_or_ok(handle.press_power_button(), "power button pressed")
+            }
+            Endpoint::Pause => conflict_or_ok(handle.pause(), "paused"),
+            Endpoint::Resume => conflict_or_ok(handle.resume(), "resumed"),
+            Endpoint::Shutdown => conflict_or_ok(handle.shutdown(), "shutting down"),
+        }
     }
 }
 
@@ -134,6 +186,22 @@ mod tests {
             ApiReply::Json { status, body } => (status, body),
             ApiReply::Stream(_) => (0, Value::Null),
         }
+    }
+
+    #[test]
+    fn every_endpoint_is_found_by_its_path_and_takes_one_method() {
+        for endpoint in Endpoint::ALL {
+            assert_eq!(Endpoint::from_path(&endpoint.path()), Some(endpoint));
+            let (router, _) = router();
+            let wrong = if endpoint.method() == "GET" {
+                "PUT"
+            } else {
+                "GET"
+            };
+            assert_eq!(status(router.route(wrong, &endpoint.path(), b"")).0, 405);
+        }
+        assert_eq!(Endpoint::Info.path(), "/api/v1/vm.info");
+        assert_eq!(Endpoint::from_path("vm.info"), None);
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, ValueEnum};
 use serde_json::Value;
 use vmm::api::ApiClient;
+use vmm::routes::Endpoint;
 
 /// Arguments of `vmm ctl`.
 #[derive(Debug, Args)]
@@ -41,15 +42,15 @@ enum Action {
 }
 
 impl Action {
-    fn endpoint(self) -> (&'static str, &'static str) {
+    fn endpoint(self) -> Endpoint {
         match self {
-            Self::Info => ("GET", "vm.info"),
-            Self::Wakeup => ("PUT", "vm.wakeup"),
-            Self::PowerButton => ("PUT", "vm.power-button"),
-            Self::Pause => ("PUT", "vm.pause"),
-            Self::Resume => ("PUT", "vm.resume"),
-            Self::Shutdown => ("PUT", "vm.shutdown"),
-            Self::Events => ("GET", "vm.events"),
+            Self::Info => Endpoint::Info,
+            Self::Wakeup => Endpoint::Wakeup,
+            Self::PowerButton => Endpoint::PowerButton,
+            Self::Pause => Endpoint::Pause,
+            Self::Resume => Endpoint::Resume,
+            Self::Shutdown => Endpoint::Shutdown,
+            Self::Events => Endpoint::Events,
         }
     }
 }
@@ -57,12 +58,12 @@ impl Action {
 /// Runs one `vmm ctl` command.
 pub fn run(args: CtlArgs) -> ExitCode {
     let client = ApiClient::new(&args.api_socket);
-    let (method, endpoint) = args.action.endpoint();
-    let path = format!("{}{endpoint}", vmm::routes::API_PREFIX);
+    let endpoint = args.action.endpoint();
+    let path = endpoint.path();
     if let Action::Events = args.action {
         return follow_events(&client, &path, args.json);
     }
-    match client.request(method, &path, None) {
+    match client.request(endpoint.method(), &path, None) {
         Ok((status, body)) if (200..300).contains(&status) => {
             if args.json {
                 println!("{body}");
