@@ -132,6 +132,14 @@ impl Vmm {
     }
 }
 
+impl Drop for Vmm {
+    /// A failed test must not leave a vmm rebooting behind it.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Writes `code` as a kernel Image into a temporary directory that lives as long as the result.
 fn scratch_kernel(code: &Assembler) -> (TempDir, PathBuf) {
     let dir = TempDir::new_with_prefix(std::env::temp_dir().join("vmm-signals-")).unwrap();
