@@ -5,6 +5,8 @@
 //! testbed sets both, and `VMM_BIN`.
 #![cfg(target_arch = "aarch64")]
 
+mod common;
+
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
@@ -16,16 +18,12 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use vmm::api::ApiClient;
 
+use common::{exit_within, vmm_binary};
+
 fn env_path(variable: &str) -> PathBuf {
     std::env::var_os(variable)
         .unwrap_or_else(|| panic!("{variable} must be set (the testbed sets it)"))
         .into()
-}
-
-fn vmm_binary() -> PathBuf {
-    std::env::var_os("VMM_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_vmm")))
 }
 
 /// A `vmm --api-socket` process running the testbed guest in `mode`.
@@ -119,17 +117,9 @@ impl Vmm {
     }
 
     fn wait_exit(&mut self, limit: Duration) -> i32 {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code().unwrap_or(-1);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "vmm did not exit: {}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(100));
+        match exit_within(&mut self.child, limit) {
+            Some(status) => status.code().unwrap_or(-1),
+            None => panic!("vmm did not exit: {}", self.stderr()),
         }
     }
 }

@@ -4,21 +4,19 @@
 //! the testbed points `VMM_BIN` at the staged binary. Each case fails before any guest code
 //! runs, so the fake kernels here never execute.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arch_aarch64::image::ImageHeader;
 use vmm_sys_util::tempdir::TempDir;
 
+use common::{exit_within, vmm_binary};
+
 /// Far longer than any rejection takes, even in the emulated arm64 host.
 const HANG: Duration = Duration::from_secs(60);
-
-fn vmm_binary() -> PathBuf {
-    std::env::var_os("VMM_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_vmm")))
-}
 
 /// A temporary directory, removed when dropped.
 struct Scratch(TempDir);
@@ -81,14 +79,8 @@ fn output_unless_hung(mut command: Command, args: &[&str]) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run vmm");
-    let deadline = Instant::now() + HANG;
-    while child.try_wait().expect("wait for vmm").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("vmm {args:?} hung");
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    if exit_within(&mut child, HANG).is_none() {
+        panic!("vmm {args:?} hung");
     }
     child.wait_with_output().expect("collect the output of vmm")
 }

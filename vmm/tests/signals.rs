@@ -5,6 +5,8 @@
 //! `VMM_BIN` is set.
 #![cfg(target_arch = "aarch64")]
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -17,16 +19,12 @@ use arch_aarch64::layout::RAM_START;
 use arch_aarch64::psci::{SYSTEM_RESET, SYSTEM_SUSPEND_64};
 use vmm_sys_util::tempdir::TempDir;
 
+use common::{exit_within, vmm_binary};
+
 /// Signals sent, each to a new vmm after a different number of boots.
 const ROUNDS: u32 = 40;
 /// Far longer than a boot of this guest or a clean stop takes, even in the emulated host.
 const HANG: Duration = Duration::from_secs(60);
-
-fn vmm_binary() -> PathBuf {
-    std::env::var_os("VMM_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_vmm")))
-}
 
 /// Where the kernel Image is loaded: RAM + 2 MiB.
 const LOAD: u64 = RAM_START + 0x20_0000;
@@ -104,17 +102,8 @@ impl Vmm {
         let pid = libc::pid_t::try_from(self.child.id()).unwrap();
         // SAFETY: kill(2) only sends a signal to the child this test started and still owns.
         assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
-        let deadline = Instant::now() + HANG;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!("vmm ignored signal {signal}: {:#?}", self.logged);
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        let Some(status) = exit_within(&mut self.child, HANG) else {
+            panic!("vmm ignored signal {signal}: {:#?}", self.logged);
         };
         self.logged.extend(self.lines.iter());
         assert_eq!(
