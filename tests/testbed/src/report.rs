@@ -166,7 +166,7 @@ impl Outcome {
         let ends_block = header.is_some()
             || matches!(line, "failures:" | "successes:")
             || line.starts_with("test result: ")
-            || line.starts_with("@@");
+            || line.contains("@@result ");
         if ends_block && let Some((name, lines)) = self.block.take() {
             let failed = self.scenarios[current]
                 .cases
@@ -388,6 +388,7 @@ mod tests {
             "---- bad stdout ----",
             "thread 'bad' panicked at vmm/tests/x.rs:7:5:",
             "round 3: vmm ignored SIGTERM",
+            "@@guest tick n=3",
             "",
             "failures:",
             "    bad",
@@ -408,7 +409,8 @@ mod tests {
             kvm[1].detail,
             [
                 "thread 'bad' panicked at vmm/tests/x.rs:7:5:",
-                "round 3: vmm ignored SIGTERM"
+                "round 3: vmm ignored SIGTERM",
+                "@@guest tick n=3"
             ]
         );
         assert_eq!(out.scenarios[1].cases[0].detail, ["exit=124 nproc="]);
