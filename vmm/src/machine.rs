@@ -135,7 +135,11 @@ impl IrqLine for KvmIrqLine {
     }
 }
 
-fn device_error(what: &'static str) -> impl FnOnce(devices::bus::BusError) -> MachineError {
+/// Wraps a failure setting up the device `what`.
+fn device_error<E>(what: &'static str) -> impl FnOnce(E) -> MachineError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
     move |err| MachineError::Device {
         what,
         source: Box::new(err),
@@ -249,25 +253,16 @@ pub fn build(
         });
         WakeSourceIrqLine::wrap(line, Arc::clone(&wake), source)
     };
-    let serial_rx_space = EventFd::new(EFD_NONBLOCK).map_err(|err| MachineError::Device {
-        what: "serial",
-        source: Box::new(err),
-    })?;
+    let serial_rx_space = EventFd::new(EFD_NONBLOCK).map_err(device_error("serial"))?;
     let rx_space_for_serial = serial_rx_space
         .try_clone()
-        .map_err(|err| MachineError::Device {
-            what: "serial",
-            source: Box::new(err),
-        })?;
+        .map_err(device_error("serial"))?;
     let serial = Arc::new(Mutex::new(Serial16550::with_rx_space_event(
         irq(UART_SPI, WakeSource::Serial),
         console_output,
         rx_space_for_serial,
     )));
-    let alarm = TimerFdAlarm::new().map_err(|err| MachineError::Device {
-        what: "rtc",
-        source: Box::new(err),
-    })?;
+    let alarm = TimerFdAlarm::new().map_err(device_error("rtc"))?;
     let rtc = Arc::new(Mutex::new(Rtc::new(
         irq(RTC_SPI, WakeSource::Rtc),
         SystemClock,
