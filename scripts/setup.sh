@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the build and the testbed need, unattended and idempotently.
 #
-# On an x86-64 host: Debian's aarch64 cross toolchain, QEMU, and arm64 artefacts (a Debian arm64
-# kernel and a static busybox) unpacked into a cache outside git. On a native arm64 host with
-# /dev/kvm only the kernel and busybox are needed, and no QEMU.
+# On an x86-64 host: Debian's aarch64 cross toolchain, QEMU, mke2fs and depmod, and arm64
+# artefacts (a Debian arm64 kernel with a modules.dep, a static busybox, rtcwake and a static
+# e2fsck) unpacked into a cache outside git. On a native arm64 host with /dev/kvm only the
+# artefacts and the image tools are needed, and no QEMU.
 #
 # Prints the cache directory's variables for `source`-ing callers on its last line.
 set -euo pipefail
@@ -18,10 +19,10 @@ NATIVE=0
 if [[ "$(uname -m)" == aarch64 && -e /dev/kvm ]]; then NATIVE=1; fi
 
 if [[ $NATIVE == 1 ]]; then
-    HOST_PKGS=(cpio)
+    HOST_PKGS=(cpio e2fsprogs kmod)
 else
     HOST_PKGS=(qemu-system-arm rustc-web cargo-web libstd-rust-web-dev:arm64 rust-web-clippy
-               gcc-aarch64-linux-gnu libc6-dev-arm64-cross cpio)
+               gcc-aarch64-linux-gnu libc6-dev-arm64-cross cpio e2fsprogs kmod)
 fi
 
 SUDO=""
@@ -102,8 +103,20 @@ ln -sfn "$(readlink -f "$libc_dir/libc.so.6")" "$ARTEFACTS/lib/libc.so.6"
 ln -sfn "$(readlink -f "$loader")" "$ARTEFACTS/lib/ld-linux-aarch64.so.1"
 ln -sfn "$util_linux_dir/usr/sbin/rtcwake" "$ARTEFACTS/rtcwake"
 
+# A static e2fsck that runs in the emulated host's bare initramfs, to check the ext4 images
+# the nested guests wrote.
+e2fsck_dir="$ARTEFACTS/e2fsck-static"
+if [[ $NATIVE == 1 ]]; then fetch_unpack e2fsck-static "$e2fsck_dir"; else fetch_unpack e2fsck-static:arm64 "$e2fsck_dir"; fi
+ln -sfn "$e2fsck_dir/sbin/e2fsck.static" "$ARTEFACTS/e2fsck.static"
+
 kernel_image=$(ls "$kernel_dir"/boot/vmlinuz-* | head -1)
 modules_dir=$(ls -d "$kernel_dir"/lib/modules/* | head -1)
+# The package ships no modules.dep (dpkg's postinst runs depmod); the testbed resolves the
+# nested guest's modules and their dependencies from it. depmod reads arm64 modules on any host.
+if [[ ! -s "$modules_dir/modules.dep" ]]; then
+    log "depmod for ${modules_dir##*/}"
+    PATH="$PATH:/usr/sbin:/sbin" depmod -b "$kernel_dir" "${modules_dir##*/}"
+fi
 ln -sfn "$kernel_image" "$ARTEFACTS/Image"
 ln -sfn "$modules_dir" "$ARTEFACTS/modules"
 ln -sfn "$busybox_dir/bin/busybox" "$ARTEFACTS/busybox"

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use arch_aarch64::fdt::CMDLINE_MAX_SIZE;
-use arch_aarch64::layout::{MAX_VCPUS, RAM_ALIGN, RAM_MAX_SIZE, RAM_MIN_SIZE};
+use arch_aarch64::layout::{MAX_VCPUS, RAM_ALIGN, RAM_MAX_SIZE, RAM_MIN_SIZE, VIRTIO_MMIO_SLOTS};
 use serde::{Deserialize, Serialize};
 
 const MIB: u64 = 1 << 20;
@@ -44,12 +44,110 @@ pub enum ConfigError {
         /// The size given.
         mib: u64,
     },
+    /// More virtio devices than virtio-mmio slots.
+    #[error("Too many disks: {disks} given, at most {max} fit (one virtio-mmio slot each{rng})", rng = if *rng { ", and virtio-rng takes one" } else { "" })]
+    TooManyDisks {
+        /// Disks given.
+        disks: usize,
+        /// Disks that fit.
+        max: usize,
+        /// Whether virtio-rng takes a slot.
+        rng: bool,
+    },
+    /// A disk without a path.
+    #[error("Disk {index} has no path")]
+    DiskPath {
+        /// Its position among the disks, from 0.
+        index: usize,
+    },
+    /// A disk id that cannot be a virtio-blk serial.
+    #[error("Invalid disk id {id:?}: must be 1 to 20 printable ASCII characters without ','")]
+    DiskId {
+        /// The id.
+        id: String,
+    },
+    /// Two disks with one id.
+    #[error("Duplicate disk id {0:?}")]
+    DuplicateDiskId(String),
+    /// A `--disk` option that cannot be parsed.
+    #[error("Invalid --disk {text:?}: {reason}")]
+    DiskOption {
+        /// The option's text.
+        text: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The command line does not fit.
     #[error("Kernel command line is {len} bytes; the limit is {}", CMDLINE_MAX_SIZE - 1)]
     CmdlineTooLong {
         /// Its length.
         len: usize,
     },
+}
+
+/// A virtio-blk disk backed by a raw image file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    /// The raw image (a regular file or a block device), a multiple of 512 bytes.
+    pub path: PathBuf,
+    /// Give the guest read-only access (`VIRTIO_BLK_F_RO`).
+    #[serde(default)]
+    pub readonly: bool,
+    /// The serial the guest reads (`/sys/block/vdX/serial`), at most 20 bytes; `diskN` (N its
+    /// position from 0) when unset.
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+impl DiskConfig {
+    /// A writable disk on `path` with the default id.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            readonly: false,
+            id: None,
+        }
+    }
+
+    /// Parses the CLI form `path=FILE[,readonly=on|off][,id=NAME]`.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let invalid = |reason: String| ConfigError::DiskOption {
+            text: text.to_owned(),
+            reason,
+        };
+        let mut disk = Self::new("");
+        let mut has_path = false;
+        for item in text.split(',') {
+            let (key, value) = item
+                .split_once('=')
+                .ok_or_else(|| invalid(format!("{item:?} is not key=value")))?;
+            match key {
+                "path" if !value.is_empty() => {
+                    disk.path = PathBuf::from(value);
+                    has_path = true;
+                }
+                "readonly" => {
+                    disk.readonly = match value {
+                        "on" | "true" => true,
+                        "off" | "false" => false,
+                        _ => return Err(invalid(format!("readonly={value} is not on or off"))),
+                    }
+                }
+                "id" => disk.id = Some(value.to_owned()),
+                _ => return Err(invalid(format!("unknown or empty key {key:?}"))),
+            }
+        }
+        if !has_path {
+            return Err(invalid("no path=FILE".to_owned()));
+        }
+        Ok(disk)
+    }
+}
+
+/// The serial of disk `index`: its id, or `diskN`.
+pub fn disk_id(disk: &DiskConfig, index: usize) -> String {
+    disk.id.clone().unwrap_or_else(|| format!("disk{index}"))
 }
 
 /// Everything needed to build and run a VM.
@@ -77,6 +175,16 @@ pub struct VmConfig {
     /// has `KVM_CAP_ARM_SYSTEM_SUSPEND`. Without it the guest only has s2idle.
     #[serde(default = "default_suspend")]
     pub suspend: bool,
+    /// virtio-blk disks, in the order the guest enumerates them (`vda`, `vdb`, ...).
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
+    /// Give the guest a virtio-rng entropy device (`/dev/hwrng`).
+    #[serde(default = "default_rng")]
+    pub rng: bool,
+}
+
+fn default_rng() -> bool {
+    true
 }
 
 fn default_suspend() -> bool {
@@ -106,6 +214,8 @@ impl VmConfig {
             memory_mib: default_memory_mib(),
             no_reboot: false,
             suspend: default_suspend(),
+            disks: Vec::new(),
+            rng: default_rng(),
         }
     }
 
@@ -140,6 +250,32 @@ impl VmConfig {
                 len: self.cmdline.len(),
             });
         }
+        let max = VIRTIO_MMIO_SLOTS as usize - usize::from(self.rng);
+        if self.disks.len() > max {
+            return Err(ConfigError::TooManyDisks {
+                disks: self.disks.len(),
+                max,
+                rng: self.rng,
+            });
+        }
+        let mut ids = std::collections::HashSet::new();
+        for (index, disk) in self.disks.iter().enumerate() {
+            if disk.path.as_os_str().is_empty() {
+                return Err(ConfigError::DiskPath { index });
+            }
+            let id = disk_id(disk, index);
+            if id.is_empty()
+                || id.len() > 20
+                || !id
+                    .bytes()
+                    .all(|byte| byte.is_ascii_graphic() && byte != b',')
+            {
+                return Err(ConfigError::DiskId { id });
+            }
+            if !ids.insert(id.clone()) {
+                return Err(ConfigError::DuplicateDiskId(id));
+            }
+        }
         Ok(())
     }
 
@@ -167,6 +303,80 @@ mod tests {
         );
         let err = serde_json::from_str::<VmConfig>(r#"{"kernel": "/k", "vcpus": 4}"#).unwrap_err();
         assert!(err.to_string().contains("unknown field `vcpus`"), "{err}");
+    }
+
+    #[test]
+    fn disks_parse_from_the_cli_and_json() {
+        let disk = DiskConfig::parse("path=/img/data.raw,readonly=on,id=data").unwrap();
+        assert_eq!(
+            disk,
+            DiskConfig {
+                path: "/img/data.raw".into(),
+                readonly: true,
+                id: Some("data".into()),
+            }
+        );
+        assert_eq!(
+            DiskConfig::parse("path=a.img").unwrap(),
+            DiskConfig::new("a.img")
+        );
+        for (text, reason) in [
+            ("a.img", "\"a.img\" is not key=value"),
+            ("readonly=on", "no path=FILE"),
+            ("path=a,readonly=yes", "readonly=yes is not on or off"),
+            ("path=a,cache=none", "unknown or empty key \"cache\""),
+            ("path=", "unknown or empty key \"path\""),
+        ] {
+            assert_eq!(
+                DiskConfig::parse(text).unwrap_err().to_string(),
+                format!("Invalid --disk {text:?}: {reason}")
+            );
+        }
+        let config: VmConfig = serde_json::from_str(
+            r#"{"kernel": "/k", "disks": [{"path": "/r", "readonly": true}, {"path": "/d", "id": "data"}], "rng": false}"#,
+        )
+        .unwrap();
+        assert_eq!(config.disks.len(), 2);
+        assert!(config.disks[0].readonly && !config.rng);
+        assert_eq!(disk_id(&config.disks[0], 0), "disk0");
+        assert_eq!(disk_id(&config.disks[1], 1), "data");
+    }
+
+    #[test]
+    fn validates_disk_count_and_ids() {
+        let with_disks = |disks: Vec<DiskConfig>, rng: bool| {
+            let mut config = VmConfig::new("/k");
+            config.disks = disks;
+            config.rng = rng;
+            config.validate().map_err(|err| err.to_string())
+        };
+        let many = |n: usize| (0..n).map(|i| DiskConfig::new(format!("/d{i}"))).collect();
+        assert!(with_disks(many(31), true).is_ok());
+        assert_eq!(
+            with_disks(many(32), true).unwrap_err(),
+            "Too many disks: 32 given, at most 31 fit (one virtio-mmio slot each, and virtio-rng takes one)"
+        );
+        assert!(with_disks(many(32), false).is_ok());
+        let named = |id: &str| DiskConfig {
+            id: Some(id.into()),
+            ..DiskConfig::new("/d")
+        };
+        assert_eq!(
+            with_disks(vec![named("a"), named("a")], true).unwrap_err(),
+            "Duplicate disk id \"a\""
+        );
+        for bad in ["", "has space", "x".repeat(21).as_str()] {
+            assert!(
+                with_disks(vec![named(bad)], true)
+                    .unwrap_err()
+                    .starts_with("Invalid disk id"),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            with_disks(vec![named("disk1"), DiskConfig::new("/e")], true).unwrap_err(),
+            "Duplicate disk id \"disk1\""
+        );
     }
 
     #[test]

@@ -23,14 +23,16 @@ pub mod suspend;
 #[cfg(target_arch = "aarch64")]
 mod terminal;
 pub mod vcpu;
+pub mod virtio_devices;
 pub mod vm;
 
 use std::path::PathBuf;
 
 pub use boot_images::{BootImageError, BootImages};
-pub use config::{ConfigError, VmConfig};
+pub use config::{ConfigError, DiskConfig, VmConfig};
 pub use console::Console;
 pub use control::{ControlError, ExitReason};
+pub use devices::virtio::DiskImageError;
 #[cfg(target_arch = "aarch64")]
 pub use event_loop::EventLoopError;
 pub use hypervisor::HypervisorError;
@@ -53,6 +55,9 @@ pub enum VmmError {
     /// The kernel or initramfs cannot be used.
     #[error(transparent)]
     BootImages(#[from] BootImageError),
+    /// A disk image cannot be used.
+    #[error(transparent)]
+    Disk(#[from] DiskImageError),
     /// The host cannot run the VM.
     #[error(transparent)]
     Hypervisor(#[from] HypervisorError),
@@ -120,17 +125,18 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, std::sync::Arc<VmmError>> {
 /// Runs one VM on the calling thread.
 pub(crate) fn run_with(
     config: &VmConfig,
+    disks: &[virtio_devices::OpenedDisk],
     kvm_path: &std::path::Path,
     console: &Console,
     shared: &vm::HandleShared,
 ) -> Result<ExitReason, VmmError> {
     #[cfg(target_arch = "aarch64")]
     {
-        runner::run(config, kvm_path, console, shared)
+        runner::run(config, disks, kvm_path, console, shared)
     }
     #[cfg(not(target_arch = "aarch64"))]
     {
-        let _ = (config, console, shared);
+        let _ = (config, disks, console, shared);
         Err(hypervisor::check_kvm_device(kvm_path)
             .err()
             .unwrap_or(HypervisorError::WrongArchitecture {

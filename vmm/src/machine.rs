@@ -7,19 +7,23 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use arch_aarch64::boot::boot_regs;
-use arch_aarch64::fdt::{FdtConfig, GpioKey, create_fdt};
+use arch_aarch64::fdt::{FdtConfig, GpioKey, VirtioMmioNode, create_fdt};
 use arch_aarch64::layout::{
     self, BOOT_TIMER_BASE, BootLayout, GPIO_BASE, GPIO_SPI, GuestRegion, MMIO_SLOT_SIZE, RAM_START,
-    RTC_BASE, RTC_SPI, UART_BASE, UART_SPI,
+    RTC_BASE, RTC_SPI, UART_BASE, UART_SPI, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_SLOTS,
+    VIRTIO_MMIO_WINDOW, VIRTIO_SPI_BASE,
 };
 use arch_aarch64::regs::{MPIDR_AFFINITY_MASK, MPIDR_EL1};
 use devices::bus::MmioBus;
 use devices::irq::{IrqError, IrqLine};
 use devices::rtc_pl031::{SystemClock, TimerFdAlarm};
+use devices::virtio::{BlockDevice, MmioTransport, RngDevice, VirtioDevice};
 use devices::{BootTimer, Pl061Gpio, Serial16550};
 use hypervisor::kvm::{GicV3, Hypervisor, KvmVcpu, Vm, VmOptions};
 use hypervisor::{Vcpu, VcpuError};
 use linux_loader::loader::{KernelLoader, pe::PE};
+use virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY;
+use vm_allocator::{AddressAllocator, AllocPolicy, IdAllocator};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
@@ -27,6 +31,7 @@ use crate::boot_images::BootImages;
 use crate::config::VmConfig;
 use crate::event_loop::Rtc;
 use crate::events::{WakeSource, WakeSourceIrqLine, WakeSourceTracker};
+use crate::virtio_devices::{AttachedDevice, DeviceInfo, OpenedDisk};
 use crate::vm::{POWER_BUTTON_PIN, WAKE_BUTTON_PIN};
 
 /// Failures building the machine.
@@ -117,6 +122,8 @@ pub struct Machine {
     pub rtc: Arc<Mutex<Rtc>>,
     /// The GPIO controller with the wake and power buttons.
     pub gpio: Arc<Mutex<Pl061Gpio>>,
+    /// The virtio devices, in their slot order.
+    pub devices: Vec<AttachedDevice>,
     /// Where the boot images went.
     pub layout: BootLayout,
 }
@@ -151,6 +158,7 @@ pub fn build(
     hypervisor: &Hypervisor,
     config: &VmConfig,
     images: BootImages,
+    disks: &[OpenedDisk],
     console_output: devices::SerialOutput,
     wake: Arc<WakeSourceTracker>,
 ) -> Result<Machine, MachineError> {
@@ -219,6 +227,7 @@ pub fn build(
         layout::GIC_NR_SPIS,
     )?;
 
+    let virtio = attach_virtio(&vm, disks, config.rng)?;
     let fdt = create_fdt(&FdtConfig {
         vcpu_mpidrs: mpidrs,
         ram: layout.ram,
@@ -231,6 +240,7 @@ pub fn build(
             GpioKey::wake(WAKE_BUTTON_PIN),
             GpioKey::power(POWER_BUTTON_PIN),
         ],
+        virtio_mmio: virtio.iter().map(|device| device.node).collect(),
     })
     .map_err(MachineError::Fdt)?;
     vm.memory()
@@ -284,6 +294,12 @@ pub fn build(
         Arc::new(Mutex::new(BootTimer::new())),
     )
     .map_err(device_error("boot timer"))?;
+    let mut attached = Vec::with_capacity(virtio.len());
+    for device in virtio {
+        bus.insert(device.node.base, device.node.size, device.transport)
+            .map_err(device_error("virtio"))?;
+        attached.push(device.attached);
+    }
 
     Ok(Machine {
         vm,
@@ -294,8 +310,94 @@ pub fn build(
         serial_rx_space,
         rtc,
         gpio,
+        devices: attached,
         layout,
     })
+}
+
+/// A virtio device placed in its window, wired to KVM, not yet on the bus.
+struct VirtioSlot {
+    node: VirtioMmioNode,
+    transport: Arc<Mutex<MmioTransport>>,
+    attached: AttachedDevice,
+}
+
+/// Creates the disks' virtio-blk devices (in order) and virtio-rng, each in a window and on
+/// an SPI from the virtio area; QueueNotify writes become ioeventfds and interrupts irqfds,
+/// so queue work never runs on a vCPU thread.
+fn attach_virtio(
+    vm: &Arc<Vm>,
+    disks: &[OpenedDisk],
+    rng: bool,
+) -> Result<Vec<VirtioSlot>, MachineError> {
+    let mut windows = AddressAllocator::new(VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE)
+        .map_err(device_error("virtio"))?;
+    let mut spis = IdAllocator::new(VIRTIO_SPI_BASE, VIRTIO_SPI_BASE + VIRTIO_MMIO_SLOTS - 1)
+        .map_err(device_error("virtio"))?;
+    let mut devices: Vec<(Box<dyn VirtioDevice>, DeviceInfo)> = Vec::new();
+    for disk in disks {
+        devices.push((
+            Box::new(BlockDevice::new(Arc::clone(&disk.image), &disk.id)),
+            DeviceInfo {
+                kind: devices::virtio::DeviceKind::Block,
+                id: Some(disk.id.clone()),
+                path: Some(disk.image.path().to_owned()),
+                readonly: disk.image.readonly(),
+                mmio_base: 0,
+                spi: 0,
+                stats: Default::default(),
+            },
+        ));
+    }
+    if rng {
+        devices.push((
+            Box::new(RngDevice::new()),
+            DeviceInfo {
+                kind: devices::virtio::DeviceKind::Rng,
+                id: None,
+                path: None,
+                readonly: false,
+                mmio_base: 0,
+                spi: 0,
+                stats: Default::default(),
+            },
+        ));
+    }
+    let mut slots = Vec::with_capacity(devices.len());
+    for (device, mut info) in devices {
+        let base = windows
+            .allocate(
+                VIRTIO_MMIO_WINDOW,
+                VIRTIO_MMIO_WINDOW,
+                AllocPolicy::FirstMatch,
+            )
+            .map_err(device_error("virtio"))?
+            .start();
+        let spi = spis.allocate_id().map_err(device_error("virtio"))?;
+        let counters = Arc::clone(device.counters());
+        let transport =
+            MmioTransport::new(device, vm.memory().clone()).map_err(device_error("virtio"))?;
+        vm.register_irqfd(transport.interrupt().event(), spi)?;
+        for (index, event) in transport.queue_events().iter().enumerate() {
+            vm.register_ioeventfd(
+                event,
+                base + u64::from(VIRTIO_MMIO_QUEUE_NOTIFY),
+                index as u32,
+            )?;
+        }
+        info.mmio_base = base;
+        info.spi = spi;
+        slots.push(VirtioSlot {
+            node: VirtioMmioNode {
+                base,
+                size: VIRTIO_MMIO_WINDOW,
+                spi,
+            },
+            transport: Arc::new(Mutex::new(transport)),
+            attached: AttachedDevice { info, counters },
+        });
+    }
+    Ok(slots)
 }
 
 fn load_initramfs(

@@ -21,12 +21,14 @@ use crate::machine::{self, Machine};
 use crate::suspend::SuspendCoordinator;
 use crate::terminal::RawTerminal;
 use crate::vcpu::{VcpuContext, run_vcpu};
+use crate::virtio_devices::OpenedDisk;
 use crate::vm::{BootControls, HandleShared};
 use crate::{VmmError, signals};
 
 /// Boots `config` on the KVM device at `kvm_path` until it stops for good.
 pub(crate) fn run(
     config: &VmConfig,
+    disks: &[OpenedDisk],
     kvm_path: &Path,
     console: &Console,
     shared: &HandleShared,
@@ -49,6 +51,7 @@ pub(crate) fn run(
             &hypervisor,
             config,
             images,
+            disks,
             console.output(),
             Arc::clone(&wake),
         )?;
@@ -92,6 +95,7 @@ fn run_machine(
         serial_rx_space,
         rtc,
         gpio,
+        devices,
         layout,
     } = machine;
     log::debug!("Boot layout: {layout:x?}");
@@ -150,6 +154,7 @@ fn run_machine(
         gpio,
         serial,
         suspend,
+        devices,
     }));
     if shared.shutdown_requested() {
         control.request_exit(ExitReason::Shutdown);

@@ -15,6 +15,7 @@ use crate::control::{ExitReason, VmControl};
 use crate::events::WakeSource;
 use crate::events::{EventBus, VmEvent};
 use crate::suspend::{PauseError, SuspendCoordinator, SuspendState, SuspendStats};
+use crate::virtio_devices::{AttachedDevice, DeviceInfo, OpenedDisk, open_disks};
 use crate::{VmConfig, VmmError};
 use hypervisor::MpState;
 
@@ -88,12 +89,15 @@ pub struct VmInfo {
     pub last_suspend_latency_us: Option<u64>,
     /// VMM-side latency of the last resume: wakeup exit to the vCPU ready to run.
     pub last_resume_latency_us: Option<u64>,
+    /// The virtio devices of the running boot, with their counters since it started.
+    pub devices: Vec<DeviceInfo>,
 }
 
 /// A VM that was checked and is ready to start.
 #[derive(Debug)]
 pub struct Vm {
     config: VmConfig,
+    disks: Vec<OpenedDisk>,
     console: Console,
     kvm_path: PathBuf,
     shared: Arc<HandleShared>,
@@ -104,9 +108,13 @@ impl Vm {
     pub fn new(config: VmConfig) -> Result<Self, VmmError> {
         config.validate()?;
         drop(BootImages::open(&config)?);
+        // Opened and locked for the VM's whole life, so another process cannot take them
+        // between two boots.
+        let disks = open_disks(&config)?;
         let kvm_path = crate::kvm_path();
         hypervisor::check_kvm_device(&kvm_path)?;
         Ok(Self {
+            disks,
             shared: Arc::new(HandleShared::new(config.cpus, config.memory_mib)),
             config,
             console: Console::Terminal,
@@ -141,8 +149,13 @@ impl Vm {
         let spawned = std::thread::Builder::new()
             .name("vmm".to_owned())
             .spawn(move || {
-                let result =
-                    crate::run_with(&self.config, &self.kvm_path, &self.console, &thread_shared);
+                let result = crate::run_with(
+                    &self.config,
+                    &self.disks,
+                    &self.kvm_path,
+                    &self.console,
+                    &thread_shared,
+                );
                 thread_shared.finish(result);
             });
         match spawned {
@@ -158,6 +171,8 @@ pub(crate) struct BootControls {
     pub gpio: Arc<Mutex<Pl061Gpio>>,
     pub serial: Arc<Mutex<Serial16550>>,
     pub suspend: Arc<SuspendCoordinator>,
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    pub devices: Vec<AttachedDevice>,
 }
 
 /// The VM's state as the host sees it.
@@ -418,7 +433,15 @@ impl VmHandle {
             last_wake_source: stats.last_wake_source,
             last_suspend_latency_us: stats.last_suspend_latency_us,
             last_resume_latency_us: stats.last_resume_latency_us,
+            devices: self.devices(),
         }
+    }
+
+    /// The virtio devices of the running boot and their counters; empty when not running.
+    pub fn devices(&self) -> Vec<DeviceInfo> {
+        self.shared
+            .with_boot(|boot| boot.devices.iter().map(AttachedDevice::info).collect())
+            .unwrap_or_default()
     }
 
     /// Whether the VM has stopped.

@@ -48,10 +48,15 @@ impl Scratch {
 /// Runs vmm with `args` (and `VMM_KVM_PATH` if given) and checks the one-line failure.
 fn fails_with(args: &[&str], kvm_path: Option<&Path>, expected: &str) {
     let mut command = Command::new(vmm_binary());
-    command.args(args);
     if let Some(path) = kvm_path {
         command.env("VMM_KVM_PATH", path);
     }
+    command_fails_with(command, args, expected);
+}
+
+/// Runs `command` with `args` and checks the one-line failure.
+fn command_fails_with(mut command: Command, args: &[&str], expected: &str) {
+    command.args(args);
     let output = output_unless_hung(command, args);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "vmm {args:?} succeeded");
@@ -260,4 +265,112 @@ fn malformed_flags_are_usage_errors() {
         .expect("run vmm");
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("invalid value 'many'"));
+}
+
+#[test]
+fn bad_disks_are_refused_before_kvm_is_touched() {
+    let scratch = Scratch::new();
+    let kernel = scratch.fake_image(8 << 20);
+    let good = scratch.file("good.img", &[0u8; 4096]);
+    let odd = scratch.file("odd.img", &[0u8; 1000]);
+    let run = |disks: &[String], expected: &str| {
+        let mut args = vec!["--kernel".to_owned(), path(&kernel).to_owned()];
+        for disk in disks {
+            args.push("--disk".into());
+            args.push(disk.clone());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        // No KVM: a disk check that came after the KVM check would report KVM instead.
+        fails_with(&args, Some(Path::new("/nonexistent/kvm")), expected);
+    };
+    run(
+        &["path=/nonexistent/disk.img".into()],
+        "Cannot open disk image /nonexistent/disk.img: No such file or directory",
+    );
+    run(
+        &[format!("path={}", path(scratch.0.as_path()))],
+        "is not a regular file or a block device",
+    );
+    run(
+        &[format!("path={}", path(&odd))],
+        "is 1000 bytes, not a multiple of 512",
+    );
+    run(
+        &["readonly=on".into()],
+        "Invalid --disk \"readonly=on\": no path=FILE",
+    );
+    run(
+        &[format!("path={},cache=none", path(&good))],
+        "unknown or empty key \"cache\"",
+    );
+    run(
+        &[
+            format!("path={},id=same", path(&good)),
+            format!("path={},id=same,readonly=on", path(&odd)),
+        ],
+        "Duplicate disk id \"same\"",
+    );
+    let many: Vec<String> = (0..32)
+        .map(|_| format!("path={},readonly=on", path(&good)))
+        .collect();
+    run(&many, "Too many disks: 32 given, at most 31 fit");
+    // The same writable image twice: the second open finds the first one's lock.
+    run(
+        &[
+            format!("path={}", path(&good)),
+            format!("path={}", path(&good)),
+        ],
+        "is in use by another process (locked)",
+    );
+}
+
+#[test]
+fn a_disk_locked_by_another_process_is_refused() {
+    use std::os::fd::AsRawFd;
+    let scratch = Scratch::new();
+    let kernel = scratch.fake_image(8 << 20);
+    let image = scratch.file("locked.img", &[0u8; 4096]);
+    let holder = std::fs::File::open(&image).unwrap();
+    // SAFETY: flock on a descriptor this test owns.
+    assert_eq!(unsafe { libc::flock(holder.as_raw_fd(), libc::LOCK_SH) }, 0);
+    let disk = format!("path={}", path(&image));
+    fails_with(
+        &["--kernel", path(&kernel), "--disk", &disk],
+        Some(Path::new("/nonexistent/kvm")),
+        "is in use by another process (locked)",
+    );
+    // A shared (read-only) user does not stop another read-only one: the check moves on to
+    // the missing KVM device.
+    let readonly = format!("{disk},readonly=on");
+    fails_with(
+        &["--kernel", path(&kernel), "--disk", &readonly],
+        Some(Path::new("/nonexistent/kvm")),
+        "/nonexistent/kvm",
+    );
+}
+
+#[test]
+fn a_writable_disk_on_a_file_the_host_keeps_read_only() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let scratch = Scratch::new();
+    let kernel = scratch.fake_image(8 << 20);
+    let image = scratch.file("ro.img", &[0u8; 4096]);
+    std::fs::set_permissions(&image, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let mut command = Command::new(vmm_binary());
+    command.env("VMM_KVM_PATH", "/nonexistent/kvm");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        // root may write any file: run as nobody, who may only read it.
+        std::fs::set_permissions(scratch.0.as_path(), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        std::fs::set_permissions(&kernel, std::fs::Permissions::from_mode(0o644)).unwrap();
+        command.uid(65534).gid(65534);
+    }
+    let disk = format!("path={}", path(&image));
+    command_fails_with(
+        command,
+        &["--kernel", path(&kernel), "--disk", &disk],
+        "for writing (add readonly=on to use it read-only)",
+    );
 }

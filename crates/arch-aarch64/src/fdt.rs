@@ -13,8 +13,9 @@ use vm_fdt::{FdtWriter, FdtWriterNode};
 
 use crate::layout::{
     FDT_MAX_SIZE, GIC_DIST_BASE, GIC_DIST_SIZE, GIC_MAINTENANCE_PPI, GIC_REDIST_BASE, GPIO_BASE,
-    GPIO_SPI, GuestRegion, MAX_VCPUS, MMIO_SLOT_SIZE, RTC_BASE, RTC_SPI, Spi, TIMER_HYP_PPI,
-    TIMER_PHYS_PPI, TIMER_SEC_PHYS_PPI, TIMER_VIRT_PPI, UART_BASE, UART_SPI, gic_redist_size,
+    GPIO_SPI, GuestRegion, IrqTrigger, MAX_VCPUS, MMIO_SLOT_SIZE, RTC_BASE, RTC_SPI, Spi,
+    TIMER_HYP_PPI, TIMER_PHYS_PPI, TIMER_SEC_PHYS_PPI, TIMER_VIRT_PPI, UART_BASE, UART_SPI,
+    gic_redist_size,
 };
 use crate::regs::MPIDR_AFFINITY_MASK;
 
@@ -96,6 +97,19 @@ pub struct FdtConfig {
     pub gpio: bool,
     /// Buttons on the PL061; needs `gpio`. No `gpio-keys` node when empty.
     pub gpio_keys: Vec<GpioKey>,
+    /// virtio-mmio devices, one `virtio,mmio` node each.
+    pub virtio_mmio: Vec<VirtioMmioNode>,
+}
+
+/// A virtio-mmio device: its register window and its (edge-triggered) SPI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VirtioMmioNode {
+    /// The window's base address.
+    pub base: u64,
+    /// The window's size.
+    pub size: u64,
+    /// The SPI number.
+    pub spi: u32,
 }
 
 /// Why the device tree cannot be built.
@@ -205,6 +219,18 @@ pub fn create_fdt(config: &FdtConfig) -> Result<Vec<u8>, FdtError> {
     }
     if !config.gpio_keys.is_empty() {
         write_gpio_keys(&mut fdt, &config.gpio_keys)?;
+    }
+    for device in &config.virtio_mmio {
+        let node = fdt.begin_node(&format!("virtio_mmio@{:x}", device.base))?;
+        fdt.property_string("compatible", "virtio,mmio")?;
+        fdt.property_array_u64("reg", &[device.base, device.size])?;
+        fdt.property_array_u32(
+            "interrupts",
+            &[GIC_SPI, device.spi, IrqTrigger::EdgeRising.fdt_flags()],
+        )?;
+        // Guest memory is cache-coherent with the VMM's device threads.
+        fdt.property_null("dma-coherent")?;
+        fdt.end_node(node)?;
     }
     fdt.end_node(root)?;
 

@@ -11,6 +11,7 @@
 //! 0x0801_0000 ..0x080A_0000  reserved (QEMU: ITS, GICv2m)
 //! 0x080A_0000 ..0x0900_0000  GICv3 redistributors, 128 KiB per vCPU
 //! 0x0900_0000 ..0x0905_0000  MMIO device slots, 4 KiB each
+//! 0x0A00_0000 ..0x0A02_0000  virtio-mmio windows, 4 KiB each, SPIs 16 to 47
 //! 0x4000_0000 ..             RAM
 //! ```
 
@@ -111,6 +112,25 @@ pub const GPIO_SPI: Spi = Spi {
 /// Reserved for a boot-timer device (guest writes a marker when it reaches userspace).
 /// It has no interrupt and no FDT node yet.
 pub const BOOT_TIMER_BASE: u64 = 0x0904_0000;
+
+/// Start of the virtio-mmio area (as on QEMU `virt`); the VMM allocates one window of
+/// [`VIRTIO_MMIO_WINDOW`] bytes per device from it.
+pub const VIRTIO_MMIO_BASE: u64 = 0x0A00_0000;
+/// One virtio-mmio device's register window.
+pub const VIRTIO_MMIO_WINDOW: u64 = 0x1000;
+/// How many virtio-mmio devices fit: one window and one SPI each.
+pub const VIRTIO_MMIO_SLOTS: u32 = 32;
+/// The size of the virtio-mmio area.
+pub const VIRTIO_MMIO_SIZE: u64 = VIRTIO_MMIO_SLOTS as u64 * VIRTIO_MMIO_WINDOW;
+/// The first SPI for virtio-mmio devices; they use `VIRTIO_SPI_BASE..VIRTIO_SPI_BASE +
+/// VIRTIO_MMIO_SLOTS`, edge-triggered (an irqfd pulse), as on QEMU `virt`.
+pub const VIRTIO_SPI_BASE: u32 = 16;
+
+// The virtio area lies between the fixed slots and RAM, and its SPIs exist on the vGIC.
+const _: () = assert!(BOOT_TIMER_BASE + MMIO_SLOT_SIZE <= VIRTIO_MMIO_BASE);
+const _: () = assert!(VIRTIO_MMIO_BASE + VIRTIO_MMIO_SIZE <= RAM_START);
+const _: () = assert!(VIRTIO_SPI_BASE + VIRTIO_MMIO_SLOTS <= GIC_NR_SPIS);
+const _: () = assert!(VIRTIO_SPI_BASE > GPIO_SPI.gsi);
 
 /// Guest physical address of the start of RAM.
 pub const RAM_START: u64 = 0x4000_0000;

@@ -9,6 +9,7 @@ pub mod gpio_pl061;
 pub mod irq;
 pub mod rtc_pl031;
 pub mod serial;
+pub mod virtio;
 
 pub use boot_timer::{BOOT_TIMER_MAGIC, BootTimer};
 pub use bus::{BusError, MmioBus, MmioDevice, SharedMmioDevice};

@@ -1,21 +1,108 @@
 #!/bin/busybox sh
-# /init of the nested Linux guest. `vmmtest=MODE` on the kernel command line picks what it does
-# after reporting; without one it gives a shell on the console.
-/bin/busybox --install -s /bin
+# /init of the nested Linux guest, both in its initramfs (guest/initrd.cpio) and on its root
+# disk (guest/rootfs.ext4, the only one with /on-rootfs; also its /sbin/init). `vmmtest=MODE`
+# on the kernel command line picks what it does after reporting; without one it gives a shell
+# on the console. With `root=/dev/vdX` the initramfs loads the modules, mounts that disk (`rw`
+# on the command line: read-write) and switches to it, where this script runs again as /init.
+/bin/busybox --install -s /bin 2>/dev/null
 export PATH=/bin:/sbin
+tmp_mounted=no
+if [ ! -e /bin/mount ]; then
+    # A read-only root disk: the applet links go to a tmpfs instead.
+    /bin/busybox mount -t tmpfs tmpfs /tmp
+    /bin/busybox mkdir -p /tmp/bin
+    /bin/busybox --install -s /tmp/bin
+    export PATH=/tmp/bin:/bin:/sbin
+    tmp_mounted=yes
+fi
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+on_rootfs=no
+if [ -e /on-rootfs ]; then
+    on_rootfs=yes
+    [ "$tmp_mounted" = yes ] || mount -t tmpfs tmpfs /tmp
+fi
 mode=shell
 cycles=1
+seed=1
+root=
+rootfstype=ext4
+root_mode=ro
 for word in $(cat /proc/cmdline); do
     case "$word" in
     vmmtest=*) mode=${word#vmmtest=} ;;
     cycles=*) cycles=${word#cycles=} ;;
+    seed=*) seed=${word#seed=} ;;
+    root=/dev/vd*) root=${word#root=} ;;
+    rootfstype=*) rootfstype=${word#rootfstype=} ;;
+    rw) root_mode=rw ;;
+    ro) root_mode=ro ;;
     esac
 done
-# The buttons (gpio-keys on the PL061) and evdev are modules in Debian's kernel.
-for module in /lib/modules/*.ko; do insmod "$module" 2>/dev/null; done
+
+if [ "$on_rootfs" = no ]; then
+    # Debian's kernel has these as modules: the buttons (gpio-keys on the PL061) and evdev,
+    # virtio-mmio, virtio-blk, virtio-rng and ext4, with their dependencies, listed in load
+    # order. The root disk's init finds them loaded.
+    while read -r module; do
+        name=$(echo "${module%.ko}" | tr - _)
+        [ -d "/sys/module/$name" ] || insmod "/lib/modules/$module" \
+            || echo "@@guest insmod-failed module=$module"
+    done </lib/modules/load-order
+fi
+
+if [ "$on_rootfs" = no ] && [ -n "$root" ]; then
+    # Switch to the root disk: wait up to 10 s for it, mount it and run its init.
+    i=0
+    while [ ! -b "$root" ] && [ "$i" -lt 100 ]; do
+        sleep 0.1
+        i=$((i + 1))
+    done
+    if mount -t "$rootfstype" -o "$root_mode" "$root" /newroot && [ -x /newroot/init ]; then
+        echo "@@guest switch-root dev=$root serial=$(cat "/sys/block/${root#/dev/}/serial" 2>/dev/null)"
+        # The root disk's init mounts them again.
+        for fs in /dev /sys /proc; do
+            umount "$fs" 2>/dev/null || mount -o move "$fs" "/newroot$fs"
+        done
+        exec switch_root /newroot /init
+    fi
+    echo "@@guest switch-root failed dev=$root present=$([ -b "$root" ] && echo yes || echo no)"
+    [ "$mode" = shell ] || poweroff -f
+fi
+
+# disk_by_id NAME: prints the /dev/vdX whose virtio-blk serial (vmm's --disk id) is NAME,
+# waiting up to 10 s for it to appear; disks are never found by their order.
+disk_by_id() {
+    local tries=0 serial dev
+    while [ "$tries" -lt 100 ]; do
+        for serial in /sys/block/vd*/serial; do
+            [ -r "$serial" ] && [ "$(cat "$serial" 2>/dev/null)" = "$1" ] || continue
+            dev=${serial%/serial}
+            dev=/dev/${dev##*/}
+            [ -b "$dev" ] || continue
+            echo "$dev"
+            return 0
+        done
+        sleep 0.1
+        tries=$((tries + 1))
+    done
+    return 1
+}
+
+# suspend_cycle N: one `rtcwake -m mem -s 2` round trip, reported as `@@guest cycle=N ...`;
+# returns rtcwake's status.
+suspend_cycle() {
+    local before after t0 t1 rc
+    before=$(cat /sys/power/suspend_stats/success)
+    t0=$(cut -d' ' -f1 /proc/uptime)
+    rtcwake -u -m mem -s 2
+    rc=$?
+    t1=$(cut -d' ' -f1 /proc/uptime)
+    after=$(cat /sys/power/suspend_stats/success)
+    echo "@@guest cycle=$1 rc=$rc success_before=$before success_after=$after online=$(cat /sys/devices/system/cpu/online) t0=$t0 t1=$t1"
+    return $rc
+}
 
 # Powers off when KEY_POWER (116) is pressed, like a desktop's power-key handler.
 power_key_handler() {
@@ -34,7 +121,8 @@ power_key_handler() {
     done
 }
 rtc=$(cat /sys/class/rtc/rtc0/since_epoch 2>/dev/null || echo none)
-echo "@@guest init uptime=$(cut -d' ' -f1 /proc/uptime) nproc=$(nproc) rtc=$rtc mode=$mode"
+root_dev=$(awk '$2 == "/" { dev = $1 } END { print dev }' /proc/mounts)
+echo "@@guest init uptime=$(cut -d' ' -f1 /proc/uptime) nproc=$(nproc) rtc=$rtc mode=$mode root=$root_dev"
 case "$mode" in
 boot)
     poweroff -f
@@ -47,16 +135,84 @@ suspend-rtc)
     echo "@@guest mem_sleep=$(cat /sys/power/mem_sleep | tr ' ' ,) online=$(cat /sys/devices/system/cpu/online)"
     i=1
     while [ "$i" -le "$cycles" ]; do
-        before=$(cat /sys/power/suspend_stats/success)
-        t0=$(cut -d' ' -f1 /proc/uptime)
-        rtcwake -u -m mem -s 2
-        rc=$?
-        t1=$(cut -d' ' -f1 /proc/uptime)
-        after=$(cat /sys/power/suspend_stats/success)
-        echo "@@guest cycle=$i rc=$rc success_before=$before success_after=$after online=$(cat /sys/devices/system/cpu/online) t0=$t0 t1=$t1"
+        suspend_cycle "$i"
         i=$((i + 1))
     done
     echo "@@guest dmesg entry_deep=$(dmesg | grep -c 'PM: suspend entry (deep)') exit=$(dmesg | grep -c 'PM: suspend exit') entry_s2idle=$(dmesg | grep -c 'PM: suspend entry (s2idle)')"
+    poweroff -f
+    ;;
+disk-suspend)
+    # `disk-pattern write` keeps rewriting the disk with id `data` while `cycles=N` rtcwake
+    # cycles suspend and resume the guest under it; then every block must hold the last
+    # generation, read back with O_DIRECT. Then 64 bytes from the virtio-rng.
+    size=$((64 << 20))
+    disk=$(disk_by_id data) || { echo "@@guest disk-missing id=data"; poweroff -f; }
+    echo "@@guest disk id=data dev=$disk sectors=$(cat "/sys/block/${disk#/dev/}/size")"
+    rm -f /tmp/stop
+    disk-pattern write "$disk" --seed "$seed" --size "$size" --stop-file /tmp/stop \
+        >/tmp/writer.out 2>&1 &
+    writer=$!
+    i=1
+    while [ "$i" -le "$cycles" ]; do
+        suspend_cycle "$i"
+        i=$((i + 1))
+    done
+    touch /tmp/stop
+    wait "$writer"
+    writer_rc=$?
+    cat /tmp/writer.out
+    gen=$(sed -n 's/.*@@guest pattern-written gen=\([0-9]*\).*/\1/p' /tmp/writer.out)
+    echo "@@guest writer rc=$writer_rc gen=${gen:-none}"
+    sync
+    disk-pattern verify "$disk" --direct --seed "$seed" --gen "${gen:-0}" --size "$size" \
+        >/tmp/verify.out 2>&1
+    sed 's/^/@@guest /' /tmp/verify.out
+    rng=$(timeout 5 dd if=/dev/hwrng bs=64 count=1 iflag=fullblock 2>/dev/null | wc -c)
+    echo "@@guest rng bytes=$((rng + 0))"
+    echo "@@guest hwrng current=$(cat /sys/class/misc/hw_random/rng_current 2>/dev/null || echo none)"
+    poweroff -f
+    ;;
+fs-suspend)
+    # On a read-write ext4 root: 8 MiB of random data written and fsynced, `cycles=N` rtcwake
+    # cycles each followed by a 64 KiB fsynced append, then the data read back from the disk
+    # (page cache dropped) must be unchanged; the root is left clean (read-only) for e2fsck.
+    dd if=/dev/urandom of=/data.bin bs=1048576 count=8 iflag=fullblock conv=fsync 2>/dev/null
+    echo "@@guest fs-data rc=$? bytes=$(($(wc -c </data.bin)))"
+    sync
+    md5_before=$(md5sum /data.bin | cut -d' ' -f1)
+    rm -f /cycles.log
+    ok=0
+    log_bytes=0
+    i=1
+    while [ "$i" -le "$cycles" ]; do
+        suspend_cycle "$i"
+        rc=$?
+        dd if=/dev/urandom of=/cycles.log bs=65536 count=1 iflag=fullblock oflag=append \
+            conv=notrunc,fsync 2>/dev/null
+        append_rc=$?
+        log_bytes=$(($(wc -c </cycles.log)))
+        echo "@@guest fs-append cycle=$i rc=$append_rc log_bytes=$log_bytes"
+        if [ "$rc" = 0 ] && [ "$append_rc" = 0 ] && [ "$log_bytes" = $((i * 65536)) ]; then
+            ok=$((ok + 1))
+        fi
+        i=$((i + 1))
+    done
+    sync
+    echo 3 >/proc/sys/vm/drop_caches
+    md5_after=$(md5sum /data.bin | cut -d' ' -f1)
+    echo "@@guest fs-check md5_before=$md5_before md5_after=$md5_after cycles_ok=$ok/$cycles log_bytes=$log_bytes"
+    sync
+    mount -o remount,ro /
+    echo "@@guest remount-ro rc=$?"
+    poweroff -f
+    ;;
+disk-readonly)
+    # The disk with id `ro` is read-only: a direct write must fail; its first MiB is reported.
+    disk=$(disk_by_id ro) || { echo "@@guest disk-missing id=ro"; poweroff -f; }
+    dd if=/dev/zero of="$disk" bs=4096 count=1 oflag=direct conv=fsync 2>/dev/null
+    rc=$?
+    echo "@@guest ro-write rc=$rc ro_flag=$(cat "/sys/block/${disk#/dev/}/ro")"
+    echo "@@guest ro-read md5=$(dd if="$disk" bs=1048576 count=1 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)"
     poweroff -f
     ;;
 suspend-wait)

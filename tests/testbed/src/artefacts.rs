@@ -1,7 +1,23 @@
-//! Finds what the emulated host needs: the Debian arm64 kernel and busybox unpacked by
-//! `scripts/setup.sh`, and the cross-built test executables listed by cargo.
+//! Finds what the emulated host needs: the Debian arm64 kernel, its modules, busybox and the
+//! other arm64 tools unpacked by `scripts/setup.sh`, and the cross-built binaries and test
+//! executables listed by cargo.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+
+/// The modules the nested guest loads, by module name (the kernel treats `-` and `_` alike):
+/// the wake and power buttons (gpio-keys on the PL061) and evdev for the power-key handler,
+/// the virtio-mmio transport, virtio-blk disks, the virtio-rng entropy source, and ext4 for the
+/// root disk. Their dependencies come from `modules.dep`, and from `modules.softdep` (ext4 and
+/// jbd2 want the crc32c crypto module, which no hard dependency pulls in).
+pub const GUEST_MODULES: &[&str] = &[
+    "gpio_keys",
+    "evdev",
+    "virtio_mmio",
+    "virtio_blk",
+    "virtio-rng",
+    "ext4",
+];
 
 /// Missing or unreadable artefacts.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +41,23 @@ pub enum ArtefactError {
         /// Where it was looked for.
         path: PathBuf,
     },
+    /// A module the nested guest needs, or one of its dependencies, is not in `modules.dep`.
+    #[error("Module {name} is not in {index} (is the kernel built with it as a module?)")]
+    MissingModule {
+        /// The module's name.
+        name: String,
+        /// The `modules.dep` file.
+        index: PathBuf,
+    },
+    /// The kernel's module index could not be read.
+    #[error("Cannot read the module index {path} (run scripts/setup.sh, which runs depmod)")]
+    ModuleIndex {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
     /// Cargo's build messages could not be read.
     #[error("Cannot read the aarch64 build messages at {path}")]
     BuildMessages {
@@ -41,13 +74,18 @@ pub enum ArtefactError {
 pub struct Artefacts {
     /// The arm64 kernel `Image`, used for the emulated host and for nested guests.
     pub kernel: PathBuf,
-    /// Modules the nested guest loads: `gpio_keys.ko` (wake and power buttons) and `evdev.ko`
-    /// (so its power-key handler can read key events).
+    /// The modules the nested guest loads ([`GUEST_MODULES`] and every dependency), in load
+    /// order: dependencies first, each once. Plain `.ko` files, or compressed as the kernel
+    /// package ships them (`.ko.xz`, `.ko.zst`, `.ko.gz`).
     pub guest_modules: Vec<PathBuf>,
     /// util-linux's `rtcwake` for arm64 and the glibc it needs (`libc.so.6` and the loader).
     pub rtcwake: [PathBuf; 3],
     /// A static arm64 busybox.
     pub busybox: PathBuf,
+    /// A static arm64 `e2fsck` (e2fsck-static), to check ext4 images in the emulated host.
+    pub e2fsck: PathBuf,
+    /// The cross-built `disk-pattern` (tests/disk-pattern), once built.
+    pub disk_pattern: Option<PathBuf>,
     /// The cross-built `vmm` binary, once the workspace has one.
     pub vmm: Option<PathBuf>,
     /// The cross-built library example `suspend_wake`, once built.
@@ -83,6 +121,7 @@ impl Artefacts {
         Ok(Self {
             kernel: existing("arm64 kernel Image", dir.join("Image"))?,
             busybox: existing("arm64 busybox", dir.join("busybox"))?,
+            e2fsck: existing("arm64 e2fsck.static", dir.join("e2fsck.static"))?,
             rtcwake: [
                 existing("arm64 rtcwake", dir.join("rtcwake"))?,
                 existing("arm64 libc.so.6", dir.join("lib/libc.so.6"))?,
@@ -91,17 +130,9 @@ impl Artefacts {
                     dir.join("lib/ld-linux-aarch64.so.1"),
                 )?,
             ],
-            guest_modules: vec![
-                existing(
-                    "gpio_keys.ko",
-                    dir.join("modules/kernel/drivers/input/keyboard/gpio_keys.ko"),
-                )?,
-                existing(
-                    "evdev.ko",
-                    dir.join("modules/kernel/drivers/input/evdev.ko"),
-                )?,
-            ],
+            guest_modules: guest_modules(&dir.join("modules"), GUEST_MODULES)?,
             vmm: Some(build.join("vmm")).filter(|path| path.exists()),
+            disk_pattern: Some(build.join("disk-pattern")).filter(|path| path.exists()),
             example: Some(build.join("examples/suspend_wake")).filter(|path| path.exists()),
             tests: test_executables(&messages)?,
         })
@@ -183,6 +214,146 @@ fn existing(what: &'static str, path: PathBuf) -> Result<PathBuf, ArtefactError>
     }
 }
 
+/// The files of `wanted` and their dependencies in the kernel's module directory `dir` (the
+/// `lib/modules/VERSION` of the kernel package, with depmod's index), in load order.
+fn guest_modules(dir: &Path, wanted: &[&str]) -> Result<Vec<PathBuf>, ArtefactError> {
+    let read = |name: &str, required: bool| {
+        let path = dir.join(name);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(text),
+            Err(err) if !required && err.kind() == std::io::ErrorKind::NotFound => {
+                Ok(String::new())
+            }
+            Err(source) => Err(ArtefactError::ModuleIndex { path, source }),
+        }
+    };
+    let index = ModuleIndex::parse(
+        &read("modules.dep", true)?,
+        &read("modules.softdep", false)?,
+        &read("modules.alias", false)?,
+    );
+    let order = index
+        .load_order(wanted)
+        .map_err(|name| ArtefactError::MissingModule {
+            name,
+            index: dir.join("modules.dep"),
+        })?;
+    order
+        .into_iter()
+        .map(|file| existing("kernel module", dir.join(file)))
+        .collect()
+}
+
+/// A module's name from its file: `kernel/drivers/char/hw_random/virtio-rng.ko.xz` is
+/// `virtio_rng`, since the kernel treats `-` and `_` in module names alike.
+fn module_name(file: &str) -> String {
+    let base = file.rsplit('/').next().unwrap_or(file);
+    let stem = base.find(".ko").map_or(base, |at| &base[..at]);
+    stem.replace('-', "_")
+}
+
+/// What depmod wrote: each module's file and hard dependencies (`modules.dep`), its soft
+/// dependencies to load first (`pre:` in `modules.softdep`), and the aliases those name
+/// (`modules.alias`).
+#[derive(Debug, Default)]
+struct ModuleIndex {
+    /// Module name to (file, dependency files as listed).
+    modules: HashMap<String, (String, Vec<String>)>,
+    /// Module name to the names or aliases it wants loaded before it.
+    pre: HashMap<String, Vec<String>>,
+    /// Alias to module names (`-` read as `_` in both, as kmod does).
+    aliases: HashMap<String, Vec<String>>,
+}
+
+impl ModuleIndex {
+    fn parse(dep: &str, softdep: &str, alias: &str) -> Self {
+        let mut index = Self::default();
+        for line in dep.lines() {
+            let Some((file, deps)) = line.split_once(':') else {
+                continue;
+            };
+            let deps = deps.split_whitespace().map(str::to_owned).collect();
+            index
+                .modules
+                .insert(module_name(file), (file.trim().to_owned(), deps));
+        }
+        for line in softdep.lines() {
+            let mut words = line.split_whitespace();
+            let (Some("softdep"), Some(module)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let mut pre = false;
+            for word in words {
+                match word {
+                    "pre:" => pre = true,
+                    "post:" => pre = false,
+                    name if pre => index
+                        .pre
+                        .entry(module.replace('-', "_"))
+                        .or_default()
+                        .push(name.to_owned()),
+                    _ => {}
+                }
+            }
+        }
+        for line in alias.lines() {
+            let mut words = line.split_whitespace();
+            if let (Some("alias"), Some(name), Some(module)) =
+                (words.next(), words.next(), words.next())
+            {
+                index
+                    .aliases
+                    .entry(name.replace('-', "_"))
+                    .or_default()
+                    .push(module.replace('-', "_"));
+            }
+        }
+        index
+    }
+
+    /// The files to load for `wanted`, dependencies first and each once; `Err` names a wanted
+    /// module or hard dependency that is missing. Soft dependencies that resolve to no module
+    /// (built into the kernel) are skipped, as modprobe does.
+    fn load_order(&self, wanted: &[&str]) -> Result<Vec<String>, String> {
+        let mut order = Vec::new();
+        let mut seen = HashSet::new();
+        for name in wanted {
+            self.visit(&name.replace('-', "_"), &mut seen, &mut order)?;
+        }
+        Ok(order)
+    }
+
+    fn visit(
+        &self,
+        name: &str,
+        seen: &mut HashSet<String>,
+        order: &mut Vec<String>,
+    ) -> Result<(), String> {
+        if !seen.insert(name.to_owned()) {
+            return Ok(());
+        }
+        let (file, deps) = self.modules.get(name).ok_or_else(|| name.to_owned())?;
+        for soft in self.pre.get(name).into_iter().flatten() {
+            let soft = soft.replace('-', "_");
+            if self.modules.contains_key(&soft) {
+                self.visit(&soft, seen, order)?;
+            } else {
+                for module in self.aliases.get(&soft).into_iter().flatten() {
+                    if self.modules.contains_key(module) {
+                        self.visit(module, seen, order)?;
+                    }
+                }
+            }
+        }
+        // depmod lists every transitive dependency, the ones loaded first last.
+        for dep in deps.iter().rev() {
+            self.visit(&module_name(dep), seen, order)?;
+        }
+        order.push(file.clone());
+        Ok(())
+    }
+}
+
 /// Reads cargo's `--message-format=json` output for test executables.
 fn test_executables(messages: &Path) -> Result<Vec<TestExecutable>, ArtefactError> {
     let text =
@@ -260,6 +431,93 @@ mod tests {
             package_name("path+file:///work/main/tests/bed#testbed@0.1.0"),
             Some("testbed")
         );
+    }
+
+    const MODULES_DEP: &str = "\
+kernel/drivers/input/keyboard/gpio_keys.ko:
+kernel/drivers/char/hw_random/virtio-rng.ko.xz:
+kernel/fs/ext4/ext4.ko: kernel/lib/crc16.ko kernel/fs/mbcache.ko kernel/fs/jbd2/jbd2.ko
+kernel/fs/jbd2/jbd2.ko:
+kernel/fs/mbcache.ko:
+kernel/lib/crc16.ko:
+kernel/crypto/crc32c_generic.ko:
+kernel/fs/btrfs/btrfs.ko: kernel/lib/libcrc32c.ko kernel/lib/raid6/raid6_pq.ko
+kernel/lib/libcrc32c.ko:
+";
+    const MODULES_SOFTDEP: &str = "\
+# Soft dependencies extracted from modules themselves.
+softdep ext4 pre: crypto-crc32c
+softdep jbd2 pre: crypto-crc32c
+softdep libcrc32c pre: crc32c
+softdep virtio_rng pre: builtin-thing post: gpio_keys
+";
+    const MODULES_ALIAS: &str = "\
+alias crypto-crc32c crc32c_generic
+alias crc32c crc32c_generic
+alias of:N*T*Cgpio-keys gpio_keys
+";
+
+    #[test]
+    fn resolves_modules_with_their_dependencies_in_load_order() {
+        let index = ModuleIndex::parse(MODULES_DEP, MODULES_SOFTDEP, MODULES_ALIAS);
+        assert_eq!(
+            index
+                .load_order(&["gpio_keys", "virtio-rng", "ext4", "jbd2", "crc16"])
+                .unwrap(),
+            [
+                "kernel/drivers/input/keyboard/gpio_keys.ko",
+                "kernel/drivers/char/hw_random/virtio-rng.ko.xz",
+                // ext4's soft dependency through the alias, then its hard ones.
+                "kernel/crypto/crc32c_generic.ko",
+                "kernel/fs/jbd2/jbd2.ko",
+                "kernel/fs/mbcache.ko",
+                "kernel/lib/crc16.ko",
+                "kernel/fs/ext4/ext4.ko",
+            ]
+        );
+        // Without the softdep and alias files only the hard dependencies are known.
+        let index = ModuleIndex::parse(MODULES_DEP, "", "");
+        assert_eq!(
+            index.load_order(&["ext4"]).unwrap(),
+            [
+                "kernel/fs/jbd2/jbd2.ko",
+                "kernel/fs/mbcache.ko",
+                "kernel/lib/crc16.ko",
+                "kernel/fs/ext4/ext4.ko",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_missing_module_or_dependency_is_named() {
+        let index = ModuleIndex::parse(MODULES_DEP, MODULES_SOFTDEP, MODULES_ALIAS);
+        assert_eq!(
+            index.load_order(&["gpio_keys", "virtio_blk"]),
+            Err("virtio_blk".to_owned())
+        );
+        assert_eq!(index.load_order(&["btrfs"]), Err("raid6_pq".to_owned()));
+
+        let dir = std::env::temp_dir().join(format!("testbed-modules-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("modules.dep"), MODULES_DEP).unwrap();
+        let err = guest_modules(&dir, &["virtio_mmio"]).unwrap_err();
+        assert!(
+            matches!(&err, ArtefactError::MissingModule { name, .. } if name == "virtio_mmio"),
+            "{err}"
+        );
+        // Listed but not on disk.
+        let err = guest_modules(&dir, &["crc16"]).unwrap_err();
+        assert!(matches!(err, ArtefactError::Missing { .. }), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+        let err = guest_modules(&dir, &["crc16"]).unwrap_err();
+        assert!(matches!(err, ArtefactError::ModuleIndex { .. }), "{err}");
+    }
+
+    #[test]
+    fn module_names_ignore_compression_and_dashes() {
+        assert_eq!(module_name("kernel/a/virtio-rng.ko"), "virtio_rng");
+        assert_eq!(module_name("kernel/fs/ext4/ext4.ko.zst"), "ext4");
+        assert_eq!(module_name("gpio_keys.ko.xz"), "gpio_keys");
     }
 
     #[test]

@@ -32,6 +32,24 @@ pub enum InitramfsError {
     /// `cpio` failed.
     #[error("cpio failed to pack {0}")]
     Cpio(PathBuf),
+    /// A tool the staging runs is not installed.
+    #[error(
+        "Cannot find {tool} in PATH, /usr/sbin or /sbin (install {package}; scripts/setup.sh does)"
+    )]
+    MissingTool {
+        /// The program.
+        tool: &'static str,
+        /// The Debian package that has it.
+        package: &'static str,
+    },
+    /// A tool the staging runs failed.
+    #[error("{tool} failed to make {path}")]
+    Tool {
+        /// The program.
+        tool: &'static str,
+        /// What it was making.
+        path: PathBuf,
+    },
 }
 
 /// The staged tree.
@@ -93,6 +111,10 @@ pub fn stage(
         std::fs::create_dir_all(&path).map_err(io_err(&path))?;
     }
     copy(&artefacts.busybox, &root.join("bin/busybox"))?;
+    copy(&artefacts.e2fsck, &root.join("bin/e2fsck.static"))?;
+    if let Some(disk_pattern) = &artefacts.disk_pattern {
+        copy(disk_pattern, &root.join("bin/disk-pattern"))?;
+    }
     if let Some(vmm) = &artefacts.vmm {
         copy(vmm, &root.join("bin/vmm"))?;
     }
@@ -158,30 +180,152 @@ pub fn stage(
 const LIB_SH: &str = include_str!("../scenarios/lib.sh");
 const GUEST_INIT: &str = include_str!("../scenarios/guest-init.sh");
 
-/// Stages the nested guest: the kernel as `guest/Image` and a busybox initramfs as
-/// `guest/initrd.cpio`, whose init is `scenarios/guest-init.sh`.
+/// The size of the nested guest's root disk image (sparse on this side).
+const ROOTFS_SIZE: &str = "64M";
+
+/// Stages the nested guest: the kernel as `guest/Image`; a busybox initramfs as
+/// `guest/initrd.cpio`, whose init is `scenarios/guest-init.sh` and which holds the modules
+/// with their load order in `lib/modules/load-order`; and an ext4 root disk image as
+/// `guest/rootfs.ext4` for `root=/dev/vdX`, which the initramfs's init switches to.
 fn stage_guest(work_dir: &Path, artefacts: &Artefacts, root: &Path) -> Result<(), InitramfsError> {
     copy(&artefacts.kernel, &root.join("guest/Image"))?;
-    let guest_root = work_dir.join("guest-root");
-    if guest_root.exists() {
-        std::fs::remove_dir_all(&guest_root).map_err(io_err(&guest_root))?;
-    }
-    for dir in ["bin", "sbin", "dev", "proc", "sys", "tmp"] {
+    let guest_root = fresh_dir(&work_dir.join("guest-root"))?;
+    for dir in ["bin", "sbin", "dev", "proc", "sys", "tmp", "newroot"] {
         let path = guest_root.join(dir);
         std::fs::create_dir_all(&path).map_err(io_err(&path))?;
     }
-    copy(&artefacts.busybox, &guest_root.join("bin/busybox"))?;
+    stage_guest_tools(artefacts, &guest_root)?;
+    let modules_dir = guest_root.join("lib/modules");
+    let mut load_order = String::new();
     for module in &artefacts.guest_modules {
-        if let Some(name) = module.file_name() {
-            copy(module, &guest_root.join("lib/modules").join(name))?;
-        }
+        let _ = writeln!(load_order, "{}", stage_module(module, &modules_dir)?);
     }
+    write(&modules_dir.join("load-order"), &load_order, false)?;
+    cpio(&guest_root, &root.join("guest/initrd.cpio"))?;
+
+    // The root disk: the same tools and init, with /on-rootfs telling the init where it runs.
+    let rootfs = fresh_dir(&work_dir.join("guest-rootfs"))?;
+    for dir in ["bin", "sbin", "dev", "proc", "sys", "tmp"] {
+        let path = rootfs.join(dir);
+        std::fs::create_dir_all(&path).map_err(io_err(&path))?;
+    }
+    stage_guest_tools(artefacts, &rootfs)?;
+    write(&rootfs.join("sbin/init"), GUEST_INIT, true)?;
+    write(&rootfs.join("on-rootfs"), "", false)?;
+    if let Some(disk_pattern) = &artefacts.disk_pattern {
+        copy(disk_pattern, &rootfs.join("bin/disk-pattern"))?;
+    }
+    mke2fs(&rootfs, &root.join("guest/rootfs.ext4"))
+}
+
+/// Removes `dir` if it exists and creates it empty.
+fn fresh_dir(dir: &Path) -> Result<PathBuf, InitramfsError> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(io_err(dir))?;
+    }
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    Ok(dir.to_owned())
+}
+
+/// What both the guest's initramfs and its root disk hold: busybox, rtcwake with the glibc it
+/// loads, and the init script.
+fn stage_guest_tools(artefacts: &Artefacts, guest_root: &Path) -> Result<(), InitramfsError> {
+    copy(&artefacts.busybox, &guest_root.join("bin/busybox"))?;
     let [rtcwake, libc, loader] = &artefacts.rtcwake;
     copy(rtcwake, &guest_root.join("bin/rtcwake"))?;
     copy(libc, &guest_root.join("lib/libc.so.6"))?;
     copy(loader, &guest_root.join("lib/ld-linux-aarch64.so.1"))?;
-    write(&guest_root.join("init"), GUEST_INIT, true)?;
-    cpio(&guest_root, &root.join("guest/initrd.cpio"))
+    write(&guest_root.join("init"), GUEST_INIT, true)
+}
+
+/// Copies a kernel module into `dir` as a plain `NAME.ko`, decompressing a `.ko.xz`, `.ko.zst`
+/// or `.ko.gz` on the way, so that the guest's insmod needs no decompressor; returns the file
+/// name.
+fn stage_module(module: &Path, dir: &Path) -> Result<String, InitramfsError> {
+    let file_name = module
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let Some(at) = file_name.find(".ko") else {
+        return Err(InitramfsError::Io {
+            path: module.to_owned(),
+            source: std::io::Error::other("not a kernel module file"),
+        });
+    };
+    let name = format!("{}.ko", &file_name[..at]);
+    let target = dir.join(&name);
+    let decompressor = match &file_name[at..] {
+        ".ko" => None,
+        ".ko.xz" => Some(("xz", "xz-utils")),
+        ".ko.zst" => Some(("zstd", "zstd")),
+        ".ko.gz" => Some(("gzip", "gzip")),
+        _ => {
+            return Err(InitramfsError::Io {
+                path: module.to_owned(),
+                source: std::io::Error::other("unknown module compression"),
+            });
+        }
+    };
+    let Some((tool, package)) = decompressor else {
+        copy(module, &target)?;
+        return Ok(name);
+    };
+    let program = find_tool(tool).ok_or(InitramfsError::MissingTool { tool, package })?;
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let output = std::fs::File::create(&target).map_err(io_err(&target))?;
+    let status = Command::new(program)
+        .arg("-dc")
+        .arg(module)
+        .stdout(output)
+        .stderr(Stdio::inherit())
+        .status()
+        .map_err(io_err(module))?;
+    if !status.success() {
+        return Err(InitramfsError::Tool { tool, path: target });
+    }
+    Ok(name)
+}
+
+/// A program in PATH, or in the sbin directories a non-root PATH often lacks.
+fn find_tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Builds an ext4 image of [`ROOTFS_SIZE`] at `image` holding the tree `dir`, labelled
+/// `vmmroot`.
+fn mke2fs(dir: &Path, image: &Path) -> Result<(), InitramfsError> {
+    let program = find_tool("mke2fs").ok_or(InitramfsError::MissingTool {
+        tool: "mke2fs",
+        package: "e2fsprogs",
+    })?;
+    if let Some(parent) = image.parent() {
+        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+    }
+    if image.exists() {
+        std::fs::remove_file(image).map_err(io_err(image))?;
+    }
+    let status = Command::new(program)
+        .args(["-q", "-t", "ext4", "-b", "4096", "-L", "vmmroot", "-d"])
+        .arg(dir)
+        .arg(image)
+        .arg(ROOTFS_SIZE)
+        .stdin(Stdio::null())
+        // It says "Creating regular file" even with -q.
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .status()
+        .map_err(io_err(image))?;
+    if !status.success() {
+        return Err(InitramfsError::Tool {
+            tool: "mke2fs",
+            path: image.to_owned(),
+        });
+    }
+    Ok(())
 }
 
 /// Runs test executables one after the other; the libtest lines are the result lines. The
@@ -283,4 +427,45 @@ fn cpio(root: &Path, image: &Path) -> Result<(), InitramfsError> {
         return Err(InitramfsError::Cpio(image));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stages_modules_as_plain_ko_files() {
+        let dir = std::env::temp_dir().join(format!("testbed-ko-{}", std::process::id()));
+        let src = fresh_dir(&dir.join("src")).unwrap();
+        let out = dir.join("out");
+        std::fs::write(src.join("virtio-rng.ko"), b"plain module").unwrap();
+        assert_eq!(
+            stage_module(&src.join("virtio-rng.ko"), &out).unwrap(),
+            "virtio-rng.ko"
+        );
+        assert_eq!(
+            std::fs::read(out.join("virtio-rng.ko")).unwrap(),
+            b"plain module"
+        );
+
+        // A compressed module is unpacked when its tool is there.
+        std::fs::write(src.join("ext4.ko"), b"compressed module").unwrap();
+        if find_tool("gzip").is_some() {
+            let status = Command::new("gzip")
+                .arg(src.join("ext4.ko"))
+                .status()
+                .unwrap();
+            assert!(status.success());
+            assert_eq!(
+                stage_module(&src.join("ext4.ko.gz"), &out).unwrap(),
+                "ext4.ko"
+            );
+            assert_eq!(
+                std::fs::read(out.join("ext4.ko")).unwrap(),
+                b"compressed module"
+            );
+        }
+        assert!(stage_module(&src.join("ext4.ko.lz4"), &out).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -51,6 +51,18 @@ enum Command {
         #[arg(long)]
         emulate: bool,
     },
+    /// Stages and packs what `run` would boot, without booting it, to inspect the tree and
+    /// the nested guest's images.
+    Stage {
+        /// Scenario names, as for `run`.
+        scenarios: Vec<String>,
+        /// The unpacked arm64 artefacts (kernel, modules, busybox) from scripts/setup.sh.
+        #[arg(long, env = "VMM_ARTEFACTS")]
+        artefacts: Option<PathBuf>,
+        /// Where the staged tree and the initramfs go.
+        #[arg(long, default_value = "target/testbed")]
+        work_dir: PathBuf,
+    },
     /// Benchmarks vmm against QEMU in one boot of the emulated host (scripts/bench.sh):
     /// prints a table, writes results.json and results.svg.
     Bench {
@@ -148,6 +160,19 @@ fn run(cli: Cli) -> Result<bool, TestbedError> {
                 &outcome,
                 &mut std::io::stdout(),
             ))
+        }
+        Command::Stage {
+            scenarios: names,
+            artefacts,
+            work_dir,
+        } => {
+            let selected = select(&names)?;
+            let artefacts = Artefacts::locate(artefacts)?;
+            let staged = initramfs::stage(&work_dir, &artefacts, &selected, 1.0)?;
+            let image = initramfs::pack(&staged)?;
+            println!("staged tree: {}", staged.root.display());
+            println!("initramfs:   {}", image.display());
+            Ok(true)
         }
         Command::Bench {
             rounds,

@@ -94,6 +94,13 @@ pub fn all() -> Vec<Scenario> {
             default: true,
         },
         Scenario {
+            name: "linux-disk",
+            description: "virtio-blk and -rng: ext4 root, disk data through 20 suspends, read-only disk",
+            timeout: Duration::from_secs(900),
+            steps: Steps::Script(include_str!("../scenarios/linux-disk.sh")),
+            default: true,
+        },
+        Scenario {
             name: "api",
             description: "control API end to end: wake by API, pause/resume, power button, bad requests",
             timeout: Duration::from_secs(600),

@@ -26,6 +26,7 @@ fn config() -> FdtConfig {
         rtc: true,
         gpio: true,
         gpio_keys: vec![GpioKey::wake(0), GpioKey::power(1)],
+        virtio_mmio: Vec::new(),
     }
 }
 
@@ -407,4 +408,40 @@ fn key_names_follow_the_gpio_keys_schema() {
     ] {
         assert!(!valid_key_name(bad), "{bad}");
     }
+}
+
+#[test]
+fn virtio_mmio_devices_get_edge_triggered_nodes() {
+    let dtb = create_fdt(&FdtConfig {
+        virtio_mmio: vec![
+            VirtioMmioNode {
+                base: 0x0A00_0000,
+                size: 0x1000,
+                spi: 16,
+            },
+            VirtioMmioNode {
+                base: 0x0A00_1000,
+                size: 0x1000,
+                spi: 17,
+            },
+        ],
+        ..config()
+    })
+    .unwrap();
+    let fdt = Fdt::new(&dtb).unwrap();
+    for (path, base, spi) in [
+        ("/virtio_mmio@a000000", 0x0A00_0000u64, 16u32),
+        ("/virtio_mmio@a001000", 0x0A00_1000, 17),
+    ] {
+        let device = node(&fdt, path);
+        assert_eq!(string_list(device, "compatible"), ["virtio,mmio"]);
+        assert_eq!(u64s(device, "reg"), [base, 0x1000]);
+        assert_eq!(cells(device, "interrupts"), [0, spi, 1]);
+        assert!(has(device, "dma-coherent"));
+    }
+    assert!(
+        create_fdt(&config())
+            .map(|dtb| !String::from_utf8_lossy(&dtb).contains("virtio,mmio"))
+            .unwrap()
+    );
 }

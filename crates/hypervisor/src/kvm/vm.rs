@@ -4,8 +4,9 @@ use kvm_bindings::{
     KVM_ARM_IRQ_TYPE_SHIFT, KVM_ARM_IRQ_TYPE_SPI, KVM_ARM_VCPU_POWER_OFF, KVM_ARM_VCPU_PSCI_0_2,
     KVM_CAP_ARM_SYSTEM_SUSPEND, kvm_enable_cap, kvm_userspace_memory_region, kvm_vcpu_init,
 };
-use kvm_ioctls::VmFd;
+use kvm_ioctls::{IoEventAddress, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::{GicV3, Hypervisor, KvmVcpu, VcpuKicker, gic::GicError};
 
@@ -42,6 +43,24 @@ pub enum VmError {
     /// The vGIC could not be created.
     #[error("Failed to create the vGICv3")]
     Gic(#[source] GicError),
+    /// `KVM_IRQFD` failed.
+    #[error("Failed to register an irqfd for SPI {spi}")]
+    Irqfd {
+        /// The SPI number.
+        spi: u32,
+        /// The errno.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `KVM_IOEVENTFD` failed.
+    #[error("Failed to register an ioeventfd at {addr:#x}")]
+    Ioeventfd {
+        /// The guest-physical address.
+        addr: u64,
+        /// The errno.
+        #[source]
+        source: std::io::Error,
+    },
     /// `KVM_IRQ_LINE` failed.
     #[error("Failed to set SPI {spi}")]
     IrqLine {
@@ -184,6 +203,34 @@ impl Vm {
             .set_irq_line(irq, high)
             .map_err(|err| VmError::IrqLine {
                 spi,
+                source: err.into(),
+            })
+    }
+
+    /// Makes every write of `event` raise SPI `spi` (an edge: irqfd has no deassert), so a
+    /// device thread interrupts the guest without a trip through this process's vCPU threads.
+    pub fn register_irqfd(&self, event: &EventFd, spi: u32) -> Result<(), VmError> {
+        // With the vGIC's default routing, GSI n is SPI n (INTID 32 + n).
+        self.fd
+            .register_irqfd(event, spi)
+            .map_err(|err| VmError::Irqfd {
+                spi,
+                source: err.into(),
+            })
+    }
+
+    /// Makes a 4-byte guest write of `value` at `addr` signal `event` inside KVM instead of
+    /// exiting to the vCPU thread (virtio's QueueNotify).
+    pub fn register_ioeventfd(
+        &self,
+        event: &EventFd,
+        addr: u64,
+        value: u32,
+    ) -> Result<(), VmError> {
+        self.fd
+            .register_ioevent(event, &IoEventAddress::Mmio(addr), value)
+            .map_err(|err| VmError::Ioeventfd {
+                addr,
                 source: err.into(),
             })
     }

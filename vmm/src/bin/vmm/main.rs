@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::{ArgAction, Args, Parser, Subcommand};
 use vmm::api::ApiServer;
 use vmm::routes::VmRouter;
-use vmm::{ExitReason, Vm, VmConfig, VmmError};
+use vmm::{DiskConfig, ExitReason, Vm, VmConfig, VmmError};
 
 /// Boots an arm64 Linux guest on KVM; its serial console is this terminal.
 #[derive(Debug, Parser)]
@@ -55,6 +55,13 @@ struct RunArgs {
     /// Do not offer suspend-to-RAM (PSCI SYSTEM_SUSPEND) to the guest; it keeps s2idle.
     #[arg(long)]
     no_suspend: bool,
+    /// A virtio-blk disk on a raw image: path=FILE[,readonly=on][,id=NAME]. Repeat for more
+    /// disks; the guest sees them as vda, vdb, ... in this order.
+    #[arg(long, value_name = "path=FILE[,readonly=on][,id=NAME]")]
+    disk: Vec<String>,
+    /// Do not give the guest a virtio-rng entropy device.
+    #[arg(long)]
+    no_rng: bool,
     /// Serve the control API (HTTP/1.1, JSON) on this Unix socket.
     #[arg(long, value_name = "PATH")]
     api_socket: Option<PathBuf>,
@@ -87,6 +94,16 @@ impl RunArgs {
         config.no_reboot |= self.no_reboot;
         if self.no_suspend {
             config.suspend = false;
+        }
+        if !self.disk.is_empty() {
+            config.disks = self
+                .disk
+                .iter()
+                .map(|text| DiskConfig::parse(text))
+                .collect::<Result<_, _>>()?;
+        }
+        if self.no_rng {
+            config.rng = false;
         }
         Ok(config)
     }

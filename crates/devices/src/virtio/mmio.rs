@@ -1,0 +1,387 @@
+//! The virtio-mmio register file (virtio 1.2 §4.2.2), version 2 only.
+//!
+//! The status state machine follows the spec's driver sequence: ACKNOWLEDGE, DRIVER, feature
+//! negotiation, FEATURES_OK (refused unless the driver took `VIRTIO_F_VERSION_1` and nothing
+//! that was not offered), queue set-up, DRIVER_OK (the device starts). Writing 0 resets the
+//! device at any point: the queues, the negotiated features and the interrupt status are
+//! dropped, and the write only completes once the device's worker has stopped. Anything out
+//! of sequence is ignored and logged, never fatal for the VMM.
+
+use std::sync::Arc;
+
+use virtio_bindings::virtio_config::{
+    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
+    VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
+};
+use virtio_bindings::virtio_mmio::*;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use super::{ActiveQueue, VIRTIO_F_VERSION_1, VirtioDevice, VirtioInterrupt};
+use crate::bus::MmioDevice;
+
+/// "virt" in little-endian ASCII.
+const MAGIC: u32 = 0x7472_6976;
+/// The modern transport.
+const VERSION: u32 = 2;
+/// Our vendor id ("VMMA"), as QEMU reports "QEMU".
+const VENDOR_ID: u32 = 0x414D_4D56;
+
+/// One virtio device on the MMIO bus.
+pub struct MmioTransport {
+    device: Box<dyn VirtioDevice>,
+    memory: GuestMemoryMmap,
+    interrupt: Arc<VirtioInterrupt>,
+    queues: Vec<Queue>,
+    queue_events: Vec<EventFd>,
+    status: u32,
+    device_features_select: u32,
+    driver_features_select: u32,
+    driver_features: u64,
+    queue_select: u32,
+    config_generation: u32,
+    active: bool,
+}
+
+/// Failures creating a transport.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// An eventfd could not be created.
+    #[error("Cannot create an eventfd for the virtio transport")]
+    EventFd(#[source] std::io::Error),
+    /// The device offers a queue size virtio-queue rejects.
+    #[error("Invalid queue size {0}")]
+    QueueSize(u16),
+}
+
+impl MmioTransport {
+    /// Wraps `device`, whose queues will live in `memory`.
+    pub fn new(
+        device: Box<dyn VirtioDevice>,
+        memory: GuestMemoryMmap,
+    ) -> Result<Self, TransportError> {
+        let interrupt = Arc::new(VirtioInterrupt::new(
+            EventFd::new(EFD_NONBLOCK).map_err(TransportError::EventFd)?,
+        ));
+        let queues = new_queues(device.queue_max_sizes())?;
+        let queue_events = (0..queues.len())
+            .map(|_| EventFd::new(EFD_NONBLOCK).map_err(TransportError::EventFd))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            device,
+            memory,
+            interrupt,
+            queues,
+            queue_events,
+            status: 0,
+            device_features_select: 0,
+            driver_features_select: 0,
+            driver_features: 0,
+            queue_select: 0,
+            config_generation: 0,
+            active: false,
+        })
+    }
+
+    /// The interrupt, whose eventfd the VMM registers as an irqfd on the device's SPI.
+    pub fn interrupt(&self) -> &Arc<VirtioInterrupt> {
+        &self.interrupt
+    }
+
+    /// The eventfd of each queue, to register as an ioeventfd on QueueNotify with the queue
+    /// index as data; the queue's index is its position.
+    pub fn queue_events(&self) -> &[EventFd] {
+        &self.queue_events
+    }
+
+    /// The device.
+    pub fn device(&self) -> &dyn VirtioDevice {
+        self.device.as_ref()
+    }
+
+    /// The device status register.
+    pub fn status(&self) -> u32 {
+        self.status
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        self.queues.get_mut(self.queue_select as usize)
+    }
+
+    fn features_negotiable(&self) -> bool {
+        self.status & VIRTIO_CONFIG_S_DRIVER != 0 && self.status & VIRTIO_CONFIG_S_FEATURES_OK == 0
+    }
+
+    fn queues_configurable(&self) -> bool {
+        self.status & VIRTIO_CONFIG_S_FEATURES_OK != 0
+            && self.status & VIRTIO_CONFIG_S_DRIVER_OK == 0
+    }
+
+    fn read_register(&self, offset: u32) -> u32 {
+        match offset {
+            VIRTIO_MMIO_MAGIC_VALUE => MAGIC,
+            VIRTIO_MMIO_VERSION => VERSION,
+            VIRTIO_MMIO_DEVICE_ID => self.device.device_type(),
+            VIRTIO_MMIO_VENDOR_ID => VENDOR_ID,
+            VIRTIO_MMIO_DEVICE_FEATURES => match self.device_features_select {
+                0 => self.device.features() as u32,
+                1 => (self.device.features() >> 32) as u32,
+                _ => 0,
+            },
+            VIRTIO_MMIO_QUEUE_NUM_MAX => self
+                .queues
+                .get(self.queue_select as usize)
+                .map_or(0, |queue| u32::from(queue.max_size())),
+            VIRTIO_MMIO_QUEUE_READY => self
+                .queues
+                .get(self.queue_select as usize)
+                .map_or(0, |queue| u32::from(queue.ready())),
+            VIRTIO_MMIO_INTERRUPT_STATUS => self.interrupt.status(),
+            VIRTIO_MMIO_STATUS => self.status,
+            VIRTIO_MMIO_CONFIG_GENERATION => self.config_generation,
+            _ => {
+                log::debug!("virtio-mmio: read of register {offset:#x}");
+                0
+            }
+        }
+    }
+
+    fn write_register(&mut self, offset: u32, value: u32) {
+        match offset {
+            VIRTIO_MMIO_DEVICE_FEATURES_SEL => self.device_features_select = value,
+            VIRTIO_MMIO_DRIVER_FEATURES_SEL => self.driver_features_select = value,
+            VIRTIO_MMIO_DRIVER_FEATURES if self.features_negotiable() => {
+                let value = u64::from(value);
+                match self.driver_features_select {
+                    0 => self.driver_features = (self.driver_features & !0xFFFF_FFFF) | value,
+                    1 => self.driver_features = (self.driver_features & 0xFFFF_FFFF) | value << 32,
+                    _ => {}
+                }
+            }
+            VIRTIO_MMIO_QUEUE_SEL => self.queue_select = value,
+            VIRTIO_MMIO_QUEUE_NUM if self.queues_configurable() => {
+                if let Some(queue) = self.selected_queue() {
+                    queue.set_size(value as u16);
+                }
+            }
+            VIRTIO_MMIO_QUEUE_READY if self.queues_configurable() => {
+                if let Some(queue) = self.selected_queue() {
+                    queue.set_ready(value == 1);
+                }
+            }
+            VIRTIO_MMIO_QUEUE_DESC_LOW
+            | VIRTIO_MMIO_QUEUE_DESC_HIGH
+            | VIRTIO_MMIO_QUEUE_AVAIL_LOW
+            | VIRTIO_MMIO_QUEUE_AVAIL_HIGH
+            | VIRTIO_MMIO_QUEUE_USED_LOW
+            | VIRTIO_MMIO_QUEUE_USED_HIGH
+                if self.queues_configurable() =>
+            {
+                if let Some(queue) = self.selected_queue() {
+                    let (low, high) = if offset % 8 == 0 {
+                        (Some(value), None)
+                    } else {
+                        (None, Some(value))
+                    };
+                    match offset {
+                        VIRTIO_MMIO_QUEUE_DESC_LOW | VIRTIO_MMIO_QUEUE_DESC_HIGH => {
+                            queue.set_desc_table_address(low, high)
+                        }
+                        VIRTIO_MMIO_QUEUE_AVAIL_LOW | VIRTIO_MMIO_QUEUE_AVAIL_HIGH => {
+                            queue.set_avail_ring_address(low, high)
+                        }
+                        _ => queue.set_used_ring_address(low, high),
+                    }
+                }
+            }
+            // Reached only when no ioeventfd caught the write (unit tests, or a bad index).
+            VIRTIO_MMIO_QUEUE_NOTIFY => {
+                if let Some(event) = self.queue_events.get(value as usize) {
+                    if let Err(err) = event.write(1) {
+                        log::warn!("virtio-mmio: cannot notify queue {value}: {err}");
+                    }
+                }
+            }
+            VIRTIO_MMIO_INTERRUPT_ACK => self.interrupt.acknowledge(value),
+            VIRTIO_MMIO_STATUS => self.write_status(value),
+            _ => log::debug!(
+                "virtio-mmio: write of {value:#x} to register {offset:#x} ignored (status {:#x})",
+                self.status
+            ),
+        }
+    }
+
+    fn write_status(&mut self, value: u32) {
+        if value == 0 {
+            self.reset();
+            return;
+        }
+        if value & VIRTIO_CONFIG_S_FAILED != 0 {
+            self.status |= VIRTIO_CONFIG_S_FAILED;
+            return;
+        }
+        // The driver only ever adds one bit at a time, keeping those it set before.
+        if value & self.status != self.status || (value & !self.status).count_ones() != 1 {
+            log::debug!(
+                "virtio-mmio: status {:#x} -> {value:#x} ignored",
+                self.status
+            );
+            return;
+        }
+        let added = value & !self.status;
+        let allowed = match added {
+            VIRTIO_CONFIG_S_ACKNOWLEDGE => self.status == 0,
+            VIRTIO_CONFIG_S_DRIVER => self.status == VIRTIO_CONFIG_S_ACKNOWLEDGE,
+            VIRTIO_CONFIG_S_FEATURES_OK => {
+                self.status == VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER
+                    && self.features_acceptable()
+            }
+            VIRTIO_CONFIG_S_DRIVER_OK => {
+                self.status
+                    == VIRTIO_CONFIG_S_ACKNOWLEDGE
+                        | VIRTIO_CONFIG_S_DRIVER
+                        | VIRTIO_CONFIG_S_FEATURES_OK
+            }
+            _ => false,
+        };
+        if !allowed {
+            log::debug!(
+                "virtio-mmio: status {:#x} -> {value:#x} ignored",
+                self.status
+            );
+            return;
+        }
+        self.status = value;
+        if added == VIRTIO_CONFIG_S_DRIVER_OK {
+            self.activate();
+        }
+    }
+
+    fn features_acceptable(&self) -> bool {
+        let offered = self.device.features();
+        self.driver_features & !offered == 0 && self.driver_features & VIRTIO_F_VERSION_1 != 0
+    }
+
+    fn activate(&mut self) {
+        let event_idx = self.driver_features & super::VIRTIO_RING_F_EVENT_IDX != 0;
+        let mut active = Vec::new();
+        let mut usable = true;
+        for (index, queue) in self.queues.iter_mut().enumerate() {
+            if !queue.ready() {
+                continue;
+            }
+            if !queue.is_valid(&self.memory) {
+                log::warn!("virtio-mmio: queue {index} is invalid (size or ring addresses)");
+                usable = false;
+                break;
+            }
+            queue.set_event_idx(event_idx);
+            // The transport keeps the configuration; the device gets a copy to run.
+            let copy = Queue::try_from(queue.state()).map_err(std::io::Error::other);
+            match copy.and_then(|copy| Ok((copy, self.queue_events[index].try_clone()?))) {
+                Ok((queue, event)) => active.push(ActiveQueue { queue, event }),
+                Err(err) => {
+                    log::error!("virtio-mmio: cannot hand queue {index} over: {err}");
+                    usable = false;
+                    break;
+                }
+            }
+        }
+        if !usable {
+            self.needs_reset();
+            return;
+        }
+        match self.device.activate(
+            self.memory.clone(),
+            active,
+            Arc::clone(&self.interrupt),
+            self.driver_features,
+        ) {
+            Ok(()) => {
+                self.active = true;
+                self.device.counters().activated(self.driver_features);
+            }
+            Err(err) => {
+                log::warn!(
+                    "virtio-mmio: cannot activate the {:?} device: {err}",
+                    self.device.kind()
+                );
+                self.needs_reset();
+            }
+        }
+    }
+
+    fn needs_reset(&mut self) {
+        self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
+        let _ = self.interrupt.signal(VirtioInterrupt::CONFIG);
+    }
+
+    /// Status 0: stops the device and forgets everything the driver set up.
+    fn reset(&mut self) {
+        if self.status != 0 {
+            self.device.reset();
+            self.device.counters().was_reset();
+        }
+        self.active = false;
+        self.status = 0;
+        self.driver_features = 0;
+        self.device_features_select = 0;
+        self.driver_features_select = 0;
+        self.queue_select = 0;
+        for queue in &mut self.queues {
+            queue.reset();
+        }
+        self.interrupt.clear();
+        // Notifications written before the reset belong to the queues just dropped.
+        for event in &self.queue_events {
+            let _ = event.read();
+        }
+    }
+}
+
+fn new_queues(sizes: &[u16]) -> Result<Vec<Queue>, TransportError> {
+    sizes
+        .iter()
+        .map(|&size| Queue::new(size).map_err(|_| TransportError::QueueSize(size)))
+        .collect()
+}
+
+impl MmioDevice for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= u64::from(VIRTIO_MMIO_CONFIG) {
+            self.device
+                .read_config(offset - u64::from(VIRTIO_MMIO_CONFIG), data);
+            return;
+        }
+        // Registers below the config space are 32 bits wide and aligned.
+        if data.len() != 4 || offset % 4 != 0 {
+            data.fill(0);
+            return;
+        }
+        data.copy_from_slice(&self.read_register(offset as u32).to_le_bytes());
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= u64::from(VIRTIO_MMIO_CONFIG) {
+            // No device here has a writable configuration field.
+            log::debug!("virtio-mmio: config write at {offset:#x} ignored");
+            return;
+        }
+        let Ok(bytes) = <[u8; 4]>::try_from(data) else {
+            return;
+        };
+        if offset % 4 != 0 {
+            return;
+        }
+        self.write_register(offset as u32, u32::from_le_bytes(bytes));
+    }
+}
+
+impl Drop for MmioTransport {
+    fn drop(&mut self) {
+        if self.active {
+            self.device.reset();
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! The thread that serves an active device's queues, from activation to reset.
+
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use super::{ActiveQueue, VirtioInterrupt};
+
+/// Failures starting a worker.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The epoll set or the stop eventfd could not be made.
+    #[error("Cannot set up the worker's epoll set")]
+    Epoll(#[source] std::io::Error),
+    /// The thread could not be spawned.
+    #[error("Cannot spawn the worker thread")]
+    Spawn(#[source] std::io::Error),
+}
+
+/// What a device does when one of its queues is notified.
+pub trait QueueHandler: Send + 'static {
+    /// Serves every available chain of queue `index`; returns whether the guest must be
+    /// interrupted. Must never panic on guest input.
+    fn process(&mut self, index: usize, queue: &mut Queue, memory: &GuestMemoryMmap) -> bool;
+}
+
+/// A running worker thread; [`QueueWorker::stop`] (or drop) ends and joins it.
+pub struct QueueWorker {
+    stop: EventFd,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl QueueWorker {
+    /// Starts serving `queues` with `handler` on a thread called `name`.
+    pub fn start<H: QueueHandler>(
+        name: String,
+        memory: GuestMemoryMmap,
+        queues: Vec<ActiveQueue>,
+        interrupt: Arc<VirtioInterrupt>,
+        handler: H,
+    ) -> Result<Self, WorkerError> {
+        let stop = EventFd::new(EFD_NONBLOCK).map_err(WorkerError::Epoll)?;
+        let epoll = Epoll::new().map_err(WorkerError::Epoll)?;
+        let stop_token = queues.len() as u64;
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                stop.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, stop_token),
+            )
+            .map_err(WorkerError::Epoll)?;
+        for (index, queue) in queues.iter().enumerate() {
+            epoll
+                .ctl(
+                    ControlOperation::Add,
+                    queue.event.as_raw_fd(),
+                    EpollEvent::new(EventSet::IN, index as u64),
+                )
+                .map_err(WorkerError::Epoll)?;
+        }
+        let thread_stop = stop.try_clone().map_err(WorkerError::Epoll)?;
+        let mut state = WorkerState {
+            epoll,
+            stop: thread_stop,
+            stop_token,
+            memory,
+            queues,
+            interrupt,
+            handler,
+        };
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || state.run())
+            .map_err(WorkerError::Spawn)?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Ends the thread and waits for it: afterwards it touches no guest memory.
+    pub fn stop(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        if let Err(err) = self.stop.write(1) {
+            log::error!("Cannot stop a virtio worker: {err}");
+        }
+        if thread.join().is_err() {
+            log::error!("A virtio worker thread panicked");
+        }
+    }
+}
+
+impl Drop for QueueWorker {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+struct WorkerState<H> {
+    epoll: Epoll,
+    stop: EventFd,
+    stop_token: u64,
+    memory: GuestMemoryMmap,
+    queues: Vec<ActiveQueue>,
+    interrupt: Arc<VirtioInterrupt>,
+    handler: H,
+}
+
+impl<H: QueueHandler> WorkerState<H> {
+    fn run(&mut self) {
+        // Chains made available before activation (or while the eventfd was being handed
+        // over) are served without waiting for another notification.
+        for index in 0..self.queues.len() {
+            self.serve(index);
+        }
+        let mut events = vec![EpollEvent::default(); self.queues.len() + 1];
+        loop {
+            let ready = match self.epoll.wait(-1, &mut events) {
+                Ok(ready) => ready,
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(err) => {
+                    log::error!("virtio worker: epoll_wait failed: {err}");
+                    return;
+                }
+            };
+            for event in &events[..ready] {
+                let token = event.data();
+                if token == self.stop_token {
+                    let _ = self.stop.read();
+                    return;
+                }
+                let index = token as usize;
+                if let Some(queue) = self.queues.get(index) {
+                    // Non-blocking: a notification already consumed reads EAGAIN.
+                    let _ = queue.event.read();
+                    self.serve(index);
+                }
+            }
+        }
+    }
+
+    fn serve(&mut self, index: usize) {
+        let Some(active) = self.queues.get_mut(index) else {
+            return;
+        };
+        if self.handler.process(index, &mut active.queue, &self.memory) {
+            if let Err(err) = self.interrupt.signal(VirtioInterrupt::USED_RING) {
+                log::error!("virtio worker: cannot raise the interrupt: {err}");
+            }
+        }
+    }
+}
+
+/// Pops every available chain of `queue` and hands it to `serve`, which returns the number of
+/// bytes it wrote into the chain; then tells whether the driver wants an interrupt.
+///
+/// Notifications are disabled while chains are served and enabled again before the queue
+/// is found empty, so a chain made available in between is not missed (the virtio
+/// "enable, then check again" pattern).
+pub(crate) fn drain_queue(
+    queue: &mut Queue,
+    memory: &GuestMemoryMmap,
+    mut serve: impl FnMut(&mut virtio_queue::DescriptorChain<&GuestMemoryMmap>) -> u32,
+) -> bool {
+    use virtio_queue::QueueT;
+    let mut used_any = false;
+    loop {
+        if let Err(err) = queue.disable_notification(memory) {
+            log::warn!("virtio: cannot disable notifications: {err}");
+            break;
+        }
+        while let Some(mut chain) = queue.pop_descriptor_chain(memory) {
+            let head = chain.head_index();
+            let written = serve(&mut chain);
+            if let Err(err) = queue.add_used(memory, head, written) {
+                log::warn!("virtio: cannot add a used entry: {err}");
+                return used_any;
+            }
+            used_any = true;
+        }
+        match queue.enable_notification(memory) {
+            Ok(true) => continue,
+            Ok(false) => break,
+            Err(err) => {
+                log::warn!("virtio: cannot enable notifications: {err}");
+                break;
+            }
+        }
+    }
+    used_any
+        && queue.needs_notification(memory).unwrap_or_else(|err| {
+            log::warn!("virtio: cannot read the used event index: {err}");
+            true
+        })
+}
