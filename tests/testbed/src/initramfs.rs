@@ -178,13 +178,13 @@ pub fn stage(
 }
 
 const LIB_SH: &str = include_str!("../scenarios/lib.sh");
-const GUEST_INIT: &str = include_str!("../scenarios/guest-init.sh");
+const GUEST_INIT: &str = include_str!("../../../resources/guest/init.sh");
 
 /// The size of the nested guest's root disk image (sparse on this side).
 const ROOTFS_SIZE: &str = "64M";
 
 /// Stages the nested guest: the kernel as `guest/Image`; a busybox initramfs as
-/// `guest/initrd.cpio`, whose init is `scenarios/guest-init.sh` and which holds the modules
+/// `guest/initrd.cpio`, whose init is `resources/guest/init.sh` and which holds the modules
 /// with their load order in `lib/modules/load-order`; and an ext4 root disk image as
 /// `guest/rootfs.ext4` for `root=/dev/vdX`, which the initramfs's init switches to.
 fn stage_guest(work_dir: &Path, artefacts: &Artefacts, root: &Path) -> Result<(), InitramfsError> {
