@@ -270,11 +270,29 @@ bench)
     poweroff -f
     ;;
 demo)
+    # The main job without a terminal (scripts/run.sh in CI): a greeting, one suspend-to-RAM
+    # woken by the RTC (reported as `@@guest cycle=1 ...`), power-off.
     echo "Hello from an arm64 Linux guest on our vmm:"
     uname -a
+    echo "Root file system: $root_dev ($(awk '$2 == "/" { print $3 ", " substr($4, 1, 2) }' /proc/mounts))"
     echo "CPUs online: $(cat /sys/devices/system/cpu/online); memory: $(grep MemTotal /proc/meminfo)"
     echo "RTC: $(cat /sys/class/rtc/rtc0/name 2>/dev/null) at $(date -u -d @"$rtc" 2>/dev/null)"
     echo "Sleep states: $(cat /sys/power/state); mem_sleep: $(cat /sys/power/mem_sleep 2>/dev/null)"
+    echo "Suspending to RAM for 2 s (rtcwake -m mem -s 2):"
+    suspend_cycle 1
+    echo "Back from suspend-to-RAM; suspends so far: $(cat /sys/power/suspend_stats/success). Powering off."
+    poweroff -f
+    ;;
+shell)
+    # The main job on a terminal (scripts/run.sh): a shell on the console, and a keypress on
+    # it wakes the guest from suspend-to-RAM.
+    echo enabled > /sys/class/tty/ttyS0/power/wakeup
+    echo
+    echo "Guest shell on $root_dev ($(nproc) CPUs). Try:"
+    echo "  echo mem > /sys/power/state     the VM sleeps; press any key to wake it"
+    echo "  cat /sys/power/suspend_stats/success     suspends so far"
+    echo "  poweroff -f     leave (vmm exits)"
+    PS1='guest:\w# ' setsid cttyhack sh
     poweroff -f
     ;;
 *)

@@ -1,17 +1,22 @@
 //! A Linux guest that suspends to RAM with no alarm set is woken by the host: by the GPIO wake
-//! button, and by a byte on its serial console. While it sleeps, the VMM must not use CPU.
+//! button, and by a byte on its serial console. While it sleeps, the VMM must not use CPU, also
+//! with virtio devices attached: the guest resets every device before it sleeps (its
+//! virtio-mmio freeze), so no device thread is left, and sets each up again after the wakeup.
 //!
-//! Needs an arm64 KVM host and the testbed's guest: `VMM_TEST_KERNEL` (Debian's arm64 Image)
-//! and `VMM_TEST_INITRD` (the testbed's busybox initramfs, whose init understands
-//! `vmmtest=suspend-wait`). The testbed sets both.
+//! Needs an arm64 KVM host and the testbed's guest: `VMM_TEST_KERNEL` (Debian's arm64 Image),
+//! `VMM_TEST_INITRD` (the testbed's busybox initramfs, whose init understands
+//! `vmmtest=suspend-wait`) and `VMM_TEST_ROOTFS` (its ext4 root disk). The testbed sets them.
 #![cfg(target_arch = "aarch64")]
 
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use devices::virtio::DeviceKind;
 use vmm::events::{VmEvent, VmEventKind, WakeSource};
-use vmm::{Console, ExitReason, Vm, VmConfig, VmHandle, VmState};
+use vmm::virtio_devices::DeviceInfo;
+use vmm::{Console, DiskConfig, ExitReason, Vm, VmConfig, VmHandle, VmState};
+use vmm_sys_util::tempdir::TempDir;
 
 fn guest_file(variable: &str) -> std::path::PathBuf {
     std::env::var_os(variable)
@@ -23,13 +28,29 @@ struct Guest {
     handle: VmHandle,
     events: Receiver<VmEvent>,
     console: Arc<Mutex<Vec<u8>>>,
+    /// Holds the root disk's copy, if it has one.
+    _scratch: TempDir,
 }
 
 impl Guest {
-    fn boot(cpus: u32) -> Self {
+    /// Boots the guest with `cpus` vCPUs: from a copy of the root disk (with virtio-rng) when
+    /// `root_disk`, else from the initramfs alone with no virtio device.
+    fn boot(cpus: u32, root_disk: bool) -> Self {
+        let scratch = TempDir::new_with_prefix(std::env::temp_dir().join("linux-wake-")).unwrap();
         let mut config = VmConfig::new(guest_file("VMM_TEST_KERNEL"));
         config.initramfs = Some(guest_file("VMM_TEST_INITRD"));
         config.cmdline = "console=ttyS0 quiet panic=-1 vmmtest=suspend-wait".into();
+        if root_disk {
+            let root = scratch.as_path().join("rootfs.ext4");
+            std::fs::copy(guest_file("VMM_TEST_ROOTFS"), &root).unwrap();
+            config.disks = vec![DiskConfig {
+                id: Some("root".into()),
+                ..DiskConfig::new(root)
+            }];
+            config.cmdline.push_str(" root=/dev/vda rw");
+        } else {
+            config.rng = false;
+        }
         config.cpus = cpus;
         config.memory_mib = 256;
         let console: Arc<Mutex<Vec<u8>>> = Arc::new(Mutex::new(Vec::new()));
@@ -42,6 +63,7 @@ impl Guest {
             handle,
             events,
             console,
+            _scratch: scratch,
         }
     }
 
@@ -98,16 +120,51 @@ fn cpu_time() -> Duration {
     Duration::from_millis((fields[11] + fields[12]) * 10)
 }
 
+/// Threads of this process whose name says they serve a virtio device.
+fn device_threads() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| name.starts_with("virtio-"))
+        .collect()
+}
+
+fn kinds(devices: &[DeviceInfo]) -> Vec<DeviceKind> {
+    devices.iter().map(|device| device.kind).collect()
+}
+
 /// Boots, waits until the guest is suspended, checks it stays asleep without using CPU, wakes
-/// it with `wake`, and checks it resumed from that source and came back.
-fn suspend_then_wake(cpus: u32, source: WakeSource, wake: impl Fn(&VmHandle)) {
-    let guest = Guest::boot(cpus);
+/// it with `wake`, and checks it resumed from that source and came back. With `root_disk`, also
+/// checks that the guest reset its devices before it slept and set them up again after.
+fn suspend_then_wake(cpus: u32, root_disk: bool, source: WakeSource, wake: impl Fn(&VmHandle)) {
+    let guest = Guest::boot(cpus, root_disk);
     let latency = guest.wait_event(Duration::from_secs(120), |kind| match kind {
         VmEventKind::Suspended { latency_us, .. } => Some(*latency_us),
         _ => None,
     });
     guest.wait_console("@@guest suspending", Duration::from_secs(30));
     assert_eq!(guest.handle.state(), VmState::Suspended);
+    let asleep = guest.handle.info().devices;
+    if root_disk {
+        assert_eq!(kinds(&asleep), [DeviceKind::Block, DeviceKind::Rng]);
+        for device in &asleep {
+            let stats = device.stats;
+            assert!(stats.activations >= 1, "{device:?}");
+            assert_eq!(
+                stats.resets, stats.activations,
+                "not reset before sleeping: {device:?}"
+            );
+        }
+        assert!(asleep[0].stats.requests > 0, "{:?}", asleep[0]);
+    } else {
+        assert_eq!(asleep, []);
+    }
+    assert_eq!(
+        device_threads(),
+        Vec::<String>::new(),
+        "device threads while asleep"
+    );
 
     let (cpu_before, wall_before) = (cpu_time(), Instant::now());
     std::thread::sleep(Duration::from_secs(5));
@@ -138,6 +195,19 @@ fn suspend_then_wake(cpus: u32, source: WakeSource, wake: impl Fn(&VmHandle)) {
     println!("resumed by {woken_by} (resume latency {resume_latency} us)");
     assert_eq!(woken_by, source);
     let line = guest.wait_console("@@guest resumed", Duration::from_secs(60));
+    let awake = guest.handle.info().devices;
+    assert_eq!(kinds(&awake), kinds(&asleep));
+    for (before, after) in asleep.iter().zip(&awake) {
+        assert_eq!(
+            after.stats.activations,
+            before.stats.activations + 1,
+            "not set up again after the wakeup: {after:?}"
+        );
+        assert_eq!(after.stats.resets, before.stats.resets);
+    }
+    if root_disk {
+        assert_eq!(device_threads().len(), 2, "{:?}", device_threads());
+    }
     assert!(line.contains("rc=0"), "{line}");
     assert!(line.contains("success_before=0 success_after=1"), "{line}");
     let online = if cpus == 1 {
@@ -155,15 +225,15 @@ fn suspend_then_wake(cpus: u32, source: WakeSource, wake: impl Fn(&VmHandle)) {
 }
 
 #[test]
-fn the_gpio_wake_button_wakes_a_suspended_guest() {
-    suspend_then_wake(2, WakeSource::Gpio, |handle| {
+fn the_gpio_wake_button_wakes_a_suspended_guest_with_its_disk_and_rng() {
+    suspend_then_wake(2, true, WakeSource::Gpio, |handle| {
         handle.press_wake_button().unwrap()
     });
 }
 
 #[test]
 fn a_byte_on_the_serial_console_wakes_a_suspended_guest() {
-    suspend_then_wake(1, WakeSource::Serial, |handle| {
+    suspend_then_wake(1, false, WakeSource::Serial, |handle| {
         assert_eq!(handle.send_console_input(b"\r").unwrap(), 1);
     });
 }

@@ -1,6 +1,7 @@
 //! PSCI SYSTEM_SUSPEND through the `vmm` library, on real KVM: bare-metal guests of raw A64
 //! code, like the kernel's `psci_test.c`, but booted by [`vmm::Vm`] with its GIC, RTC and UART.
-//! The guest reports values over the UART as a tag byte and eight little-endian bytes.
+//! The guest reports values over the UART as a tag byte and eight little-endian bytes. The
+//! last test is a hostile virtio driver: it hands the virtio-blk device malformed chains.
 #![cfg(target_arch = "aarch64")]
 
 use std::sync::{Arc, Mutex};
@@ -10,12 +11,12 @@ use arch_aarch64::a64::{
     Assembler, CURRENT_EL, ICC_IGRPEN1_EL1, ICC_PMR_EL1, ICC_SRE_EL1, SCTLR_EL1,
 };
 use arch_aarch64::image::ImageHeader;
-use arch_aarch64::layout::{GIC_DIST_BASE, RAM_START, RTC_BASE, UART_BASE};
+use arch_aarch64::layout::{GIC_DIST_BASE, RAM_START, RTC_BASE, UART_BASE, VIRTIO_MMIO_BASE};
 use arch_aarch64::psci::{
     CPU_ON_64, PSCI_FEATURES, PsciReturn, SYSTEM_OFF, SYSTEM_SUSPEND_32, SYSTEM_SUSPEND_64,
 };
 use vmm::events::{VmEventKind, WakeSource};
-use vmm::{Console, ExitReason, Vm, VmConfig};
+use vmm::{Console, DiskConfig, ExitReason, Vm, VmConfig};
 use vmm_sys_util::tempdir::TempDir;
 
 /// Where the kernel Image is loaded: RAM + 2 MiB.
@@ -294,5 +295,180 @@ fn invalid_address_for_an_entry_outside_ram() {
     assert_eq!(
         run.report(b'S').and_then(PsciReturn::from_x0),
         Some(PsciReturn::InvalidAddress)
+    );
+}
+
+/// A hostile virtio driver on real KVM: a looping chain, a buffer beyond RAM and one in the
+/// GIC's MMIO frame each get a used entry (with IOERR where a status byte can be found), a
+/// good request next to them is served, and vmm keeps running.
+#[test]
+fn malformed_virtio_chains_get_errors_and_vmm_keeps_running() {
+    // Queue and buffers inside the loaded image, above the code.
+    const QUEUE: u64 = LOAD + 0x2000;
+    const AVAIL: u64 = QUEUE + 0x100;
+    const USED: u64 = QUEUE + 0x200;
+    const HEADER: u64 = LOAD + 0x3000;
+    const STATUS: u64 = LOAD + 0x3100; // one byte per chain: A, B, C, D
+    const DATA_A: u64 = LOAD + 0x3200;
+    const DATA_C: u64 = LOAD + 0x3400;
+    const BEYOND_RAM: u64 = 0x1_0000_0000;
+    const NEXT: u16 = 1;
+    const WRITE: u16 = 2;
+    let virtio = VIRTIO_MMIO_BASE;
+
+    let mut asm = program();
+    asm.mov_imm(1, virtio);
+    let reg = |asm: &mut Assembler, offset: u32, value: u64| {
+        asm.mov_imm(2, value);
+        asm.str_w(2, 1, offset);
+    };
+    // Reset, ACKNOWLEDGE, DRIVER, VERSION_1 (feature bit 32), FEATURES_OK.
+    reg(&mut asm, 0x70, 0);
+    reg(&mut asm, 0x70, 1);
+    reg(&mut asm, 0x70, 3);
+    reg(&mut asm, 0x24, 1);
+    reg(&mut asm, 0x20, 1);
+    reg(&mut asm, 0x24, 0);
+    reg(&mut asm, 0x20, 0);
+    reg(&mut asm, 0x70, 0xB);
+    // Queue 0: 16 entries on the rings above; ready; DRIVER_OK; notify.
+    reg(&mut asm, 0x30, 0);
+    reg(&mut asm, 0x38, 16);
+    for (low, addr) in [(0x80, QUEUE), (0x90, AVAIL), (0xA0, USED)] {
+        reg(&mut asm, low, addr & 0xFFFF_FFFF);
+        reg(&mut asm, low + 4, addr >> 32);
+    }
+    reg(&mut asm, 0x44, 1);
+    reg(&mut asm, 0x70, 0xF);
+    reg(&mut asm, 0x50, 0);
+    // Wait until the device has used all four chains.
+    asm.mov_imm(3, USED);
+    let poll = asm.offset();
+    asm.ldr_w(4, 3, 0);
+    asm.lsr_imm(4, 4, 16);
+    asm.sub_imm(4, 4, 4);
+    asm.cbnz_to(4, poll);
+    for entry in 0..4u32 {
+        asm.ldr_w(5, 3, 4 + 8 * entry);
+        report(&mut asm, b'0' + entry as u8, 5);
+        asm.ldr_w(5, 3, 8 + 8 * entry);
+        report(&mut asm, b'a' + entry as u8, 5);
+    }
+    asm.mov_imm(6, STATUS);
+    asm.ldr_w(5, 6, 0);
+    report(&mut asm, b'S', 5);
+    asm.mov_imm(6, DATA_C);
+    asm.ldr_x(5, 6, 0);
+    report(&mut asm, b'D', 5);
+    let spin = asm.offset();
+    asm.wfi();
+    asm.b_to(spin);
+
+    let mut bytes = image(&asm);
+    bytes.resize(0x4000, 0);
+    let mut put = |addr: u64, data: &[u8]| {
+        let at = (addr - LOAD) as usize;
+        bytes[at..at + data.len()].copy_from_slice(data);
+    };
+    let descriptors: [(u64, u32, u16, u16); 12] = [
+        // A: header -> data -> status -> data -> status ... (1 and 2 loop)
+        (HEADER, 16, NEXT, 1),
+        (DATA_A, 512, NEXT | WRITE, 2),
+        (STATUS, 1, NEXT | WRITE, 1),
+        // B: a data buffer beyond RAM
+        (HEADER, 16, NEXT, 4),
+        (BEYOND_RAM, 512, NEXT | WRITE, 5),
+        (STATUS + 1, 1, WRITE, 0),
+        // C: a good read of sector 0
+        (HEADER, 16, NEXT, 7),
+        (DATA_C, 512, NEXT | WRITE, 8),
+        (STATUS + 2, 1, WRITE, 0),
+        // D: a data buffer on the GIC distributor's MMIO frame
+        (HEADER, 16, NEXT, 10),
+        (GIC_DIST_BASE, 512, NEXT | WRITE, 11),
+        (STATUS + 3, 1, WRITE, 0),
+    ];
+    for (index, (addr, len, flags, next)) in descriptors.into_iter().enumerate() {
+        let mut raw = addr.to_le_bytes().to_vec();
+        raw.extend(len.to_le_bytes());
+        raw.extend(flags.to_le_bytes());
+        raw.extend(next.to_le_bytes());
+        put(QUEUE + 16 * index as u64, &raw);
+    }
+    // avail: flags, idx 4, ring [A, B, D, C].
+    put(AVAIL, &[0, 0, 4, 0, 0, 0, 3, 0, 9, 0, 6, 0]);
+    // header: VIRTIO_BLK_T_IN, sector 0.
+    put(HEADER, &[0; 16]);
+    put(STATUS, &[0xEE; 4]);
+
+    let dir = TempDir::new_with_prefix(std::env::temp_dir().join("virtio-hostile-")).unwrap();
+    let kernel = dir.as_path().join("Image");
+    std::fs::write(&kernel, &bytes).unwrap();
+    let disk = dir.as_path().join("disk.img");
+    let pattern: Vec<u8> = (0..64 * 1024u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&disk, &pattern).unwrap();
+    let mut config = VmConfig::new(&kernel);
+    config.memory_mib = 64;
+    config.rng = false;
+    config.disks = vec![DiskConfig::new(&disk)];
+    let output: Arc<Mutex<Vec<u8>>> = Arc::new(Mutex::new(Vec::new()));
+    let vm = Vm::new(config)
+        .unwrap()
+        .with_console(Console::Writer(output.clone()));
+    let handle = vm.start().unwrap();
+    // 10 reports of 9 bytes; only a deadlock or a crashed device takes 60 s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while output.lock().unwrap().len() < 90 {
+        assert!(
+            std::time::Instant::now() < deadline && !handle.has_exited(),
+            "the guest did not see its four chains used: {:x?}, exit {:?}",
+            output.lock().unwrap(),
+            handle.wait_timeout(Duration::ZERO)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let reports: Vec<(u8, u64)> = output.lock().unwrap()[..90]
+        .chunks(9)
+        .map(|chunk| {
+            (
+                chunk[0],
+                u64::from_le_bytes(chunk[1..9].try_into().unwrap()),
+            )
+        })
+        .collect();
+    let value = |tag: u8| reports.iter().find(|(t, _)| *t == tag).map(|(_, v)| *v);
+    // Used entries in order: A (loop: no status found, length 0), B and D (IOERR written:
+    // length 1), C (512 bytes read plus the status byte).
+    let used: Vec<(Option<u64>, Option<u64>)> = (0..4u8)
+        .map(|entry| (value(b'0' + entry), value(b'a' + entry)))
+        .collect();
+    assert_eq!(
+        used,
+        [
+            (Some(0), Some(0)),
+            (Some(3), Some(1)),
+            (Some(9), Some(1)),
+            (Some(6), Some(513))
+        ]
+    );
+    // Status bytes A..D: A untouched, B IOERR, C OK, D IOERR.
+    assert_eq!(value(b'S'), Some(0x01_00_01_EE));
+    assert_eq!(
+        value(b'D'),
+        Some(u64::from_le_bytes(pattern[..8].try_into().unwrap()))
+    );
+    let device = handle.info().devices.remove(0);
+    assert_eq!((device.stats.requests, device.stats.errors), (4, 3));
+    assert_eq!(handle.state(), vmm::VmState::Running);
+    handle.shutdown().unwrap();
+    let exit = handle
+        .wait_timeout(Duration::from_secs(60))
+        .expect("vmm did not stop")
+        .unwrap();
+    assert_eq!(exit, ExitReason::Shutdown);
+    assert_eq!(
+        std::fs::read(&disk).unwrap(),
+        pattern,
+        "the image was written"
     );
 }

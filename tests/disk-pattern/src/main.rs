@@ -5,6 +5,8 @@
 //! ```text
 //! disk-pattern write DEV --seed N --size BYTES [--stop-file PATH] [--no-direct]
 //! disk-pattern verify FILE_OR_DEV --seed N --gen G --size BYTES [--direct]
+//! disk-pattern bench DEV --mode seqread|seqwrite|randread --block BYTES --seconds S
+//!                        [--size BYTES] [--seed N] [--no-direct]
 //! ```
 //!
 //! Every 4 KiB block carries a header (magic, block index, generation, seed) and a body of
@@ -20,20 +22,32 @@
 //! `verify` prints `pattern-verify ok=BOOL blocks=N bad=N first_bad=INDEX|none stale=N zero=N
 //! misplaced=N corrupt=N` and exits 0 only when every block is generation G's.
 //!
+//! `bench` measures throughput for `scripts/bench.sh`: one request of `--block` bytes at a time
+//! (queue depth 1), `O_DIRECT` from an aligned buffer unless `--no-direct`, for `--seconds`
+//! (the request under way when they run out is finished and counted). `seqread` and `seqwrite`
+//! go through the first `--size` bytes (default: the whole device) in order and wrap around;
+//! `randread` reads block-aligned offsets drawn uniformly from it (splitmix64 from `--seed`).
+//! `seqwrite` writes pseudo-random bytes and ends with an `fdatasync` inside the timed span.
+//! It prints `disk-bench mode=M block=B span=BYTES ops=N bytes=N ns=ELAPSED mbps=X iops=Y`
+//! (MB/s in 10^6 bytes per second). The pattern is not kept: it overwrites the disk.
+//!
 //! Exit status: 0 success, 1 a failed verification or an I/O error, 2 bad usage.
 
 use std::alloc::{Layout, alloc_zeroed, dealloc, handle_alloc_error};
 use std::fmt;
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, Seek, SeekFrom};
 use std::ops::{Deref, DerefMut};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::ptr::NonNull;
+use std::time::{Duration, Instant};
 
 /// The pattern's unit: one header and body.
 const BLOCK: usize = 4096;
+/// The unit `bench` requests come in: the smallest `O_DIRECT` alignment of a virtio disk.
+const SECTOR: u64 = 512;
 /// The size of every read and write, and the alignment `O_DIRECT` gets.
 const CHUNK: usize = 1 << 20;
 /// The header: magic, block index, generation, seed; each a little-endian u64.
@@ -305,6 +319,151 @@ fn verify(
     Ok(report)
 }
 
+/// What `bench` measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BenchMode {
+    /// Reads in order.
+    SeqRead,
+    /// Writes in order.
+    SeqWrite,
+    /// Reads at random block-aligned offsets.
+    RandRead,
+}
+
+impl BenchMode {
+    fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "seqread" => Self::SeqRead,
+            "seqwrite" => Self::SeqWrite,
+            "randread" => Self::RandRead,
+            _ => return None,
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::SeqRead => "seqread",
+            Self::SeqWrite => "seqwrite",
+            Self::RandRead => "randread",
+        }
+    }
+
+    fn writes(self) -> bool {
+        self == Self::SeqWrite
+    }
+}
+
+/// The offsets of a benchmark's requests: in order with wrap-around, or uniformly random,
+/// always whole blocks inside the span.
+struct Offsets {
+    random: bool,
+    block: u64,
+    blocks: u64,
+    next: u64,
+    state: u64,
+}
+
+impl Offsets {
+    /// Offsets of `block`-byte requests in `[0, blocks * block)`.
+    fn new(mode: BenchMode, block: u64, blocks: u64, seed: u64) -> Self {
+        Self {
+            random: mode == BenchMode::RandRead,
+            block,
+            blocks: blocks.max(1),
+            next: 0,
+            state: seed,
+        }
+    }
+
+    fn next_offset(&mut self) -> u64 {
+        let index = if self.random {
+            splitmix64(&mut self.state) % self.blocks
+        } else {
+            let index = self.next;
+            self.next = (self.next + 1) % self.blocks;
+            index
+        };
+        index * self.block
+    }
+}
+
+/// What a benchmark did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct BenchReport {
+    mode: BenchMode,
+    block: u64,
+    span: u64,
+    ops: u64,
+    elapsed: Duration,
+}
+
+impl BenchReport {
+    fn bytes(&self) -> u64 {
+        self.ops * self.block
+    }
+}
+
+impl fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let seconds = self.elapsed.as_secs_f64().max(1e-9);
+        write!(
+            f,
+            "disk-bench mode={} block={} span={} ops={} bytes={} ns={} mbps={:.1} iops={:.0}",
+            self.mode.name(),
+            self.block,
+            self.span,
+            self.ops,
+            self.bytes(),
+            self.elapsed.as_nanos(),
+            self.bytes() as f64 / seconds / 1e6,
+            self.ops as f64 / seconds
+        )
+    }
+}
+
+/// Issues `buf.len()`-byte requests to `[0, span)` of `file` one at a time for `duration`.
+fn bench(
+    file: &File,
+    buf: &mut [u8],
+    mode: BenchMode,
+    span: u64,
+    duration: Duration,
+    seed: u64,
+) -> io::Result<BenchReport> {
+    let block = buf.len() as u64;
+    if mode.writes() {
+        let mut state = seed;
+        for slot in buf.chunks_exact_mut(8) {
+            slot.copy_from_slice(&splitmix64(&mut state).to_le_bytes());
+        }
+    }
+    let mut offsets = Offsets::new(mode, block, span / block, seed);
+    let mut ops = 0;
+    let start = Instant::now();
+    loop {
+        let offset = offsets.next_offset();
+        if mode.writes() {
+            file.write_all_at(buf, offset)?;
+        } else {
+            file.read_exact_at(buf, offset)?;
+        }
+        ops += 1;
+        if start.elapsed() >= duration {
+            break;
+        }
+    }
+    if mode.writes() {
+        file.sync_data()?;
+    }
+    Ok(BenchReport {
+        mode,
+        block,
+        span: span / block * block,
+        ops,
+        elapsed: start.elapsed(),
+    })
+}
+
 /// A parsed command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Command {
@@ -322,10 +481,21 @@ enum Command {
         size: u64,
         direct: bool,
     },
+    Bench {
+        path: PathBuf,
+        mode: BenchMode,
+        block: u64,
+        duration: Duration,
+        size: Option<u64>,
+        seed: u64,
+        direct: bool,
+    },
 }
 
 const USAGE: &str = "usage: disk-pattern write DEV --seed N --size BYTES [--stop-file PATH] [--no-direct]\n       \
-                     disk-pattern verify FILE_OR_DEV --seed N --gen G --size BYTES [--direct]";
+                     disk-pattern verify FILE_OR_DEV --seed N --gen G --size BYTES [--direct]\n       \
+                     disk-pattern bench DEV --mode seqread|seqwrite|randread --block BYTES --seconds S \
+                     [--size BYTES] [--seed N] [--no-direct]";
 
 /// A byte count: decimal, with an optional K, M or G (binary) suffix.
 fn parse_size(text: &str) -> Option<u64> {
@@ -340,6 +510,9 @@ fn parse_size(text: &str) -> Option<u64> {
 
 fn parse_args(args: &[String]) -> Result<Command, String> {
     let (mode, rest) = args.split_first().ok_or("no command")?;
+    if mode == "bench" {
+        return parse_bench(rest);
+    }
     let mut path = None;
     let mut seed = None;
     let mut size = None;
@@ -399,6 +572,76 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
         }),
         other => Err(format!("unknown command {other:?}")),
     }
+}
+
+/// The arguments of `bench`.
+fn parse_bench(args: &[String]) -> Result<Command, String> {
+    let mut path = None;
+    let mut mode = None;
+    let mut block = None;
+    let mut duration = None;
+    let mut size = None;
+    let mut seed = 1;
+    let mut direct = true;
+    let mut words = args.iter();
+    while let Some(word) = words.next() {
+        let mut value = |name: &str| {
+            words
+                .next()
+                .cloned()
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match word.as_str() {
+            "--mode" => {
+                let text = value("--mode")?;
+                mode = Some(BenchMode::parse(&text).ok_or(format!("bad --mode {text:?}"))?);
+            }
+            "--block" => {
+                let text = value("--block")?;
+                block = Some(parse_size(&text).ok_or(format!("bad --block {text:?}"))?);
+            }
+            "--seconds" => {
+                let text = value("--seconds")?;
+                let seconds = text
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|seconds| seconds.is_finite() && *seconds > 0.0 && *seconds < 1e6)
+                    .ok_or(format!("bad --seconds {text:?}"))?;
+                duration = Some(Duration::from_secs_f64(seconds));
+            }
+            "--size" => {
+                let text = value("--size")?;
+                size = Some(parse_size(&text).ok_or(format!("bad --size {text:?}"))?);
+            }
+            "--seed" => {
+                let text = value("--seed")?;
+                seed = text
+                    .parse()
+                    .map_err(|_| format!("--seed wants a number, not {text:?}"))?;
+            }
+            "--no-direct" => direct = false,
+            other if !other.starts_with('-') && path.is_none() => path = Some(PathBuf::from(other)),
+            other => return Err(format!("unexpected argument {other:?}")),
+        }
+    }
+    let block = block.ok_or("--block is required")?;
+    if block == 0 || block % SECTOR != 0 || block > 64 * CHUNK as u64 {
+        return Err(format!(
+            "--block must be a non-zero multiple of {SECTOR}, at most 64 MiB"
+        ));
+    }
+    if size.is_some_and(|size| size < block) {
+        return Err("--size must hold at least one --block".into());
+    }
+    Ok(Command::Bench {
+        path: path.ok_or("no device or file given")?,
+        mode: mode.ok_or("--mode is required")?,
+        block,
+        duration: duration.ok_or("--seconds is required")?,
+        size,
+        seed,
+        direct,
+    })
 }
 
 /// Opens `path`; `O_DIRECT` when `direct`, created when writing without it.
@@ -461,6 +704,35 @@ fn run(command: Command) -> Result<bool, String> {
                 .map_err(|err| format!("reading {}: {err}", path.display()))?;
             println!("{report}");
             Ok(report.ok())
+        }
+        Command::Bench {
+            path,
+            mode,
+            block,
+            duration,
+            size,
+            seed,
+            direct,
+        } => {
+            let mut file = open(&path, mode.writes(), direct)
+                .map_err(|err| format!("cannot open {}: {err}", path.display()))?;
+            let span = match size {
+                Some(size) => size,
+                None => file
+                    .seek(SeekFrom::End(0))
+                    .map_err(|err| format!("cannot size {}: {err}", path.display()))?,
+            };
+            if span < block {
+                return Err(format!(
+                    "{} has {span} bytes, less than one --block",
+                    path.display()
+                ));
+            }
+            let mut buf = AlignedBuf::new(block as usize);
+            let report = bench(&file, &mut buf, mode, span, duration, seed)
+                .map_err(|err| format!("{} on {}: {err}", mode.name(), path.display()))?;
+            println!("{report}");
+            Ok(true)
         }
     }
 }
@@ -713,6 +985,122 @@ mod tests {
             "write f --seed 1 --gen 1 --size 4096",
             "write f g --seed 1 --size 4096",
             "erase f --seed 1 --size 4096",
+        ] {
+            assert!(parse_args(&args(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bench_offsets_stay_whole_blocks_inside_the_span() {
+        let mut seq = Offsets::new(BenchMode::SeqRead, 4096, 3, 1);
+        let offsets: Vec<u64> = (0..7).map(|_| seq.next_offset()).collect();
+        assert_eq!(offsets, [0, 4096, 8192, 0, 4096, 8192, 0]);
+        let mut random = Offsets::new(BenchMode::RandRead, 4096, 1000, 1);
+        let offsets: Vec<u64> = (0..5000).map(|_| random.next_offset()).collect();
+        assert!(offsets.iter().all(|&o| o % 4096 == 0 && o < 1000 * 4096));
+        // Spread over the span, not stuck in one place.
+        let distinct: std::collections::BTreeSet<_> = offsets.iter().collect();
+        assert!(distinct.len() > 900, "{}", distinct.len());
+        assert!(offsets.iter().any(|&o| o >= 900 * 4096));
+        let mut again = Offsets::new(BenchMode::RandRead, 4096, 1000, 1);
+        assert_eq!(again.next_offset(), offsets[0], "seeded");
+    }
+
+    #[test]
+    fn the_bench_line_has_bytes_ops_time_and_rates() {
+        let report = BenchReport {
+            mode: BenchMode::RandRead,
+            block: 4096,
+            span: 1 << 20,
+            ops: 5000,
+            elapsed: Duration::from_millis(2500),
+        };
+        assert_eq!(
+            report.to_string(),
+            "disk-bench mode=randread block=4096 span=1048576 ops=5000 bytes=20480000 \
+             ns=2500000000 mbps=8.2 iops=2000"
+        );
+    }
+
+    #[test]
+    fn benches_a_file_for_the_time_asked() {
+        let file = written("bench", 64, 1);
+        let size = 64 * BLOCK as u64;
+        for mode in [BenchMode::SeqRead, BenchMode::RandRead, BenchMode::SeqWrite] {
+            let handle = open(&file.0, mode.writes(), false).unwrap();
+            let mut buf = AlignedBuf::new(2 * BLOCK);
+            let duration = Duration::from_millis(30);
+            let report = bench(&handle, &mut buf, mode, size + 100, duration, 7).unwrap();
+            assert_eq!((report.mode, report.block, report.span), (mode, 8192, size));
+            assert!(report.ops > 0 && report.elapsed >= duration, "{report}");
+        }
+        // The writes stayed inside the span and replaced the pattern with other bytes.
+        assert_eq!(std::fs::metadata(&file.0).unwrap().len(), size);
+        assert_eq!(verified(&file, 64, 1).corrupt, 64);
+        let command = |mode: &str, size: &str| {
+            parse_args(&[
+                "bench".into(),
+                file.0.display().to_string(),
+                "--mode".into(),
+                mode.into(),
+                "--block".into(),
+                "4K".into(),
+                "--seconds".into(),
+                "0.02".into(),
+                "--no-direct".into(),
+                "--size".into(),
+                size.into(),
+            ])
+            .unwrap()
+        };
+        assert_eq!(run(command("seqread", "64K")), Ok(true));
+        assert!(
+            run(command("randread", "1M")).is_err(),
+            "reads past the end fall short"
+        );
+    }
+
+    #[test]
+    fn parses_the_bench_command_line() {
+        let args = |text: &str| -> Vec<String> { text.split(' ').map(String::from).collect() };
+        assert_eq!(
+            parse_args(&args(
+                "bench /dev/vdb --mode seqwrite --block 1M --seconds 2.5"
+            )),
+            Ok(Command::Bench {
+                path: "/dev/vdb".into(),
+                mode: BenchMode::SeqWrite,
+                block: 1 << 20,
+                duration: Duration::from_millis(2500),
+                size: None,
+                seed: 1,
+                direct: true,
+            })
+        );
+        assert!(matches!(
+            parse_args(&args(
+                "bench f --mode randread --block 4096 --seconds 1 --size 8M --seed 9 --no-direct"
+            )),
+            Ok(Command::Bench {
+                size: Some(0x80_0000),
+                seed: 9,
+                direct: false,
+                ..
+            })
+        ));
+        for bad in [
+            "bench f --mode seqread --block 4096",
+            "bench f --mode seqread --seconds 1",
+            "bench f --block 4096 --seconds 1",
+            "bench --mode seqread --block 4096 --seconds 1",
+            "bench f --mode scan --block 4096 --seconds 1",
+            "bench f --mode seqread --block 1000 --seconds 1",
+            "bench f --mode seqread --block 0 --seconds 1",
+            "bench f --mode seqread --block 4096 --seconds 0",
+            "bench f --mode seqread --block 4096 --seconds -1",
+            "bench f --mode seqread --block 4096 --seconds nan",
+            "bench f --mode seqread --block 8192 --seconds 1 --size 4096",
+            "bench f --mode seqread --block 4096 --seconds 1 --direct",
         ] {
             assert!(parse_args(&args(bad)).is_err(), "{bad}");
         }

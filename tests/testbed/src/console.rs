@@ -53,29 +53,60 @@ pub fn run_emulated(
     staged: &Staged,
     work_dir: &Path,
 ) -> Result<Outcome, ConsoleError> {
-    let memory_mib = std::env::var("TESTBED_HOST_MEMORY_MIB").unwrap_or_else(|_| "3072".into());
-    let mut command = Command::new("qemu-system-aarch64");
-    command
-        .args(["-M", "virt,virtualization=on,gic-version=3", "-cpu", "max"])
-        .args(["-smp", "2", "-m", &memory_mib])
-        .args([
-            "-nodefaults",
-            "-display",
-            "none",
-            "-serial",
-            "stdio",
-            "-no-reboot",
-        ])
-        .arg("-kernel")
-        .arg(&artefacts.kernel)
-        .arg("-initrd")
-        .arg(initramfs)
-        .args(["-append", "console=ttyAMA0 panic=-1 quiet rdinit=/init"]);
+    let command = qemu_command(artefacts, initramfs, "stdio");
     println!(
         "testbed: booting the emulated arm64 host (QEMU TCG, EL2, GICv3) with {}",
         artefacts.kernel.display()
     );
     watch(command, "qemu-system-aarch64", staged, work_dir, true)
+}
+
+/// QEMU's emulated arm64 host booting `initramfs`, its console (ttyAMA0) on `serial`.
+fn qemu_command(artefacts: &Artefacts, initramfs: &Path, serial: &str) -> Command {
+    let memory_mib = std::env::var("TESTBED_HOST_MEMORY_MIB").unwrap_or_else(|_| "3072".into());
+    let mut command = Command::new("qemu-system-aarch64");
+    command
+        .args(["-M", "virt,virtualization=on,gic-version=3", "-cpu", "max"])
+        .args(["-smp", "2", "-m", &memory_mib])
+        .args(["-nodefaults", "-display", "none", "-serial", serial])
+        .arg("-no-reboot")
+        .arg("-kernel")
+        .arg(&artefacts.kernel)
+        .arg("-initrd")
+        .arg(initramfs)
+        .args(["-append", "console=ttyAMA0 panic=-1 quiet rdinit=/init"]);
+    command
+}
+
+/// Boots the emulated arm64 host with its console on this terminal (QEMU's stdio, with its
+/// monitor multiplexed: Ctrl-A x quits) and waits until it powers off. No time limit and no
+/// markers: the user drives it. Returns whether QEMU exited with status 0.
+pub fn shell_emulated(artefacts: &Artefacts, initramfs: &Path) -> Result<bool, ConsoleError> {
+    let mut command = qemu_command(artefacts, initramfs, "mon:stdio");
+    run_inherited(&mut command, "qemu-system-aarch64")
+}
+
+/// Runs the staged `testbed/shell.sh` directly on this arm64 KVM host, on this terminal.
+pub fn shell_native(staged: &Staged) -> Result<bool, ConsoleError> {
+    let mut command = Command::new("sh");
+    command
+        .arg(staged.root.join("testbed/shell.sh"))
+        .env("ROOT", &staged.root);
+    run_inherited(&mut command, "sh")
+}
+
+/// Runs `command` with this process's stdin, stdout and stderr; returns whether it exited 0.
+fn run_inherited(command: &mut Command, program: &str) -> Result<bool, ConsoleError> {
+    let status = command
+        .stdin(Stdio::inherit())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .status()
+        .map_err(|source| ConsoleError::Spawn {
+            program: program.to_owned(),
+            source,
+        })?;
+    Ok(status.success())
 }
 
 /// Runs the scenarios directly on this arm64 KVM host.

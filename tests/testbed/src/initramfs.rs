@@ -42,6 +42,9 @@ pub enum InitramfsError {
         /// The Debian package that has it.
         package: &'static str,
     },
+    /// `testbed shell` needs the cross-built vmm, which is not there.
+    #[error("No aarch64 vmm binary to stage (run scripts/build-aarch64.sh build)")]
+    MissingVmm,
     /// A tool the staging runs failed.
     #[error("{tool} failed to make {path}")]
     Tool {
@@ -170,11 +173,30 @@ pub fn stage(
         &run_script(&staged_scenarios),
         true,
     )?;
-    write(&root.join("init"), INIT, true)?;
+    write(&root.join("init"), &format!("{INIT_PRELUDE}{INIT}"), true)?;
     Ok(Staged {
         root,
         scenarios: staged_scenarios,
     })
+}
+
+const SHELL_SH: &str = include_str!("../scenarios/shell.sh");
+
+/// Stages what `testbed shell` boots: the tree of [`stage`] with no scenario, plus
+/// `testbed/shell.sh`, which runs vmm in the foreground with the guest's shell, and an init that
+/// runs it with the console as its controlling terminal, then powers the host off.
+pub fn stage_shell(work_dir: &Path, artefacts: &Artefacts) -> Result<Staged, InitramfsError> {
+    if artefacts.vmm.is_none() {
+        return Err(InitramfsError::MissingVmm);
+    }
+    let staged = stage(work_dir, artefacts, &[], 1.0)?;
+    write(&staged.root.join("testbed/shell.sh"), SHELL_SH, true)?;
+    write(
+        &staged.root.join("init"),
+        &format!("{INIT_PRELUDE}{SHELL_INIT}"),
+        true,
+    )?;
+    Ok(staged)
 }
 
 const LIB_SH: &str = include_str!("../scenarios/lib.sh");
@@ -334,7 +356,7 @@ fn mke2fs(dir: &Path, image: &Path) -> Result<(), InitramfsError> {
 /// `timeout` exits 143 where GNU's exits 124).
 fn cargo_tests_script(names: &[String], exec_limit: u64) -> String {
     let mut script = String::from(
-        "#!/bin/sh\nrc=0\ncd /tmp\nexport VMM_BIN=\"$ROOT/bin/vmm\" VMM_TEST_KERNEL=\"$ROOT/guest/Image\" VMM_TEST_INITRD=\"$ROOT/guest/initrd.cpio\"\n",
+        "#!/bin/sh\nrc=0\ncd /tmp\nexport VMM_BIN=\"$ROOT/bin/vmm\" VMM_TEST_KERNEL=\"$ROOT/guest/Image\" VMM_TEST_INITRD=\"$ROOT/guest/initrd.cpio\" VMM_TEST_ROOTFS=\"$ROOT/guest/rootfs.ext4\"\n",
     );
     for name in names {
         let _ = writeln!(
@@ -368,16 +390,27 @@ fn run_script(scenarios: &[(String, u64)]) -> String {
     script
 }
 
-/// The emulated host's init: mount the basics, report readiness, run, power off.
-const INIT: &str = r#"#!/bin/busybox sh
+/// The start of the emulated host's init: busybox's applets and the basic mounts.
+const INIT_PRELUDE: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin:/sbin ROOT=/
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /tmp
-echo "@@testbed ready uptime=$(cut -d' ' -f1 /proc/uptime) kvm=$(test -c /dev/kvm && echo yes || echo no) cpus=$(nproc)"
+"#;
+
+/// The rest of the emulated host's init for scenarios: report readiness, run, power off.
+const INIT: &str = r#"echo "@@testbed ready uptime=$(cut -d' ' -f1 /proc/uptime) kvm=$(test -c /dev/kvm && echo yes || echo no) cpus=$(nproc)"
 sh /testbed/run.sh
+poweroff -f
+"#;
+
+/// The rest of the emulated host's init for `testbed shell`. cttyhack reopens the console's
+/// real device (ttyAMA0; /dev/console cannot be a controlling terminal) in the new session, so
+/// vmm's stdin is a tty it puts in raw mode, and the keys reach the guest.
+const SHELL_INIT: &str = r#"echo "host: the emulated arm64 host is up after $(cut -d' ' -f1 /proc/uptime) s (kvm: $(test -c /dev/kvm && echo yes || echo no))"
+setsid cttyhack sh /testbed/shell.sh
 poweroff -f
 "#;
 

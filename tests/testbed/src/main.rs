@@ -51,6 +51,20 @@ enum Command {
         #[arg(long)]
         emulate: bool,
     },
+    /// Boots the emulated host with its console on this terminal and runs vmm in it, in the
+    /// foreground, with the guest's root disk and its shell (scripts/run.sh on a terminal);
+    /// returns when the guest powers off. Natively on an arm64 KVM host, runs vmm directly.
+    Shell {
+        /// The unpacked arm64 artefacts (kernel, modules, busybox) from scripts/setup.sh.
+        #[arg(long, env = "VMM_ARTEFACTS")]
+        artefacts: Option<PathBuf>,
+        /// Where the staged tree and the initramfs go.
+        #[arg(long, default_value = "target/testbed-shell")]
+        work_dir: PathBuf,
+        /// Forces the emulated host even on a native arm64 KVM host.
+        #[arg(long)]
+        emulate: bool,
+    },
     /// Stages and packs what `run` would boot, without booting it, to inspect the tree and
     /// the nested guest's images.
     Stage {
@@ -160,6 +174,30 @@ fn run(cli: Cli) -> Result<bool, TestbedError> {
                 &outcome,
                 &mut std::io::stdout(),
             ))
+        }
+        Command::Shell {
+            artefacts,
+            work_dir,
+            emulate,
+        } => {
+            let artefacts = Artefacts::locate(artefacts)?;
+            let staged = initramfs::stage_shell(&work_dir, &artefacts)?;
+            if !emulate && console::native_kvm_host() {
+                println!("testbed: running vmm on this arm64 KVM host with the guest's shell.");
+                println!(
+                    "testbed: if you get stuck, stop vmm from another terminal (kill PID: SIGTERM stops it cleanly)."
+                );
+                Ok(console::shell_native(&staged)?)
+            } else {
+                let image = initramfs::pack(&staged)?;
+                println!(
+                    "testbed: booting the emulated arm64 host (QEMU TCG) on this terminal; it runs vmm with the guest's shell (about a minute)."
+                );
+                println!(
+                    "testbed: if you get stuck, press Ctrl-A then x to quit QEMU (Ctrl-C goes to the guest)."
+                );
+                Ok(console::shell_emulated(&artefacts, &image)?)
+            }
         }
         Command::Stage {
             scenarios: names,

@@ -53,8 +53,8 @@ pub fn all() -> Vec<Scenario> {
         },
         Scenario {
             name: "demo",
-            description: "boots Linux with 2 vCPUs on vmm and shows its console (the main job)",
-            timeout: Duration::from_secs(150),
+            description: "the main job in CI: Linux from its root disk with 2 vCPUs, one rtcwake suspend",
+            timeout: Duration::from_secs(180),
             steps: Steps::Script(include_str!("../scenarios/demo.sh")),
             default: false,
         },

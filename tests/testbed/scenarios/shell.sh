@@ -1,0 +1,20 @@
+#!/bin/sh
+# Not a scenario: what `testbed shell` (scripts/run.sh on a terminal) runs, in the emulated
+# arm64 host with its console on the user's terminal, or natively on an arm64 KVM host. vmm
+# runs in the foreground on this terminal, logging on stderr (-v: its suspended / resumed
+# lines), with 2 vCPUs, 512 MiB, a writable copy of the guest's root disk and the default
+# virtio-rng; the guest's init (vmmtest=shell) enables serial wakeup and gives a shell.
+. "$ROOT/testbed/lib.sh"
+work=$(mktemp -d /tmp/vmm-shell.XXXXXX) || exit 1
+if ! cp "$ROOT/guest/rootfs.ext4" "$work/root.ext4"; then
+    rm -rf "$work"
+    exit 1
+fi
+set -- -v --cpus 2 --memory 512 --kernel "$ROOT/guest/Image" --initramfs "$ROOT/guest/initrd.cpio" \
+    --disk "path=$work/root.ext4,id=root" --cmdline "$GUEST_CMDLINE root=/dev/vda rw vmmtest=shell"
+echo "host: vmm $*"
+"$VMM" "$@"
+status=$?
+rm -rf "$work"
+echo "host: vmm exited with status $status"
+exit $status
