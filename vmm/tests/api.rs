@@ -200,6 +200,12 @@ fn api_sees_a_guest_suspend_and_wakes_it_with_the_gpio_button() {
     assert_eq!(info["vcpus"][0]["power"], "suspended", "{info}");
     assert_eq!(info["vcpus"][1]["power"], "off", "{info}");
     assert_eq!(info["suspend_count"], 1, "{info}");
+    // virtio-rng (on by default) was set up at boot and reset by the guest before it slept.
+    let rng = &info["devices"][0];
+    assert_eq!(rng["kind"], "rng", "{info}");
+    assert!(rng["activations"].as_u64() >= Some(1), "{info}");
+    assert_eq!(rng["resets"], rng["activations"], "{info}");
+    assert_eq!(rng["features"], 1u64 << 32, "VERSION_1 only: {info}");
 
     let (status, reply) = vmm.call("PUT", "vm.wakeup");
     assert_eq!(status, 200, "{reply}");

@@ -295,6 +295,15 @@ fn bad_disks_are_refused_before_kvm_is_touched() {
         &[format!("path={}", path(&odd))],
         "is 1000 bytes, not a multiple of 512",
     );
+    // A FIFO must neither hang the open nor be taken for an image.
+    let fifo = scratch.0.as_path().join("fifo");
+    let fifo_path = std::ffi::CString::new(path(&fifo)).unwrap();
+    // SAFETY: mkfifo reads a NUL-terminated path that outlives the call.
+    assert_eq!(unsafe { libc::mkfifo(fifo_path.as_ptr(), 0o600) }, 0);
+    run(
+        &[format!("path={}", path(&fifo))],
+        "is not a regular file or a block device",
+    );
     run(
         &["readonly=on".into()],
         "Invalid --disk \"readonly=on\": no path=FILE",

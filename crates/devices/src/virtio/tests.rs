@@ -641,3 +641,30 @@ fn stopping_a_worker_waits_for_the_request_in_flight() {
         "stop returned while a request was being served"
     );
 }
+
+#[test]
+fn stopping_a_worker_first_completes_chains_already_available() {
+    let memory = memory();
+    let queue = MockSplitQueue::create(&memory, GuestAddress(0), 16);
+    let counters: Arc<DeviceCounters> = Arc::default();
+    let worker = QueueWorker::start(
+        "test-worker".into(),
+        memory.clone(),
+        vec![ActiveQueue {
+            queue: queue.create_queue::<Queue>().unwrap(),
+            event: EventFd::new(EFD_NONBLOCK).unwrap(),
+        }],
+        Arc::new(VirtioInterrupt::new(EventFd::new(EFD_NONBLOCK).unwrap())),
+        rng::RngHandler {
+            counters: Arc::clone(&counters),
+        },
+    )
+    .unwrap();
+    // Let the worker wait for notifications, then make a chain available without one: the
+    // driver froze right after publishing it.
+    std::thread::sleep(Duration::from_millis(100));
+    queue.add_desc_chains(&[desc(DATA, 16, W)], 0).unwrap();
+    worker.stop();
+    assert_eq!(queue.used().idx().load(), 1);
+    assert_eq!(counters.snapshot().requests, 1);
+}

@@ -83,7 +83,8 @@ impl QueueWorker {
         })
     }
 
-    /// Ends the thread and waits for it: afterwards it touches no guest memory.
+    /// Completes the chains already available, ends the thread and waits for it: afterwards it
+    /// touches no guest memory.
     pub fn stop(mut self) {
         self.stop_and_join();
     }
@@ -138,6 +139,11 @@ impl<H: QueueHandler> WorkerState<H> {
                 let token = event.data();
                 if token == self.stop_token {
                     let _ = self.stop.read();
+                    // A reset takes effect after every chain the driver already made
+                    // available is completed, whether or not its notification was seen.
+                    for index in 0..self.queues.len() {
+                        self.serve(index);
+                    }
                     return;
                 }
                 let index = token as usize;

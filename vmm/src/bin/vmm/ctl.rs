@@ -159,4 +159,26 @@ fn print_info(info: &Value) {
     println!("last wake:    {}", text("last_wake_source"));
     println!("last suspend: {} us", text("last_suspend_latency_us"));
     println!("last resume:  {} us", text("last_resume_latency_us"));
+    for device in info["devices"].as_array().into_iter().flatten() {
+        let kind = device["kind"].as_str().unwrap_or("?");
+        let what = match (device["id"].as_str(), device["path"].as_str()) {
+            (Some(id), Some(path)) => {
+                let mode = if device["readonly"] == true {
+                    "ro"
+                } else {
+                    "rw"
+                };
+                format!("{id} {path} {mode}, ")
+            }
+            _ => String::new(),
+        };
+        println!(
+            "device:       {kind} at {:#x} ({what}features {:#x}, {} requests, {} errors, {} resets)",
+            device["mmio_base"].as_u64().unwrap_or_default(),
+            device["features"].as_u64().unwrap_or_default(),
+            device["requests"],
+            device["errors"],
+            device["resets"],
+        );
+    }
 }
