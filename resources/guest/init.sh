@@ -269,6 +269,33 @@ bench)
     sleep 600
     poweroff -f
     ;;
+bench-disk)
+    # scripts/bench.sh: throughput of the disk with id `bench` (from the initramfs, which then
+    # has disk-pattern), one O_DIRECT request at a time for `seconds=S` each: 1 MiB sequential
+    # reads, 1 MiB sequential writes (ending with an fdatasync) and 4 KiB random reads, each
+    # as `@@bench disk rc=N mode=M block=B span=... ops=N bytes=N ns=N mbps=X iops=Y`. The
+    # runner stops the VM after `@@bench done`.
+    echo "@@bench init"
+    seconds=5
+    for word in $(cat /proc/cmdline); do
+        case "$word" in seconds=*) seconds=${word#seconds=} ;; esac
+    done
+    disk=$(disk_by_id bench) || echo "@@bench disk rc=missing id=bench"
+    for spec in seqread:1048576 seqwrite:1048576 randread:4096; do
+        [ -n "$disk" ] || break
+        disk-pattern bench "$disk" --mode "${spec%:*}" --block "${spec#*:}" \
+            --seconds "$seconds" --seed "$seed" >/tmp/disk-bench.out 2>&1
+        rc=$?
+        result=$(tail -n 1 /tmp/disk-bench.out)
+        case "$result" in
+        "disk-bench "*) echo "@@bench disk rc=$rc ${result#disk-bench }" ;;
+        *) echo "@@bench disk rc=$rc mode=${spec%:*}"; sed 's/^/[disk-pattern] /' /tmp/disk-bench.out ;;
+        esac
+    done
+    echo "@@bench done"
+    sleep 600
+    poweroff -f
+    ;;
 demo)
     # The main job without a terminal (scripts/run.sh in CI): a greeting, one suspend-to-RAM
     # woken by the RTC (reported as `@@guest cycle=1 ...`), power-off.

@@ -1,14 +1,25 @@
 #!/bin/sh
 # Benchmarks our vmm against QEMU (with KVM) on this arm64 host, for `testbed bench`. Both boot
 # the same kernel, initramfs and command line (no console=: each VMM's device tree names its
-# UART as stdout-path), with the guest's `vmmtest=bench` mode. Runs alternate between the
-# VMMs in each round. Every figure is one `@@bench KIND vmm=... cpus=... round=... key=value`
-# line; the runner on the other side aggregates them. The plan comes from bench.env.
+# UART as stdout-path), with the guest's `vmmtest=bench` mode, or `vmmtest=bench-disk` for disk
+# throughput. Runs alternate between the VMMs in each round. Every figure is one
+# `@@bench KIND run=... vmm=... cpus=... round=... disks=N rng=on|off key=value` line; the
+# runner on the other side aggregates them. The plan comes from bench.env; PARTS says which
+# measurements run (testbed bench --only).
+#
+# Devices: runs without disks are device-less on both sides (ours with --no-rng, QEMU with
+# -nodefaults). The disk-throughput runs give both the same one disk and no rng. The `devices`
+# part runs ours with disks and its default virtio-rng: suspend cycles with 1 and 2 disks, and
+# the idle measurement with 1 disk.
 . "$ROOT/testbed/lib.sh"
 . "$ROOT/testbed/bench.env"
 
 KERNEL="$ROOT/guest/Image"
 INITRD="$ROOT/guest/initrd.cpio"
+# The same initramfs with disk-pattern in it, for the disk-throughput runs.
+DISK_INITRD="$ROOT/guest/initrd-disk.cpio"
+DISK_IMAGE=/tmp/bench-disk.img
+QEMU_CACHE=none
 CMDLINE="quiet panic=-1 vmmtest=bench"
 QEMU_LIBS="$ROOT/qemu/lib"
 FIFO=/tmp/bench.fifo
@@ -51,23 +62,71 @@ idle() {
     echo "@@bench idle $tag cpu_ns=$((c1 - c0)) window_ms=$((w1 - w0)) asleep=$asleep"
 }
 
-# run_vm RUN VMM CPUS EXTRA: boots the bench guest on VMM (ours, ours-s2idle or qemu) with
-# EXTRA on its command line. Times it from process start to the init marker and measures its
-# memory there; a `boot` run ends there, the others follow the guest to `@@bench done`.
+# wants PART: whether the plan runs PART (boot, idle, suspend, floor, disk, devices).
+wants() {
+    case " $PARTS " in *" $1 "*) return 0 ;; esac
+    return 1
+}
+
+# qemu_cache_probe: whether QEMU accepts cache=none (O_DIRECT) for the disk image, which
+# tmpfs (the host's /tmp) refuses before Linux 6.6: QEMU then gets cache=writeback, which,
+# like our vmm, goes through the host's page cache. -daemonize returns only once QEMU has
+# opened its drives, with its status.
+qemu_cache_probe() {
+    rm -f /tmp/qemu-probe.pid
+    if "$QEMU_LIBS/ld-linux-aarch64.so.1" --library-path "$QEMU_LIBS" \
+        "$ROOT/qemu/bin/qemu-system-aarch64" -M virt,gic-version=3 -accel kvm -cpu host \
+        -display none -nodefaults -S -daemonize -pidfile /tmp/qemu-probe.pid \
+        -drive "if=none,id=bench,file=$DISK_IMAGE,format=raw,cache=none,aio=threads" \
+        -device virtio-blk-device,drive=bench,serial=bench >/tmp/qemu-probe.err 2>&1; then
+        QEMU_CACHE=none
+        kill "$(cat /tmp/qemu-probe.pid)" 2>/dev/null
+    else
+        QEMU_CACHE=writeback
+    fi
+    sed 's/^/[qemu cache=none probe] /' /tmp/qemu-probe.err
+    echo "@@bench qemu-drive cache=$QEMU_CACHE aio=threads cache_none=$([ "$QEMU_CACHE" = none ] && echo accepted || echo refused)"
+}
+
+# run_vm RUN VMM CPUS EXTRA [DEVICES]: boots the bench guest on VMM (ours, ours-s2idle or qemu)
+# with EXTRA on its command line and DEVICES attached: `rng` and `ID=IMAGE` disks (ours
+# without `rng` gets --no-rng). Times it from process start to the init marker and measures
+# its memory there; a `boot` run ends there, the others follow the guest to `@@bench done`.
+# A `disk` run boots the initramfs with disk-pattern.
 run_vm() {
-    run=$1 vmm=$2 cpus=$3 extra=$4
-    tag="run=$run vmm=$vmm cpus=$cpus round=$round"
-    out=/tmp/bench-$run-$vmm-$cpus.out err=/tmp/bench-$run-$vmm-$cpus.err
+    run=$1 vmm=$2 cpus=$3 extra=$4 devices=${5:-}
+    disks=0 rng=off initrd=$INITRD
+    for device in $devices; do
+        case $device in rng) rng=on ;; *=*) disks=$((disks + 1)) ;; esac
+    done
+    [ "$run" = disk ] && initrd=$DISK_INITRD
+    tag="run=$run vmm=$vmm cpus=$cpus round=$round disks=$disks rng=$rng"
+    name=$run-$vmm-${cpus}cpu
+    [ "$disks" = 0 ] || name=$name-${disks}disk
+    out=/tmp/bench-$name.out err=/tmp/bench-$name.err
     if [ "$vmm" = qemu ]; then
         set -- "$QEMU_LIBS/ld-linux-aarch64.so.1" --library-path "$QEMU_LIBS" \
             "$ROOT/qemu/bin/qemu-system-aarch64" -M virt,gic-version=3 -accel kvm -cpu host \
             -display none -nodefaults -serial stdio -no-reboot -smp "$cpus" -m "$MEMORY" \
-            -kernel "$KERNEL" -initrd "$INITRD" -append "$CMDLINE $extra"
+            -kernel "$KERNEL" -initrd "$initrd" -append "$CMDLINE $extra"
+        [ "$rng" = on ] && set -- "$@" -device virtio-rng-device
     else
         set -- "$VMM" -v --cpus "$cpus" --memory "$MEMORY" --kernel "$KERNEL" \
-            --initramfs "$INITRD" --cmdline "$CMDLINE $extra"
+            --initramfs "$initrd" --cmdline "$CMDLINE $extra"
         [ "$vmm" = ours-s2idle ] && set -- "$@" --no-suspend
+        [ "$rng" = on ] || set -- "$@" --no-rng
     fi
+    for device in $devices; do
+        case $device in *=*) ;; *) continue ;; esac
+        id=${device%%=*} image=${device#*=}
+        if [ "$vmm" = qemu ]; then
+            set -- "$@" -drive "if=none,id=$id,file=$image,format=raw,cache=$QEMU_CACHE,aio=threads" \
+                -device "virtio-blk-device,drive=$id,serial=$id"
+        else
+            set -- "$@" --disk "path=$image,id=$id"
+        fi
+    done
+    disk_failed=no
     rm -f "$FIFO"
     mkfifo "$FIFO"
     : >"$out"
@@ -89,6 +148,10 @@ run_vm() {
             [ "$run" = boot ] && break
             ;;
         *"@@bench trip "*) echo "@@bench trip $tag ${line#*@@bench trip }" ;;
+        *"@@bench disk "*)
+            echo "@@bench disk $tag ${line#*@@bench disk }"
+            case "$line " in *" rc=0 "*) ;; *) disk_failed=yes ;; esac
+            ;;
         *"@@bench sleep "*) idle "$pid" ;;
         *"@@bench done"*) reached=done; break ;;
         esac
@@ -100,15 +163,16 @@ run_vm() {
                 s/.*\] resumed ([^)]*) (in \([0-9]*\) us).*/resume_us=\1/p' "$err" |
             while read -r value; do echo "@@bench suspend $tag $value"; done
     fi
-    if [ "$reached" = done ] || { [ "$run" = boot ] && [ "$reached" = init ]; }; then
+    if [ "$disk_failed" = no ] && { [ "$reached" = done ] ||
+        { [ "$run" = boot ] && [ "$reached" = init ]; }; }; then
         verdict=pass
     else
         verdict=fail; failures=$((failures + 1))
-        echo "@@bench fail $tag reached=$reached"
+        echo "@@bench fail $tag reached=$reached disk_failed=$disk_failed"
         tail -n 20 "$out" | sed 's/^/[guest] /'
         tail -n 10 "$err" | sed 's/^/[vmm stderr] /'
     fi
-    echo "@@result bench-$run-$vmm-${cpus}cpu-r$round $verdict reached=$reached"
+    echo "@@result bench-$name-r$round $verdict reached=$reached"
 }
 
 # floor: the bare ioctl sequence of a suspend cycle, at each vCPU count.
@@ -127,27 +191,64 @@ floor() {
 
 echo "@@bench host date=$(date -u +%Y-%m-%dT%H:%M:%SZ) kernel=$(uname -r) cpus=$(nproc)" \
     "qemu=$(cat "$ROOT/qemu/version") vmm_bytes=$(wc -c <"$VMM")"
-echo "@@bench plan rounds=$ROUNDS memory_mib=$MEMORY boot_cpus=$(echo $BOOT_CPUS | tr ' ' ,)" \
+echo "@@bench plan rounds=$ROUNDS parts=$(echo $PARTS | tr ' ' ,) memory_mib=$MEMORY" \
+    "boot_cpus=$(echo $BOOT_CPUS | tr ' ' ,)" \
     "suspend_cpus=$(echo $SUSPEND_CPUS | tr ' ' ,) suspend_cycles=$SUSPEND_CYCLES" \
     "idle_cpus=$IDLE_CPUS idle_trips=$IDLE_TRIPS idle_settle_s=$IDLE_SETTLE" \
-    "idle_window_s=$IDLE_WINDOW floor_cycles=$FLOOR_CYCLES"
+    "idle_window_s=$IDLE_WINDOW floor_cycles=$FLOOR_CYCLES disk_cpus=$DISK_CPUS" \
+    "disk_image_mib=$DISK_IMAGE_MIB disk_seconds=$DISK_SECONDS" \
+    "device_disk_mib=$DEVICE_DISK_MIB device_suspend_cpus=$(echo $DEVICE_SUSPEND_CPUS | tr ' ' ,)" \
+    "device_disks=$(echo $DEVICE_DISKS | tr ' ' ,)"
+# The images live in the host's RAM (tmpfs), written in full so that no read hits a hole.
+if wants disk; then
+    dd if=/dev/zero of="$DISK_IMAGE" bs=1048576 count="$DISK_IMAGE_MIB" 2>/dev/null
+    qemu_cache_probe
+fi
+if wants devices; then
+    for i in 1 2; do
+        dd if=/dev/zero of=/tmp/bench-dev$i.img bs=1048576 count="$DEVICE_DISK_MIB" 2>/dev/null
+    done
+fi
 round=1
 while [ "$round" -le "$ROUNDS" ]; do
     # Alternate which VMM goes first, so that neither always runs on a warmer host.
     if [ $((round % 2)) = 1 ]; then pair="ours qemu" trio="ours ours-s2idle qemu"
     else pair="qemu ours" trio="qemu ours-s2idle ours"; fi
     echo "@@bench round $round of $ROUNDS"
-    for cpus in $BOOT_CPUS; do
-        for vmm in $pair; do run_vm boot "$vmm" "$cpus" "cycles=0"; done
-    done
-    for vmm in $trio; do
-        run_vm idle "$vmm" "$IDLE_CPUS" "cycles=$IDLE_TRIPS sleep=$((IDLE_SETTLE + IDLE_WINDOW + 2))"
-    done
-    for cpus in $SUSPEND_CPUS; do
-        run_vm suspend ours "$cpus" "cycles=$SUSPEND_CYCLES"
-    done
-    floor
+    idle_extra="cycles=$IDLE_TRIPS sleep=$((IDLE_SETTLE + IDLE_WINDOW + 2))"
+    if wants boot; then
+        for cpus in $BOOT_CPUS; do
+            for vmm in $pair; do run_vm boot "$vmm" "$cpus" "cycles=0"; done
+        done
+    fi
+    if wants idle; then
+        for vmm in $trio; do run_vm idle "$vmm" "$IDLE_CPUS" "$idle_extra"; done
+    fi
+    if wants devices; then
+        run_vm idle ours "$IDLE_CPUS" "$idle_extra" "rng dev1=/tmp/bench-dev1.img"
+    fi
+    if wants suspend; then
+        for cpus in $SUSPEND_CPUS; do
+            run_vm suspend ours "$cpus" "cycles=$SUSPEND_CYCLES"
+        done
+    fi
+    if wants devices; then
+        for cpus in $DEVICE_SUSPEND_CPUS; do
+            for n in $DEVICE_DISKS; do
+                devices=rng
+                for i in $(seq "$n"); do devices="$devices dev$i=/tmp/bench-dev$i.img"; done
+                run_vm suspend ours "$cpus" "cycles=$SUSPEND_CYCLES" "$devices"
+            done
+        done
+    fi
+    if wants disk; then
+        for vmm in $pair; do
+            run_vm disk "$vmm" "$DISK_CPUS" "seconds=$DISK_SECONDS" "bench=$DISK_IMAGE"
+        done
+    fi
+    wants floor && floor
     round=$((round + 1))
 done
+rm -f "$DISK_IMAGE" /tmp/bench-dev1.img /tmp/bench-dev2.img
 echo "@@bench end failures=$failures"
 [ "$failures" = 0 ]

@@ -163,6 +163,8 @@ pub struct BenchArtefacts {
     pub vmm: PathBuf,
     /// The hypervisor crate's `suspend_floor` example.
     pub floor: PathBuf,
+    /// The optimised `disk-pattern`, whose `bench` measures disk throughput in the guest.
+    pub disk_pattern: PathBuf,
 }
 
 impl BenchArtefacts {
@@ -194,6 +196,7 @@ impl BenchArtefacts {
             qemu_version: bench("QEMU's version", qemu_dir.join("version"))?,
             vmm: bench("optimised vmm", build.join("vmm"))?,
             floor: bench("suspend_floor", build.join("examples/suspend_floor"))?,
+            disk_pattern: bench("optimised disk-pattern", build.join("disk-pattern"))?,
         })
     }
 }

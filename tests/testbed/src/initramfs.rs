@@ -416,7 +416,9 @@ poweroff -f
 
 /// Adds what only the benchmark needs to a staged tree: QEMU under `qemu/` (run through its
 /// own loader, `qemu/lib/ld-linux-aarch64.so.1 --library-path qemu/lib`), the floor program
-/// as `bin/suspend_floor`, and the plan as `testbed/bench.env`.
+/// as `bin/suspend_floor`, the plan as `testbed/bench.env`, and `guest/initrd-disk.cpio`: the
+/// nested guest's initramfs with the optimised `bin/disk-pattern` in it, for the disk
+/// throughput runs (the other runs keep booting the initramfs without it).
 pub fn stage_bench(
     staged: &Staged,
     bench: &BenchArtefacts,
@@ -431,6 +433,14 @@ pub fn stage_bench(
         }
     }
     copy(&bench.floor, &root.join("bin/suspend_floor"))?;
+    let guest_root = root
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("guest-root");
+    copy(&bench.disk_pattern, &guest_root.join("bin/disk-pattern"))?;
+    cpio(&guest_root, &root.join("guest/initrd-disk.cpio"))?;
+    std::fs::remove_file(guest_root.join("bin/disk-pattern"))
+        .map_err(io_err(&guest_root.join("bin/disk-pattern")))?;
     write(&root.join("testbed/bench.env"), plan_env, false)
 }
 
