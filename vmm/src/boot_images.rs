@@ -66,14 +66,31 @@ fn open(what: &'static str, path: &Path) -> Result<(File, u64), BootImageError> 
         path: path.to_owned(),
         source,
     };
-    let file = File::open(path).map_err(file_error)?;
-    let metadata = file.metadata().map_err(file_error)?;
-    if metadata.is_dir() {
-        return Err(file_error(std::io::Error::from(
-            std::io::ErrorKind::IsADirectory,
-        )));
+    let file = open_regular_file(path).map_err(file_error)?;
+    let len = file.metadata().map_err(file_error)?.len();
+    Ok((file, len))
+}
+
+/// Opens `path` for reading if it is a regular file. The open does not block, so a FIFO or a
+/// terminal given by mistake is refused instead of hanging the VMM.
+pub fn open_regular_file(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    let file_type = file.metadata()?.file_type();
+    if file_type.is_dir() {
+        return Err(std::io::ErrorKind::IsADirectory.into());
     }
-    Ok((file, metadata.len()))
+    if !file_type.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    // O_NONBLOCK has no effect on a regular file's reads.
+    Ok(file)
 }
 
 impl BootImages {

@@ -7,6 +7,8 @@ use arch_aarch64::layout::{MAX_VCPUS, RAM_ALIGN, RAM_MAX_SIZE, RAM_MIN_SIZE, VIR
 use serde::{Deserialize, Serialize};
 
 const MIB: u64 = 1 << 20;
+/// The largest config file read: far more than any VM needs.
+pub const CONFIG_MAX_SIZE: u64 = MIB;
 
 /// Invalid configuration.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +22,15 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// The config file is larger than [`CONFIG_MAX_SIZE`].
+    #[error("Config file {path} is larger than 1 MiB")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The command line has a NUL byte, which would cut it short in the device tree.
+    #[error("Kernel command line contains a NUL byte")]
+    CmdlineNul,
     /// The config file is not valid JSON for a [`VmConfig`].
     #[error("Invalid config file {path}")]
     Parse {
@@ -221,10 +232,22 @@ impl VmConfig {
 
     /// Reads a JSON config file.
     pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        use std::io::Read;
+        let read_error = |source| ConfigError::Read {
             path: path.to_owned(),
             source,
-        })?;
+        };
+        let file = crate::boot_images::open_regular_file(path).map_err(read_error)?;
+        // `/dev/zero` is refused above; a huge regular file is cut off here.
+        let mut text = String::new();
+        file.take(CONFIG_MAX_SIZE + 1)
+            .read_to_string(&mut text)
+            .map_err(read_error)?;
+        if text.len() as u64 > CONFIG_MAX_SIZE {
+            return Err(ConfigError::TooLarge {
+                path: path.to_owned(),
+            });
+        }
         serde_json::from_str(&text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
             source,
@@ -249,6 +272,9 @@ impl VmConfig {
             return Err(ConfigError::CmdlineTooLong {
                 len: self.cmdline.len(),
             });
+        }
+        if self.cmdline.contains('\0') {
+            return Err(ConfigError::CmdlineNul);
         }
         let max = VIRTIO_MMIO_SLOTS as usize - usize::from(self.rng);
         if self.disks.len() > max {
@@ -406,6 +432,10 @@ mod tests {
         assert_eq!(
             with(|c| c.kernel = PathBuf::new()),
             ConfigError::NoKernel.to_string()
+        );
+        assert_eq!(
+            with(|c| c.cmdline = "console=ttyS0\0 init=/evil".into()),
+            "Kernel command line contains a NUL byte"
         );
     }
 }

@@ -70,7 +70,7 @@ pub enum MachineError {
         path: PathBuf,
         /// The loader error.
         #[source]
-        source: linux_loader::loader::Error,
+        source: LoaderError,
     },
     /// Copying the initramfs or FDT into guest memory failed.
     #[error("Cannot write the {what} into guest memory")]
@@ -103,6 +103,24 @@ pub enum MachineError {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
+
+/// A linux-loader error, told once: its messages already repeat their sources
+/// ("Kernel Loader: failed to load PE kernel image: PE Kernel Loader: invalid Image"), so
+/// this shows only the innermost and ends the chain there.
+#[derive(Debug)]
+pub struct LoaderError(linux_loader::loader::Error);
+
+impl std::fmt::Display for LoaderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut innermost: &dyn std::error::Error = &self.0;
+        while let Some(source) = innermost.source() {
+            innermost = source;
+        }
+        write!(f, "{innermost}")
+    }
+}
+
+impl std::error::Error for LoaderError {}
 
 /// A built VM, ready to run.
 pub struct Machine {
@@ -198,7 +216,7 @@ pub fn build(
     )
     .map_err(|source| MachineError::LoadKernel {
         path: kernel_path.clone(),
-        source,
+        source: LoaderError(source),
     })?;
     if let (Some((mut file, len)), Some(region)) = (initramfs, layout.initrd) {
         load_initramfs(&memory, region, &mut file, len)?;
@@ -412,4 +430,23 @@ fn load_initramfs(
             what: "initramfs",
             source,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_loader_error_is_told_once() {
+        let err = MachineError::LoadKernel {
+            path: "evil.img".into(),
+            source: LoaderError(linux_loader::loader::Error::Pe(
+                linux_loader::loader::pe::Error::InvalidImage,
+            )),
+        };
+        assert_eq!(
+            crate::error_chain(&err),
+            "Cannot load kernel evil.img: PE Kernel Loader: invalid Image"
+        );
+    }
 }

@@ -297,9 +297,7 @@ fn bad_disks_are_refused_before_kvm_is_touched() {
     );
     // A FIFO must neither hang the open nor be taken for an image.
     let fifo = scratch.0.as_path().join("fifo");
-    let fifo_path = std::ffi::CString::new(path(&fifo)).unwrap();
-    // SAFETY: mkfifo reads a NUL-terminated path that outlives the call.
-    assert_eq!(unsafe { libc::mkfifo(fifo_path.as_ptr(), 0o600) }, 0);
+    mkfifo(&fifo);
     run(
         &[format!("path={}", path(&fifo))],
         "is not a regular file or a block device",
@@ -382,4 +380,109 @@ fn a_writable_disk_on_a_file_the_host_keeps_read_only() {
         &["--kernel", path(&kernel), "--disk", &disk],
         "for writing (add readonly=on to use it read-only)",
     );
+}
+
+/// Makes a FIFO at `path`.
+fn mkfifo(path: &Path) {
+    let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo reads a NUL-terminated path that outlives the call.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+}
+
+#[test]
+fn fifos_devices_and_huge_files_are_refused_without_hanging() {
+    let scratch = Scratch::new();
+    let kernel = scratch.fake_image(8 << 20);
+    let fifo = scratch.0.as_path().join("fifo");
+    mkfifo(&fifo);
+    fails_with(&["--kernel", path(&fifo)], None, "not a regular file");
+    fails_with(
+        &["--kernel", path(&kernel), "--initramfs", path(&fifo)],
+        None,
+        "Cannot read initramfs",
+    );
+    fails_with(&["--config", path(&fifo)], None, "not a regular file");
+    fails_with(&["--config", "/dev/zero"], None, "not a regular file");
+    let huge = scratch.file("huge.json", &vec![b' '; (1 << 20) + 1]);
+    fails_with(&["--config", path(&huge)], None, "is larger than 1 MiB");
+}
+
+#[test]
+fn a_nul_in_the_command_line_is_refused() {
+    let scratch = Scratch::new();
+    let kernel = scratch.fake_image(8 << 20);
+    let config = scratch.file(
+        "nul.json",
+        format!(
+            "{{\"kernel\": \"{}\", \"cmdline\": \"console=ttyS0\\u0000 init=/x\"}}",
+            path(&kernel)
+        )
+        .as_bytes(),
+    );
+    fails_with(
+        &["--config", path(&config)],
+        None,
+        "Kernel command line contains a NUL byte",
+    );
+}
+
+#[test]
+fn a_crafted_image_header_is_an_error_not_an_overflow() {
+    let scratch = Scratch::new();
+    let header = ImageHeader {
+        text_offset: u64::MAX - 0xFFF,
+        image_size: 0x1000,
+    };
+    let mut bytes = header.to_bytes().to_vec();
+    bytes.resize(4096, 0);
+    let evil = scratch.file("evil.img", &bytes);
+    fails_with(
+        &["--kernel", path(&evil)],
+        None,
+        "Kernel header has text_offset 0xfffffffffffff000; it must be below 2 MiB",
+    );
+    let huge = scratch.fake_image(u64::MAX);
+    fails_with(&["--kernel", path(&huge)], None, "does not fit in RAM");
+}
+
+#[test]
+fn ctl_whose_reader_went_away_ends_without_a_panic() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixListener;
+    use std::os::unix::process::ExitStatusExt;
+    let scratch = Scratch::new();
+    let socket = scratch.0.as_path().join("api.sock");
+    let listener = UnixListener::bind(&socket).unwrap();
+    // A stand-in API server: one vm.info answer.
+    let server = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut request = [0u8; 1024];
+        let _ = stream.read(&mut request);
+        let body = r#"{"state":"running","vcpus":[],"memory_mib":512,"devices":[]}"#;
+        let _ = write!(
+            stream,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+    });
+    let mut child = Command::new(vmm_binary())
+        .args(["ctl", "--api-socket", path(&socket), "info"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // `vmm ctl info | true`: the reader is gone before ctl writes a byte.
+    drop(child.stdout.take());
+    let status = exit_within(&mut child, HANG).expect("vmm ctl hung");
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    server.join().unwrap();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(status.signal(), Some(libc::SIGPIPE), "{status:?}: {stderr}");
 }

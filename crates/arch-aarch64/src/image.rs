@@ -9,6 +9,8 @@ const ARM64_MAGIC: u32 = 0x644D_5241;
 const BRANCH_OVER_HEADER: u32 = 0x1400_0000 | (HEADER_SIZE as u32 / 4);
 /// The `text_offset` pre-3.17 kernels imply when `image_size` is 0.
 const LEGACY_TEXT_OFFSET: u64 = 0x8_0000;
+/// `text_offset` is relative to a 2 MiB aligned base, inside those 2 MiB.
+const MAX_TEXT_OFFSET: u64 = 2 << 20;
 
 /// Why a file is not a usable arm64 Image.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -25,6 +27,9 @@ pub enum ImageError {
     /// A big-endian kernel.
     #[error("Kernel is big-endian, which this VMM does not run")]
     BigEndian,
+    /// A `text_offset` no kernel has: it is an offset inside the first 2 MiB.
+    #[error("Kernel header has text_offset {0:#x}; it must be below 2 MiB")]
+    TextOffset(u64),
 }
 
 /// The fields of the header the loader needs.
@@ -62,6 +67,9 @@ impl ImageHeader {
             0 => (LEGACY_TEXT_OFFSET, 0),
             size => (u64_at(8), size),
         };
+        if text_offset >= MAX_TEXT_OFFSET {
+            return Err(ImageError::TextOffset(text_offset));
+        }
         Ok(Self {
             text_offset,
             image_size,
@@ -70,8 +78,11 @@ impl ImageHeader {
 
     /// Bytes needed from the 2 MiB aligned load base: the offset plus the image, or the file
     /// length for old kernels that do not say.
+    /// A header's `image_size` is guest input: a sum past `u64::MAX` saturates, and the
+    /// layout then finds it too large for any RAM.
     pub fn footprint(&self, file_len: u64) -> u64 {
-        self.text_offset + self.image_size.max(file_len)
+        self.text_offset
+            .saturating_add(self.image_size.max(file_len))
     }
 
     /// A little-endian header with these fields whose first instruction branches over it, as
@@ -90,6 +101,27 @@ impl ImageHeader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hostile_sizes_are_errors_not_overflows() {
+        let bytes = |text_offset: u64, image_size: u64| {
+            ImageHeader {
+                text_offset,
+                image_size,
+            }
+            .to_bytes()
+        };
+        assert_eq!(
+            ImageHeader::parse(&bytes(u64::MAX - 8, 0x1000)),
+            Err(ImageError::TextOffset(u64::MAX - 8))
+        );
+        assert_eq!(
+            ImageError::TextOffset(2 << 20).to_string(),
+            "Kernel header has text_offset 0x200000; it must be below 2 MiB"
+        );
+        let huge = ImageHeader::parse(&bytes(0x1000, u64::MAX)).unwrap();
+        assert_eq!(huge.footprint(4096), u64::MAX);
+    }
 
     fn header(text_offset: u64, image_size: u64, flags: u64) -> Vec<u8> {
         let mut bytes = ImageHeader {

@@ -16,9 +16,20 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
+/// The longest socket path `sun_path` holds (108 bytes with its NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
 /// Why the API socket could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiSocketError {
+    /// A path no Unix socket can have.
+    #[error("API socket path {path} is {len} bytes; the limit is {MAX_SOCKET_PATH}")]
+    PathTooLong {
+        /// The path.
+        path: PathBuf,
+        /// Its length.
+        len: usize,
+    },
     /// A process accepts connections on the path.
     #[error("API socket {path} is in use by a running process")]
     InUse {
@@ -81,6 +92,13 @@ pub struct ApiSocket {
 impl ApiSocket {
     /// Binds a listening socket at `path`, replacing a stale socket but nothing else.
     pub fn bind(path: &Path) -> Result<Self, ApiSocketError> {
+        let len = path.as_os_str().len();
+        if len > MAX_SOCKET_PATH {
+            return Err(ApiSocketError::PathTooLong {
+                path: path.to_owned(),
+                len,
+            });
+        }
         check_existing(path)?;
         let create = |source| ApiSocketError::Create {
             path: path.to_owned(),
@@ -92,7 +110,12 @@ impl ApiSocket {
         };
         let dir = PrivateDir::new(parent).map_err(create)?;
         let tmp = dir.0.join("s");
-        let listener = UnixListener::bind(&tmp).map_err(create)?;
+        // Bound through the directory's descriptor, whose /proc path is short: the temporary
+        // name must not make a valid path of up to 107 bytes too long for sun_path.
+        let dir_fd = fs::File::open(&dir.0).map_err(create)?;
+        let short = PathBuf::from(format!("/proc/self/fd/{}/s", dir_fd.as_raw_fd()));
+        let listener = UnixListener::bind(&short).map_err(create)?;
+        drop(dir_fd);
         fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)).map_err(create)?;
         let meta = fs::metadata(&tmp).map_err(create)?;
         fs::hard_link(&tmp, path).map_err(create)?;
@@ -178,7 +201,6 @@ impl PrivateDir {
                 ^ COUNTER
                     .fetch_add(1, Ordering::Relaxed)
                     .wrapping_mul(0x9e37_79b9);
-            // Short, so the temporary socket path stays within sun_path's 108 bytes.
             let dir = parent.join(format!(".api-{seed:08x}"));
             // Creation fails if the name exists, so the directory is ours alone.
             match fs::DirBuilder::new().mode(0o700).create(&dir) {

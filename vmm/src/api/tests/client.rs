@@ -10,6 +10,7 @@ use std::thread;
 use serde_json::json;
 
 use super::{TestRouter, socket_path};
+use crate::api::socket::MAX_SOCKET_PATH;
 use crate::api::{ApiClient, ApiClientError, ApiServer, ApiServerError, ApiSocket, ApiSocketError};
 
 #[test]
@@ -70,6 +71,31 @@ fn api_socket_replaces_stale_refuses_live() {
     server.stop();
     assert!(path.exists());
     drop(successor);
+}
+
+#[test]
+fn api_socket_takes_any_path_sun_path_holds() {
+    let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+    // A 107-byte path (the longest a client can connect to) with a short name in a deep
+    // directory: a temporary name next to it must not push the bind past sun_path.
+    let base = dir.as_path().to_str().unwrap().len();
+    let parent = dir
+        .as_path()
+        .join("d".repeat(MAX_SOCKET_PATH - base - "/vm.sock".len() - 1));
+    fs::create_dir(&parent).unwrap();
+    let path = parent.join("vm.sock");
+    assert_eq!(path.as_os_str().len(), MAX_SOCKET_PATH);
+    let socket = ApiSocket::bind(&path).unwrap();
+    std::os::unix::net::UnixStream::connect(&path).unwrap();
+    drop(socket);
+    let longer = parent.join("vm.sock2");
+    assert_eq!(
+        ApiSocket::bind(&longer).unwrap_err().to_string(),
+        format!(
+            "API socket path {} is 108 bytes; the limit is 107",
+            longer.display()
+        )
+    );
 }
 
 #[test]

@@ -57,6 +57,10 @@ impl Action {
 
 /// Runs one `vmm ctl` command.
 pub fn run(args: CtlArgs) -> ExitCode {
+    // A reader that goes away (`vmm ctl info | head -1`) ends us quietly, as it ends any
+    // command-line tool, instead of println! panicking on EPIPE.
+    // SAFETY: restoring the default disposition of SIGPIPE; no handler is involved.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let client = ApiClient::new(&args.api_socket);
     let endpoint = args.action.endpoint();
     let path = endpoint.path();
