@@ -17,7 +17,8 @@ if [ ! -e /bin/mount ]; then
 fi
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
+# On the root disk, /dev may already be there: moved by the initramfs while a console is open.
+grep -q '^devtmpfs /dev ' /proc/mounts || mount -t devtmpfs devtmpfs /dev
 on_rootfs=no
 if [ -e /on-rootfs ]; then
     on_rootfs=yes
@@ -316,7 +317,7 @@ shell)
     echo enabled > /sys/class/tty/ttyS0/power/wakeup
     echo
     echo "Guest shell on $root_dev ($(nproc) CPUs). Try:"
-    echo "  echo mem > /sys/power/state     the VM sleeps; press any key to wake it"
+    echo "  echo mem > /sys/power/state     the VM sleeps; press Enter (any key) to wake it"
     echo "  cat /sys/power/suspend_stats/success     suspends so far"
     echo "  poweroff -f     leave (vmm exits)"
     PS1='guest:\w# ' setsid cttyhack sh

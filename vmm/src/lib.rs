@@ -82,6 +82,9 @@ pub enum VmmError {
     /// The API socket could not be served.
     #[error(transparent)]
     Api(crate::api::ApiServerError),
+    /// The console's output thread could not be started.
+    #[error("Cannot start the console output thread")]
+    ConsoleThread(#[source] std::io::Error),
     /// The VMM thread could not be started.
     #[error("Cannot start the VMM thread")]
     VmmThread(#[source] std::io::Error),

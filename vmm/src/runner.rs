@@ -13,7 +13,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot_images::BootImages;
 use crate::config::VmConfig;
-use crate::console::Console;
+use crate::console::{Console, OUTPUT_QUEUE_BYTES, OutputQueue, QueueWriter};
 use crate::control::{ExitReason, VmControl};
 use crate::event_loop::{ConsoleInput, EventLoop, RtcAlarm};
 use crate::events::WakeSourceTracker;
@@ -38,6 +38,9 @@ pub(crate) fn run(
         Console::Terminal => Some(signals::install().map_err(VmmError::Signals)?),
         _ => None,
     };
+    let output = OutputQueue::start(console.output(), OUTPUT_QUEUE_BYTES)
+        .map_err(VmmError::ConsoleThread)?;
+    let _flush = FlushOnExit(Arc::clone(&output));
     let mut terminal = None;
     let mut boots = 0u32;
     loop {
@@ -52,7 +55,7 @@ pub(crate) fn run(
             config,
             images,
             disks,
-            console.output(),
+            Box::new(QueueWriter(Arc::clone(&output))),
             Arc::clone(&wake),
         )?;
         if console.reads_stdin() && terminal.is_none() {
@@ -65,7 +68,7 @@ pub(crate) fn run(
             config.cpus,
             config.memory_mib
         );
-        let reason = run_machine(machine, wake, signals, console, shared)?;
+        let reason = run_machine(machine, wake, signals, console, &output, shared)?;
         let signal = signals.and_then(|_| signals::received());
         match reason.after_boot(config.no_reboot, signal) {
             None => log::info!("Guest reset: rebooting"),
@@ -84,6 +87,7 @@ fn run_machine(
     wake: Arc<WakeSourceTracker>,
     signals: Option<&'static EventFd>,
     console: &Console,
+    output: &Arc<OutputQueue>,
     shared: &HandleShared,
 ) -> Result<ExitReason, VmmError> {
     let Machine {
@@ -155,6 +159,7 @@ fn run_machine(
         serial,
         suspend,
         devices,
+        console: Arc::clone(output),
     }));
     if shared.shutdown_requested() {
         control.request_exit(ExitReason::Shutdown);
@@ -166,6 +171,23 @@ fn run_machine(
     }
     stop_vcpus(threads);
     Ok(result?)
+}
+
+/// Writes out what the guest printed last, for a while: a reader that stopped reading must
+/// not keep the VM from ending.
+struct FlushOnExit(Arc<OutputQueue>);
+
+impl Drop for FlushOnExit {
+    fn drop(&mut self) {
+        if !self.0.flush_within(Duration::from_secs(2)) {
+            log::warn!("The console's reader is not reading: its last output is lost");
+        }
+        self.0.close();
+        let dropped = self.0.dropped();
+        if dropped > 0 {
+            log::warn!("{dropped} bytes of console output were dropped");
+        }
+    }
 }
 
 /// Kicks each vCPU until its thread has left the run loop, then joins it.

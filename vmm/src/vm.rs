@@ -91,6 +91,8 @@ pub struct VmInfo {
     pub last_resume_latency_us: Option<u64>,
     /// The virtio devices of the running boot, with their counters since it started.
     pub devices: Vec<DeviceInfo>,
+    /// Guest console bytes dropped because the console's reader did not keep up.
+    pub console_dropped_bytes: u64,
 }
 
 /// A VM that was checked and is ready to start.
@@ -173,6 +175,8 @@ pub(crate) struct BootControls {
     pub suspend: Arc<SuspendCoordinator>,
     #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
     pub devices: Vec<AttachedDevice>,
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    pub console: Arc<crate::console::OutputQueue>,
 }
 
 /// The VM's state as the host sees it.
@@ -434,6 +438,10 @@ impl VmHandle {
             last_suspend_latency_us: stats.last_suspend_latency_us,
             last_resume_latency_us: stats.last_resume_latency_us,
             devices: self.devices(),
+            console_dropped_bytes: self
+                .shared
+                .with_boot(|boot| boot.console.dropped())
+                .unwrap_or_default(),
         }
     }
 

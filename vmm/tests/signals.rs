@@ -1,8 +1,8 @@
 //! SIGTERM and SIGINT stop the `vmm` binary with status 0 whenever they arrive: while the
 //! guest resets over and over (a signal that lands together with a reset must not be lost to
 //! the reboot; the guest is one PSCI SYSTEM_RESET call, so the signals hit every part of a
-//! boot), and while it is suspended with nothing to wake it. Runs in the arm64 testbed, where
-//! `VMM_BIN` is set.
+//! boot), while it is suspended with nothing to wake it, and while it floods a console that
+//! nobody reads (`vmm | sleep 3600`). Runs in the arm64 testbed, where `VMM_BIN` is set.
 #![cfg(target_arch = "aarch64")]
 
 mod common;
@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use arch_aarch64::a64::Assembler;
 use arch_aarch64::image::ImageHeader;
-use arch_aarch64::layout::RAM_START;
-use arch_aarch64::psci::{SYSTEM_RESET, SYSTEM_SUSPEND_64};
+use arch_aarch64::layout::{RAM_START, UART_BASE};
+use arch_aarch64::psci::{CPU_ON_64, SYSTEM_RESET, SYSTEM_SUSPEND_64};
 use vmm_sys_util::tempdir::TempDir;
 
 use common::{exit_within, vmm_binary};
@@ -64,12 +64,18 @@ struct Vmm {
 
 impl Vmm {
     fn start(kernel: &Path) -> Self {
+        Self::start_with(kernel, &[], Stdio::null())
+    }
+
+    /// Starts `vmm -v` on `kernel` with `args` and its console going to `stdout`.
+    fn start_with(kernel: &Path, args: &[&str], stdout: Stdio) -> Self {
         let mut child = Command::new(vmm_binary())
             .arg("--kernel")
             .arg(kernel)
             .args(["--memory", "64", "-v"])
+            .args(args)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::piped())
             .spawn()
             .expect("start vmm");
@@ -98,11 +104,16 @@ impl Vmm {
     }
 
     /// Sends `signal` and checks that vmm stops with status 0 and says why.
-    fn stop_with(mut self, signal: libc::c_int) {
+    fn stop_with(self, signal: libc::c_int) {
+        self.stop_within(signal, HANG);
+    }
+
+    /// Sends `signal` and checks that vmm stops within `limit` with status 0 and says why.
+    fn stop_within(mut self, signal: libc::c_int, limit: Duration) {
         let pid = libc::pid_t::try_from(self.child.id()).unwrap();
         // SAFETY: kill(2) only sends a signal to the child this test started and still owns.
         assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
-        let Some(status) = exit_within(&mut self.child, HANG) else {
+        let Some(status) = exit_within(&mut self.child, limit) else {
             panic!("vmm ignored signal {signal}: {:#?}", self.logged);
         };
         self.logged.extend(self.lines.iter());
@@ -169,4 +180,82 @@ fn a_stop_signal_ends_vmm_while_the_guest_is_suspended() {
         vmm.wait_log("suspended");
         vmm.stop_with(signal);
     }
+}
+
+/// Each thread of process `pid` with where it waits, as `name:wchan`.
+fn thread_states(pid: u32) -> String {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return String::new();
+    };
+    let read = |path: std::path::PathBuf| {
+        std::fs::read_to_string(path).map_or_else(|_| "?".to_owned(), |text| text.trim().to_owned())
+    };
+    tasks
+        .filter_map(Result::ok)
+        .map(|task| {
+            format!(
+                "{}:{}",
+                read(task.path().join("comm")),
+                read(task.path().join("wchan"))
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A guest whose two vCPUs write to the console as fast as they can, forever: while one is
+/// stuck in the UART, the other waits for it.
+fn console_flood() -> Assembler {
+    let mut code = Assembler::new();
+    // 0: skip the loop; 4: the loop both vCPUs run.
+    code.b_to(0);
+    let flood = code.offset();
+    code.mov_imm(9, UART_BASE);
+    code.mov_imm(1, u64::from(b'x'));
+    let top = code.offset();
+    code.strb(1, 9, 0);
+    code.b_to(top);
+    let start = code.offset();
+    code.psci_call(CPU_ON_64, &[1, LOAD + 64 + flood, 0]);
+    code.b_to(flood);
+    let mut words = code.to_bytes();
+    // Patch the first branch now that `start` is known.
+    let mut skip = Assembler::new();
+    skip.b_to(start);
+    words[..4].copy_from_slice(&skip.to_bytes());
+    let mut patched = Assembler::new();
+    for word in words.chunks(4) {
+        patched.word(u32::from_le_bytes(word.try_into().unwrap()));
+    }
+    patched
+}
+
+#[test]
+fn a_console_nobody_reads_does_not_keep_vmm_from_stopping() {
+    let (dir, kernel) = scratch_kernel(&console_flood());
+    // `vmm ... | sleep 3600`: the pipe's reader never reads; its 64 KiB fill at once.
+    let mut vmm = Vmm::start_with(&kernel, &["--cpus", "2"], Stdio::piped());
+    vmm.wait_log("boot 1");
+    std::thread::sleep(Duration::from_secs(3));
+    println!("before SIGTERM: {}", thread_states(vmm.child.id()));
+    let started = Instant::now();
+    vmm.stop_within(libc::SIGTERM, Duration::from_secs(10));
+    println!("stopped in {} ms", started.elapsed().as_millis());
+
+    let socket = dir.as_path().join("api.sock");
+    let mut vmm = Vmm::start_with(
+        &kernel,
+        &["--cpus", "2", "--api-socket", socket.to_str().unwrap()],
+        Stdio::piped(),
+    );
+    vmm.wait_log("boot 1");
+    std::thread::sleep(Duration::from_secs(3));
+    let client = vmm::api::ApiClient::new(&socket);
+    let (status, _) = client
+        .request("PUT", "/api/v1/vm.shutdown", None)
+        .expect("vm.shutdown");
+    assert_eq!(status, 200);
+    let status = exit_within(&mut vmm.child, Duration::from_secs(10))
+        .expect("vm.shutdown did not stop vmm within 10 s");
+    assert_eq!(status.code(), Some(0));
 }
