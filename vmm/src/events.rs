@@ -4,11 +4,15 @@
 //! Events are streamed as JSON, one object per event, e.g.
 //! `{"at_ms":1767225600123,"event":"resumed","vcpu":0,"latency_us":180,"source":"rtc"}`.
 
+mod subscription;
+
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+pub use subscription::{EVENT_QUEUE_LIMIT, EventReceiver};
+use subscription::{Subscribers, Subscription};
 
 use arch_aarch64::psci::{PsciReturn, SuspendDenial};
 use devices::irq::{IrqError, IrqLine};
@@ -167,6 +171,11 @@ pub enum VmEventKind {
         /// The device that most likely woke the guest.
         source: WakeSource,
     },
+    /// This subscriber fell `limit` events behind and was dropped; its stream ends here.
+    Lagged {
+        /// The queue limit it reached.
+        limit: usize,
+    },
 }
 
 /// Also the log line: the product wants `suspended` and `resumed (wakeup: rtc)`.
@@ -187,6 +196,7 @@ impl fmt::Display for VmEventKind {
             Self::Suspended { .. } => f.write_str("suspended"),
             Self::Woken { source } => write!(f, "woken by {source}"),
             Self::Resumed { source, .. } => write!(f, "resumed (wakeup: {source})"),
+            Self::Lagged { limit } => write!(f, "subscriber dropped {limit} events behind"),
         }
     }
 }
@@ -214,13 +224,11 @@ impl VmEvent {
     }
 }
 
-/// Fans events out to every live subscriber and logs them.
-///
-/// Channels are unbounded: events come a few per suspend cycle, and publishing must never
-/// block a vCPU thread.
+/// Fans events out to subscribers, each with a bounded queue ([`EVENT_QUEUE_LIMIT`]);
+/// publishing never blocks a vCPU thread.
 #[derive(Debug, Default)]
 pub struct EventBus {
-    subscribers: Mutex<Vec<Sender<VmEvent>>>,
+    subscribers: Arc<Subscribers>,
     closed: std::sync::atomic::AtomicBool,
 }
 
@@ -231,35 +239,52 @@ impl EventBus {
     }
 
     /// A receiver of every event published from now on; drop it to unsubscribe.
-    pub fn subscribe(&self) -> Receiver<VmEvent> {
-        let (sender, receiver) = mpsc::channel();
+    pub fn subscribe(&self) -> EventReceiver {
+        let queue = Arc::new(Subscription::default());
         let mut subscribers = self.lock();
         // After `close` a subscriber gets a stream that has already ended.
-        if !self.closed.load(std::sync::atomic::Ordering::SeqCst) {
-            subscribers.push(sender);
+        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            queue.end();
+        } else {
+            subscribers.push(Arc::clone(&queue));
         }
-        receiver
+        EventReceiver::new(queue, Arc::downgrade(&self.subscribers))
     }
 
-    /// Ends every subscription: receivers see the channel disconnect once they drained it.
-    /// Called when the VM has stopped for good.
+    /// Ends every subscription: receivers see the end once they drained it. Called when the
+    /// VM has stopped for good.
     pub fn close(&self) {
         let mut subscribers = self.lock();
         self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
-        subscribers.clear();
+        for queue in subscribers.drain(..) {
+            queue.end();
+        }
     }
 
-    /// Logs `event` and sends it to every subscriber, forgetting those that hung up.
+    /// Logs `event` and queues it for every subscriber, dropping those that fell behind.
     pub fn publish(&self, event: VmEvent) {
         match event.kind {
             VmEventKind::Woken { .. } => log::debug!("{}", event.kind),
             VmEventKind::Suspended { latency_us, .. } | VmEventKind::Resumed { latency_us, .. } => {
                 log::info!("{} (in {latency_us} us)", event.kind)
             }
+            // A guest sets the rate of these: a loop of refused calls must not flood the log.
+            VmEventKind::SuspendRequested { .. } | VmEventKind::SuspendDenied { .. } => {
+                if GUEST_EVENT_LOG.allow() {
+                    log::info!("{}", event.kind)
+                }
+            }
             _ => log::info!("{}", event.kind),
         }
-        self.lock()
-            .retain(|subscriber| subscriber.send(event.clone()).is_ok());
+        self.lock().retain(|queue| {
+            let keep = queue.push(&event);
+            if !keep {
+                log::warn!(
+                    "An event subscriber fell {EVENT_QUEUE_LIMIT} events behind and was dropped"
+                );
+            }
+            keep
+        });
     }
 
     /// Publishes `kind` stamped with the current time, and returns the event.
@@ -269,15 +294,18 @@ impl EventBus {
         event
     }
 
-    /// How many subscribers were alive at the last publish (or subscribe).
+    /// How many subscribers there are.
     pub fn subscriber_count(&self) -> usize {
         self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Sender<VmEvent>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Subscription>>> {
         self.subscribers.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
+
+/// Suspend requests and denials come at the guest's rate: at most this many log lines a second.
+static GUEST_EVENT_LOG: devices::log_limit::LogLimit = devices::log_limit::LogLimit::new(10);
 
 /// Remembers which device interrupts were raised, so that the wakeup can name its source.
 ///
@@ -459,6 +487,8 @@ mod tests {
         let second = bus.subscribe();
         assert_eq!(bus.subscriber_count(), 2);
         drop(second);
+        // A dropped receiver leaves at once, not at the next publish.
+        assert_eq!(bus.subscriber_count(), 1);
         let sent = bus.emit(VmEventKind::Woken {
             source: WakeSource::Gpio,
         });
@@ -471,6 +501,41 @@ mod tests {
             source: WakeSource::Gpio,
         });
         assert_eq!(bus.subscriber_count(), 0);
+    }
+
+    #[test]
+    fn a_subscriber_that_does_not_read_is_dropped_with_a_lagged_event() {
+        let bus = EventBus::new();
+        let idle = bus.subscribe();
+        let reader = bus.subscribe();
+        let woken = VmEventKind::Woken {
+            source: WakeSource::Rtc,
+        };
+        for _ in 0..EVENT_QUEUE_LIMIT * 4 {
+            bus.emit(woken.clone());
+            assert_eq!(reader.try_recv().unwrap().kind, woken);
+        }
+        // The reader kept up and stays; the idle one holds at most the limit plus one.
+        assert_eq!(bus.subscriber_count(), 1);
+        let kept: Vec<_> = idle.try_iter().map(|event| event.kind).collect();
+        assert_eq!(kept.len(), EVENT_QUEUE_LIMIT + 1);
+        assert!(kept[..EVENT_QUEUE_LIMIT].iter().all(|kind| *kind == woken));
+        assert_eq!(
+            kept[EVENT_QUEUE_LIMIT],
+            VmEventKind::Lagged {
+                limit: EVENT_QUEUE_LIMIT
+            }
+        );
+        assert_eq!(
+            idle.recv_timeout(std::time::Duration::ZERO),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
+        );
+        bus.close();
+        assert_eq!(
+            reader.recv(),
+            Err(std::sync::mpsc::RecvError),
+            "closing ends every stream"
+        );
     }
 
     #[test]

@@ -85,6 +85,14 @@ pub enum VmmError {
     /// The console's output thread could not be started.
     #[error("Cannot start the console output thread")]
     ConsoleThread(#[source] std::io::Error),
+    /// A thread of the VMM panicked (only with unwinding: the release profile aborts).
+    #[error("The {thread} thread panicked: {message}")]
+    Panicked {
+        /// Which thread.
+        thread: String,
+        /// What the panic said.
+        message: String,
+    },
     /// The VMM thread could not be started.
     #[error("Cannot start the VMM thread")]
     VmmThread(#[source] std::io::Error),
@@ -109,6 +117,15 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// What a panic said, from its payload.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|text| (*text).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned())
 }
 
 /// The KVM device to use: `$VMM_KVM_PATH` or `/dev/kvm`.

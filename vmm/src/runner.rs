@@ -20,7 +20,7 @@ use crate::events::WakeSourceTracker;
 use crate::machine::{self, Machine};
 use crate::suspend::SuspendCoordinator;
 use crate::terminal::RawTerminal;
-use crate::vcpu::{VcpuContext, run_vcpu};
+use crate::vcpu::{VcpuContext, run_vcpu_guarded};
 use crate::virtio_devices::OpenedDisk;
 use crate::vm::{BootControls, HandleShared};
 use crate::{VmmError, signals};
@@ -142,7 +142,7 @@ fn run_machine(
         let thread_context = Arc::clone(&context);
         let spawned = std::thread::Builder::new()
             .name(format!("vcpu{index}"))
-            .spawn(move || run_vcpu(vcpu, thread_kicker.as_ref(), &thread_context));
+            .spawn(move || run_vcpu_guarded(vcpu, thread_kicker.as_ref(), &thread_context));
         match spawned {
             Ok(handle) => threads.push((kicker, handle)),
             Err(source) => {

@@ -1,6 +1,33 @@
 //! Raw terminal mode for the serial console, restored however the VMM exits.
 
 use std::io::IsTerminal;
+use std::sync::{Mutex, Once};
+
+/// The settings to restore, for the panic hook: the release profile aborts on a panic, and no
+/// destructor runs then.
+static SAVED: Mutex<Option<libc::termios>> = Mutex::new(None);
+
+fn restore(saved: &libc::termios) {
+    // SAFETY: restores settings read from the same terminal by `enter`.
+    unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, saved) };
+}
+
+/// Makes a panic restore the terminal before its message is printed and the process ends.
+fn restore_on_panic() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            // try_lock: a panic while the lock is held must not deadlock the hook.
+            if let Ok(saved) = SAVED.try_lock() {
+                if let Some(saved) = saved.as_ref() {
+                    restore(saved);
+                }
+            }
+            previous(info);
+        }));
+    });
+}
 
 /// Puts stdin in raw mode while it lives, if stdin is a terminal; restores the exact previous
 /// settings when dropped.
@@ -29,6 +56,8 @@ impl RawTerminal {
         if unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &raw) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
+        *SAVED.lock().unwrap_or_else(|e| e.into_inner()) = Some(saved);
+        restore_on_panic();
         Ok(Self { saved: Some(saved) })
     }
 }
@@ -36,8 +65,8 @@ impl RawTerminal {
 impl Drop for RawTerminal {
     fn drop(&mut self) {
         if let Some(saved) = &self.saved {
-            // SAFETY: restores settings read from the same terminal by `enter`.
-            unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, saved) };
+            restore(saved);
+            *SAVED.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
     }
 }

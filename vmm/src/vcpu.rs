@@ -20,6 +20,21 @@ pub struct VcpuContext {
     pub suspend: Arc<SuspendCoordinator>,
 }
 
+/// Runs `vcpu` until the VM stops; a panic on the way (with unwinding: the release profile
+/// aborts) stops the VM with an error naming the vCPU, so that nothing waits for it forever.
+pub fn run_vcpu_guarded<V: Vcpu>(vcpu: V, kick: &dyn VcpuKick, context: &VcpuContext) {
+    let index = vcpu.index();
+    let run = std::panic::AssertUnwindSafe(|| run_vcpu(vcpu, kick, context));
+    if let Err(payload) = std::panic::catch_unwind(run) {
+        kick.unbind_thread();
+        let message = crate::panic_message(payload.as_ref());
+        log::error!("vCPU {index} panicked: {message}");
+        context.control.request_exit(ExitReason::Error(format!(
+            "vCPU {index} panicked: {message}"
+        )));
+    }
+}
+
 /// Runs `vcpu` until the VM stops.
 pub fn run_vcpu<V: Vcpu>(mut vcpu: V, kick: &dyn VcpuKick, context: &VcpuContext) {
     kick.bind_current_thread();
@@ -212,6 +227,59 @@ mod tests {
         ]);
         assert_eq!(reason, Some(ExitReason::PowerOff));
         assert_eq!(reads, [vec![0xCD, 0xAB, 0, 0], vec![0, 0]]);
+    }
+
+    #[test]
+    fn a_vcpu_that_panics_stops_the_vm_with_an_error() {
+        let control = Arc::new(VmControl::new().unwrap());
+        let context = VcpuContext {
+            bus: Arc::new(MmioBus::new()),
+            control: Arc::clone(&control),
+            suspend: Arc::new(SuspendCoordinator::new(
+                1,
+                vec![],
+                vec![Arc::new(NoKick)],
+                Arc::new(EventBus::new()),
+                Arc::new(WakeSourceTracker::new()),
+                Arc::clone(&control),
+            )),
+        };
+        run_vcpu_guarded(PanickingVcpu, &NoKick, &context);
+        assert_eq!(
+            control.exit_reason(),
+            Some(ExitReason::Error("vCPU 3 panicked: vcpu bug".into()))
+        );
+    }
+
+    /// A vCPU whose first entry panics, as a bug in an exit handler would.
+    struct PanickingVcpu;
+
+    impl Vcpu for PanickingVcpu {
+        fn index(&self) -> u32 {
+            3
+        }
+        fn run(&mut self) -> Result<VmExit, VcpuError> {
+            // Unwinds like a panic, without the panic message in the test output.
+            std::panic::resume_unwind(Box::new("vcpu bug"))
+        }
+        fn complete_mmio_read(&mut self, _: &[u8]) -> Result<(), VcpuError> {
+            Ok(())
+        }
+        fn reg(&self, _: u64) -> Result<u64, VcpuError> {
+            Ok(0)
+        }
+        fn set_reg(&self, _: u64, _: u64) -> Result<(), VcpuError> {
+            Ok(())
+        }
+        fn mp_state(&self) -> Result<MpState, VcpuError> {
+            Ok(MpState::Runnable)
+        }
+        fn set_mp_state(&self, _: MpState) -> Result<(), VcpuError> {
+            Ok(())
+        }
+        fn reset(&mut self) -> Result<(), VcpuError> {
+            Ok(())
+        }
     }
 
     #[test]

@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -13,7 +12,7 @@ use crate::boot_images::BootImages;
 use crate::console::Console;
 use crate::control::{ExitReason, VmControl};
 use crate::events::WakeSource;
-use crate::events::{EventBus, VmEvent};
+use crate::events::{EventBus, EventReceiver};
 use crate::suspend::{PauseError, SuspendCoordinator, SuspendState, SuspendStats};
 use crate::virtio_devices::{AttachedDevice, DeviceInfo, OpenedDisk, open_disks};
 use crate::{VmConfig, VmmError};
@@ -125,7 +124,7 @@ impl Vm {
     }
 
     /// Subscribes to the VM's events before it starts, so that none is missed.
-    pub fn subscribe(&self) -> Receiver<VmEvent> {
+    pub fn subscribe(&self) -> EventReceiver {
         self.shared.events.subscribe()
     }
 
@@ -151,20 +150,34 @@ impl Vm {
         let spawned = std::thread::Builder::new()
             .name("vmm".to_owned())
             .spawn(move || {
-                let result = crate::run_with(
-                    &self.config,
-                    &self.disks,
-                    &self.kvm_path,
-                    &self.console,
-                    &thread_shared,
-                );
-                thread_shared.finish(result);
+                run_to_the_end(&thread_shared, || {
+                    crate::run_with(
+                        &self.config,
+                        &self.disks,
+                        &self.kvm_path,
+                        &self.console,
+                        &thread_shared,
+                    )
+                })
             });
         match spawned {
             Ok(_) => Ok(VmHandle { shared }),
             Err(source) => Err(VmmError::VmmThread(source)),
         }
     }
+}
+
+/// Runs the VM with `run` and publishes how it ended, also when it panicked (with
+/// unwinding; the release profile aborts instead), so that [`VmHandle::wait`] always returns.
+fn run_to_the_end(shared: &HandleShared, run: impl FnOnce() -> Result<ExitReason, VmmError>) {
+    let result =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|payload| {
+            Err(VmmError::Panicked {
+                thread: "vmm".to_owned(),
+                message: crate::panic_message(payload.as_ref()),
+            })
+        });
+    shared.finish(result);
 }
 
 /// What a running boot exposes to the handle.
@@ -323,7 +336,7 @@ impl VmHandle {
     }
 
     /// Subscribes to the VM's events (suspend requested, denied, suspended, woken, resumed).
-    pub fn subscribe(&self) -> Receiver<VmEvent> {
+    pub fn subscribe(&self) -> EventReceiver {
         self.shared.events.subscribe()
     }
 
@@ -501,6 +514,23 @@ impl VmHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_panic_on_the_vm_thread_still_ends_wait() {
+        let handle = VmHandle::detached();
+        let shared = Arc::clone(&handle.shared);
+        std::thread::spawn(move || {
+            run_to_the_end(&shared, || {
+                std::panic::resume_unwind(Box::new("machine bug"))
+            })
+        });
+        let err = handle
+            .wait_timeout(Duration::from_secs(60))
+            .expect("wait returned")
+            .unwrap_err();
+        assert_eq!(err.to_string(), "The vmm thread panicked: machine bug");
+        assert_eq!(handle.state(), VmState::Stopped);
+    }
 
     #[test]
     fn the_handle_can_be_shared_across_threads() {

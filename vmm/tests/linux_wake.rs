@@ -8,12 +8,11 @@
 //! `vmmtest=suspend-wait`) and `VMM_TEST_ROOTFS` (its ext4 root disk). The testbed sets them.
 #![cfg(target_arch = "aarch64")]
 
-use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use devices::virtio::DeviceKind;
-use vmm::events::{VmEvent, VmEventKind, WakeSource};
+use vmm::events::{EventReceiver, VmEventKind, WakeSource};
 use vmm::virtio_devices::DeviceInfo;
 use vmm::{Console, DiskConfig, ExitReason, Vm, VmConfig, VmHandle, VmState};
 use vmm_sys_util::tempdir::TempDir;
@@ -26,7 +25,7 @@ fn guest_file(variable: &str) -> std::path::PathBuf {
 
 struct Guest {
     handle: VmHandle,
-    events: Receiver<VmEvent>,
+    events: EventReceiver,
     console: Arc<Mutex<Vec<u8>>>,
     /// Holds the root disk's copy, if it has one.
     _scratch: TempDir,

@@ -68,6 +68,10 @@ impl MmioDevice for BootTimer {
         }
         let elapsed = self.start.elapsed();
         self.boot_time = Some(elapsed);
+        // The guest may write the magic in a loop; the log gets a few lines a second.
+        if !BOOT_TIMER_LOG.allow() {
+            return;
+        }
         log::info!(
             "Guest boot time: {} us since vmm start, {} CPU us",
             elapsed.as_micros(),
@@ -75,6 +79,8 @@ impl MmioDevice for BootTimer {
         );
     }
 }
+
+static BOOT_TIMER_LOG: crate::log_limit::LogLimit = crate::log_limit::LogLimit::new(5);
 
 /// When this process started, on the monotonic clock; read once.
 fn process_start() -> Option<Instant> {

@@ -7,6 +7,7 @@ pub mod boot_timer;
 pub mod bus;
 pub mod gpio_pl061;
 pub mod irq;
+pub mod log_limit;
 pub mod rtc_pl031;
 pub mod serial;
 pub mod virtio;

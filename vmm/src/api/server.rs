@@ -21,8 +21,11 @@ use super::{ApiReply, ApiRouter};
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one write to a client may block (a client that stops reading a stream).
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// The most connections served at once; more are answered 503.
+/// The most requests served at once; more are answered 503. Event streams do not count.
 pub const MAX_CONNECTIONS: usize = 16;
+/// The most event streams held open at once; more are answered 503. They have their own
+/// limit, so that open streams never keep `vm.info` or `vm.shutdown` from a slot.
+pub const MAX_EVENT_STREAMS: usize = 16;
 /// Pause after a failed accept (EMFILE...) so that the accept thread does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -50,8 +53,10 @@ pub struct ApiServerOptions {
     pub read_timeout: Duration,
     /// Time one write to the client may block.
     pub write_timeout: Duration,
-    /// The most connections served at once.
+    /// The most requests served at once.
     pub max_connections: usize,
+    /// The most event streams held open at once.
+    pub max_event_streams: usize,
 }
 
 impl Default for ApiServerOptions {
@@ -60,6 +65,7 @@ impl Default for ApiServerOptions {
             read_timeout: READ_TIMEOUT,
             write_timeout: WRITE_TIMEOUT,
             max_connections: MAX_CONNECTIONS,
+            max_event_streams: MAX_EVENT_STREAMS,
         }
     }
 }
@@ -68,7 +74,10 @@ impl Default for ApiServerOptions {
 struct Shared {
     router: Arc<dyn ApiRouter>,
     options: ApiServerOptions,
+    /// Connections holding a request slot: every one until it turns into an event stream.
     live: AtomicUsize,
+    /// Event streams open.
+    streams: AtomicUsize,
     stopping: AtomicBool,
 }
 
@@ -107,6 +116,7 @@ impl ApiServer {
             router,
             options,
             live: AtomicUsize::new(0),
+            streams: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
         });
         let (thread_shared, thread_stop) = (shared.clone(), stop.clone());
@@ -321,7 +331,36 @@ fn respond(stream: &UnixStream, shared: &Shared) {
                 http::write_json(&mut out, status, &body)
             };
         }
-        ApiReply::Stream(events) => stream_events(stream, request.version, head, events),
+        ApiReply::Stream(events) => {
+            let Some(_slot) = StreamSlot::take(shared) else {
+                let body = http::error_body("Too many event streams");
+                let _ = http::write_json(&mut out, 503, &body);
+                return;
+            };
+            stream_events(stream, request.version, head, events)
+        }
+    }
+}
+
+/// An event stream's slot; while it is held, its connection gives its request slot back.
+struct StreamSlot<'a>(&'a Shared);
+
+impl<'a> StreamSlot<'a> {
+    fn take(shared: &'a Shared) -> Option<Self> {
+        if shared.streams.fetch_add(1, Ordering::SeqCst) >= shared.options.max_event_streams {
+            shared.streams.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        shared.live.fetch_sub(1, Ordering::SeqCst);
+        Some(Self(shared))
+    }
+}
+
+impl Drop for StreamSlot<'_> {
+    fn drop(&mut self) {
+        // The connection's guard gives the request slot back when the thread ends.
+        self.0.live.fetch_add(1, Ordering::SeqCst);
+        self.0.streams.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

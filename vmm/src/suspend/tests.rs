@@ -12,7 +12,7 @@ use devices::irq::RecordingIrqLine;
 
 use super::*;
 use crate::control::ExitReason;
-use crate::events::{VmEvent, WakeSourceIrqLine};
+use crate::events::{EventReceiver, WakeSourceIrqLine};
 
 const RAM: RamRange = RamRange {
     start: 0x4000_0000,
@@ -179,7 +179,7 @@ struct Rig {
     coordinator: Arc<SuspendCoordinator>,
     control: Arc<VmControl>,
     tracker: Arc<WakeSourceTracker>,
-    events: Receiver<VmEvent>,
+    events: EventReceiver,
     kicks: Vec<Arc<FakeKick>>,
     states: Vec<Arc<FakeState>>,
 }

@@ -13,6 +13,10 @@
 //! suspend cycle.
 
 pub mod block;
+/// Fuzzing entry points (feature `fuzzing`, off by default); not an API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod mmio;
 pub mod rng;
 mod worker;

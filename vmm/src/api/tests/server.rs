@@ -168,6 +168,42 @@ fn api_server_caps_connections() {
 }
 
 #[test]
+fn event_streams_have_their_own_limit_and_never_take_a_request_slot() {
+    let (_dir, server, _) = start(ApiServerOptions {
+        max_connections: 2,
+        max_event_streams: 3,
+        ..Default::default()
+    });
+    let client = ApiClient::new(server.path());
+    // As many streams as allowed, each with its first event read (so each is streaming).
+    let streams: Vec<_> = (0..3)
+        .map(|_| {
+            let mut events = client.stream("/api/v1/events.idle").unwrap();
+            assert_eq!(events.next().unwrap().unwrap(), json!({ "n": 1 }));
+            events
+        })
+        .collect();
+    assert!(eventually(|| server.connections() == 0));
+    // Requests still get both of their slots.
+    for _ in 0..2 {
+        assert_eq!(
+            client.request("GET", "/api/v1/vm.info", None).unwrap().0,
+            200
+        );
+    }
+    match client.stream("/api/v1/events.idle") {
+        Err(ApiClientError::Status {
+            status: 503,
+            message,
+        }) => assert_eq!(message, "Too many event streams"),
+        other => panic!("a fourth stream: {:?}", other.map(|_| ())),
+    }
+    // Their slots come back once the server sees the clients gone.
+    drop(streams);
+    assert!(eventually(|| client.stream("/api/v1/events.idle").is_ok()));
+}
+
+#[test]
 fn api_server_streams() {
     let (_dir, server, router) = start(Default::default());
     let client = ApiClient::new(server.path());
