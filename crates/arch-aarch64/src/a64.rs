@@ -20,6 +20,12 @@ pub const CURRENT_EL: SysReg = SysReg(3, 0, 4, 2, 2);
 pub const SCTLR_EL1: SysReg = SysReg(3, 0, 1, 0, 0);
 /// `MPIDR_EL1`.
 pub const MPIDR_EL1: SysReg = SysReg(3, 0, 0, 0, 5);
+/// `CNTFRQ_EL0`: the generic timer's frequency.
+pub const CNTFRQ_EL0: SysReg = SysReg(3, 3, 14, 0, 0);
+/// `CNTV_TVAL_EL0`: the virtual timer fires this many ticks from now.
+pub const CNTV_TVAL_EL0: SysReg = SysReg(3, 3, 14, 3, 0);
+/// `CNTV_CTL_EL0`: bit 0 enables the virtual timer.
+pub const CNTV_CTL_EL0: SysReg = SysReg(3, 3, 14, 3, 1);
 /// `ICC_SRE_EL1`: GICv3 system-register interface enable.
 pub const ICC_SRE_EL1: SysReg = SysReg(3, 0, 12, 12, 5);
 /// `ICC_PMR_EL1`: GICv3 priority mask.

@@ -49,7 +49,10 @@ fn main() -> std::process::ExitCode {
 mod floor {
     use std::time::{Duration, Instant};
 
-    use arch_aarch64::a64::{Assembler, ICC_IGRPEN1_EL1, ICC_PMR_EL1, ICC_SRE_EL1, SysReg};
+    use arch_aarch64::a64::{
+        Assembler, CNTFRQ_EL0, CNTV_CTL_EL0, CNTV_TVAL_EL0, ICC_IGRPEN1_EL1, ICC_PMR_EL1,
+        ICC_SRE_EL1,
+    };
     use arch_aarch64::layout::{GIC_DIST_BASE, GIC_REDIST_BASE, GIC_REDIST_SIZE, RAM_START};
     use arch_aarch64::psci::{SYSTEM_OFF, SYSTEM_SUSPEND_64};
     use arch_aarch64::regs::{PC, PSTATE, PSTATE_EL1H_DAIF_MASKED, xreg};
@@ -66,10 +69,6 @@ mod floor {
     const RAM_SIZE: usize = 1 << 20;
     /// The most vCPUs whose redistributors fit before the device area.
     const MAX_CPUS: u32 = 123;
-    /// `CNTFRQ_EL0`, `CNTV_TVAL_EL0` and `CNTV_CTL_EL0`.
-    const CNTFRQ_EL0: SysReg = SysReg(3, 3, 14, 0, 0);
-    const CNTV_TVAL_EL0: SysReg = SysReg(3, 3, 14, 3, 0);
-    const CNTV_CTL_EL0: SysReg = SysReg(3, 3, 14, 3, 1);
     /// The virtual timer's interrupt, INTID 27.
     const VTIMER_INTID: u32 = 27;
     /// GICD_CTLR: EnableGrp1 (non-secure), as KVM's single-security-state GIC has it.

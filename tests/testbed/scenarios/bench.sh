@@ -20,7 +20,7 @@ INITRD="$ROOT/guest/initrd.cpio"
 DISK_INITRD="$ROOT/guest/initrd-disk.cpio"
 DISK_IMAGE=/tmp/bench-disk.img
 QEMU_CACHE=none
-CMDLINE="quiet panic=-1 vmmtest=bench"
+CMDLINE="quiet panic=-1"
 QEMU_LIBS="$ROOT/qemu/lib"
 FIFO=/tmp/bench.fifo
 CR=$(printf '\r')
@@ -99,7 +99,8 @@ run_vm() {
     for device in $devices; do
         case $device in rng) rng=on ;; *=*) disks=$((disks + 1)) ;; esac
     done
-    [ "$run" = disk ] && initrd=$DISK_INITRD
+    mode=bench
+    [ "$run" = disk ] && mode=bench-disk initrd=$DISK_INITRD
     tag="run=$run vmm=$vmm cpus=$cpus round=$round disks=$disks rng=$rng"
     name=$run-$vmm-${cpus}cpu
     [ "$disks" = 0 ] || name=$name-${disks}disk
@@ -108,11 +109,11 @@ run_vm() {
         set -- "$QEMU_LIBS/ld-linux-aarch64.so.1" --library-path "$QEMU_LIBS" \
             "$ROOT/qemu/bin/qemu-system-aarch64" -M virt,gic-version=3 -accel kvm -cpu host \
             -display none -nodefaults -serial stdio -no-reboot -smp "$cpus" -m "$MEMORY" \
-            -kernel "$KERNEL" -initrd "$initrd" -append "$CMDLINE $extra"
+            -kernel "$KERNEL" -initrd "$initrd" -append "$CMDLINE vmmtest=$mode $extra"
         [ "$rng" = on ] && set -- "$@" -device virtio-rng-device
     else
         set -- "$VMM" -v --cpus "$cpus" --memory "$MEMORY" --kernel "$KERNEL" \
-            --initramfs "$initrd" --cmdline "$CMDLINE $extra"
+            --initramfs "$initrd" --cmdline "$CMDLINE vmmtest=$mode $extra"
         [ "$vmm" = ours-s2idle ] && set -- "$@" --no-suspend
         [ "$rng" = on ] || set -- "$@" --no-rng
     fi

@@ -133,7 +133,7 @@ pub fn stage(
     for scenario in scenarios {
         let limit = (scenario.timeout.as_secs_f64() * time_scale).ceil() as u64;
         let script = match scenario.steps {
-            Steps::CargoTests(selection) => {
+            Steps::CargoTests(selection) | Steps::IgnoredCargoTests(selection) => {
                 let tests: Vec<_> = if selection.is_empty() {
                     artefacts.tests.iter().collect()
                 } else {
@@ -159,7 +159,8 @@ pub fn stage(
                     }
                     names.push(name);
                 }
-                cargo_tests_script(&names, limit / 2)
+                let ignored = matches!(scenario.steps, Steps::IgnoredCargoTests(_));
+                cargo_tests_script(&names, limit / 2, ignored)
             }
             Steps::Script(script) => script.to_owned(),
         };
@@ -202,6 +203,9 @@ pub fn stage_shell(work_dir: &Path, artefacts: &Artefacts) -> Result<Staged, Ini
 const LIB_SH: &str = include_str!("../scenarios/lib.sh");
 const GUEST_INIT: &str = include_str!("../../../resources/guest/init.sh");
 
+/// Where the nested guest's initramfs tree is staged, under the work directory.
+const GUEST_ROOT: &str = "guest-root";
+
 /// The size of the nested guest's root disk image (sparse on this side).
 const ROOTFS_SIZE: &str = "64M";
 
@@ -211,7 +215,7 @@ const ROOTFS_SIZE: &str = "64M";
 /// `guest/rootfs.ext4` for `root=/dev/vdX`, which the initramfs's init switches to.
 fn stage_guest(work_dir: &Path, artefacts: &Artefacts, root: &Path) -> Result<(), InitramfsError> {
     copy(&artefacts.kernel, &root.join("guest/Image"))?;
-    let guest_root = fresh_dir(&work_dir.join("guest-root"))?;
+    let guest_root = fresh_dir(&work_dir.join(GUEST_ROOT))?;
     for dir in ["bin", "sbin", "dev", "proc", "sys", "tmp", "newroot"] {
         let path = guest_root.join(dir);
         std::fs::create_dir_all(&path).map_err(io_err(&path))?;
@@ -353,8 +357,9 @@ fn mke2fs(dir: &Path, image: &Path) -> Result<(), InitramfsError> {
 /// Runs test executables one after the other; the libtest lines are the result lines. The
 /// vmm's own tests find the binary and a real kernel through the environment. Each executable
 /// has `exec_limit` seconds, so that one that hangs is named and the rest still run (busybox's
-/// `timeout` exits 143 where GNU's exits 124).
-fn cargo_tests_script(names: &[String], exec_limit: u64) -> String {
+/// `timeout` exits 143 where GNU's exits 124). With `ignored`, only `#[ignore]`d tests run.
+fn cargo_tests_script(names: &[String], exec_limit: u64, ignored: bool) -> String {
+    let only_ignored = if ignored { " --ignored" } else { "" };
     let mut script = String::from(
         "#!/bin/sh\nrc=0\ncd /tmp\nexport VMM_BIN=\"$ROOT/bin/vmm\" VMM_TEST_KERNEL=\"$ROOT/guest/Image\" VMM_TEST_INITRD=\"$ROOT/guest/initrd.cpio\" VMM_TEST_ROOTFS=\"$ROOT/guest/rootfs.ext4\"\n",
     );
@@ -362,7 +367,7 @@ fn cargo_tests_script(names: &[String], exec_limit: u64) -> String {
         let _ = writeln!(
             script,
             "echo \"@@testbed exec {name}\"\n\
-             timeout {exec_limit} \"$ROOT/tests/{name}\" --test-threads=1 --show-output\n\
+             timeout {exec_limit} \"$ROOT/tests/{name}\" --test-threads=1 --show-output{only_ignored}\n\
              status=$?\n\
              [ $status = 0 ] || rc=1\n\
              case $status in 124|143) echo \"\n@@result {name} fail killed after {exec_limit} s\" ;; esac"
@@ -433,14 +438,11 @@ pub fn stage_bench(
         }
     }
     copy(&bench.floor, &root.join("bin/suspend_floor"))?;
-    let guest_root = root
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join("guest-root");
-    copy(&bench.disk_pattern, &guest_root.join("bin/disk-pattern"))?;
+    let guest_root = root.parent().unwrap_or(Path::new(".")).join(GUEST_ROOT);
+    let disk_pattern = guest_root.join("bin/disk-pattern");
+    copy(&bench.disk_pattern, &disk_pattern)?;
     cpio(&guest_root, &root.join("guest/initrd-disk.cpio"))?;
-    std::fs::remove_file(guest_root.join("bin/disk-pattern"))
-        .map_err(io_err(&guest_root.join("bin/disk-pattern")))?;
+    std::fs::remove_file(&disk_pattern).map_err(io_err(&disk_pattern))?;
     write(&root.join("testbed/bench.env"), plan_env, false)
 }
 

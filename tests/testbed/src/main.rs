@@ -83,6 +83,10 @@ enum Command {
         /// Repetitions of every measurement, alternating the VMMs.
         #[arg(long, default_value_t = 5)]
         rounds: u32,
+        /// Runs only these measurements (comma-separated), e.g. `--only disk,devices` for the
+        /// disk-throughput and with-devices rows; all of them by default.
+        #[arg(long, value_enum, value_delimiter = ',', value_name = "PART")]
+        only: Vec<bench::Part>,
         /// The unpacked arm64 artefacts, QEMU's included (scripts/setup-bench.sh).
         #[arg(long, env = "VMM_ARTEFACTS")]
         artefacts: Option<PathBuf>,
@@ -214,6 +218,7 @@ fn run(cli: Cli) -> Result<bool, TestbedError> {
         }
         Command::Bench {
             rounds,
+            only,
             artefacts,
             work_dir,
             out_dir,
@@ -226,6 +231,7 @@ fn run(cli: Cli) -> Result<bool, TestbedError> {
             work_dir,
             out_dir,
             rounds,
+            only,
             time_scale,
             emulate,
             from_log,

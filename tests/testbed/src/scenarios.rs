@@ -8,6 +8,9 @@ use std::time::Duration;
 pub enum Steps {
     /// Cargo test executables, by `(package, target)`; an empty list means all of them.
     CargoTests(&'static [(&'static str, &'static str)]),
+    /// Only the `#[ignore]`d tests of these executables (long runs kept out of the default
+    /// set), run with `--ignored`.
+    IgnoredCargoTests(&'static [(&'static str, &'static str)]),
     /// A shell script from `tests/testbed/scenarios/`, which boots nested Linux guests.
     Script(&'static str),
 }
@@ -113,6 +116,13 @@ pub fn all() -> Vec<Scenario> {
             timeout: Duration::from_secs(300),
             steps: Steps::Script(include_str!("../scenarios/example.sh")),
             default: true,
+        },
+        Scenario {
+            name: "soak",
+            description: "1000 timer-woken bare-metal suspends and 200 Linux ones with the disk busy, 4 vCPUs; RSS and fds flat",
+            timeout: Duration::from_secs(3600),
+            steps: Steps::IgnoredCargoTests(&[("vmm", "soak")]),
+            default: false,
         },
         Scenario {
             name: "aarch64-tests",

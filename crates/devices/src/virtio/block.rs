@@ -25,8 +25,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use super::worker::drain_queue;
 use super::{
     ActivateError, ActiveQueue, DeviceCounters, DeviceKind, QUEUE_MAX_SIZE, QueueHandler,
-    QueueWorker, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VirtioDevice, VirtioInterrupt,
-    read_config_bytes,
+    QueueWorker, ThreadStartHook, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VirtioDevice,
+    VirtioInterrupt, read_config_bytes,
 };
 
 /// Bytes in a virtio-blk sector, whatever the image's block size.
@@ -162,6 +162,7 @@ pub struct BlockDevice {
     config: Vec<u8>,
     counters: Arc<DeviceCounters>,
     worker: Option<QueueWorker>,
+    worker_hook: Option<ThreadStartHook>,
     name: String,
 }
 
@@ -184,8 +185,15 @@ impl BlockDevice {
             config,
             counters: Arc::default(),
             worker: None,
+            worker_hook: None,
             name: format!("virtio-blk-{serial}"),
         }
+    }
+
+    /// Runs `hook` first on each of its worker threads (the VMM's seccomp filter).
+    pub fn with_worker_hook(mut self, hook: Option<ThreadStartHook>) -> Self {
+        self.worker_hook = hook;
+        self
     }
 
     /// The image it serves.
@@ -237,8 +245,15 @@ impl VirtioDevice for BlockDevice {
             serial: self.serial,
             counters: Arc::clone(&self.counters),
         };
-        let worker = QueueWorker::start(self.name.clone(), memory, queues, interrupt, handler)
-            .map_err(ActivateError::Worker)?;
+        let worker = QueueWorker::start_with_hook(
+            self.name.clone(),
+            memory,
+            queues,
+            interrupt,
+            handler,
+            self.worker_hook.clone(),
+        )
+        .map_err(ActivateError::Worker)?;
         self.worker = Some(worker);
         Ok(())
     }

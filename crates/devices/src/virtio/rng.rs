@@ -9,7 +9,7 @@ use vm_memory::{Bytes, GuestMemoryMmap};
 use super::worker::drain_queue;
 use super::{
     ActivateError, ActiveQueue, DeviceCounters, DeviceKind, QUEUE_MAX_SIZE, QueueHandler,
-    QueueWorker, VIRTIO_F_VERSION_1, VirtioDevice, VirtioInterrupt,
+    QueueWorker, ThreadStartHook, VIRTIO_F_VERSION_1, VirtioDevice, VirtioInterrupt,
 };
 
 /// The most bytes one request gets, so a guest cannot make the worker fill gigabytes at once.
@@ -20,12 +20,19 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 pub struct RngDevice {
     counters: Arc<DeviceCounters>,
     worker: Option<QueueWorker>,
+    worker_hook: Option<ThreadStartHook>,
 }
 
 impl RngDevice {
     /// A new device.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Runs `hook` first on each of its worker threads (the VMM's seccomp filter).
+    pub fn with_worker_hook(mut self, hook: Option<ThreadStartHook>) -> Self {
+        self.worker_hook = hook;
+        self
     }
 }
 
@@ -64,8 +71,15 @@ impl VirtioDevice for RngDevice {
             counters: Arc::clone(&self.counters),
         };
         self.worker = Some(
-            QueueWorker::start("virtio-rng".into(), memory, queues, interrupt, handler)
-                .map_err(ActivateError::Worker)?,
+            QueueWorker::start_with_hook(
+                "virtio-rng".into(),
+                memory,
+                queues,
+                interrupt,
+                handler,
+                self.worker_hook.clone(),
+            )
+            .map_err(ActivateError::Worker)?,
         );
         Ok(())
     }

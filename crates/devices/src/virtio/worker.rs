@@ -29,6 +29,11 @@ pub trait QueueHandler: Send + 'static {
     fn process(&mut self, index: usize, queue: &mut Queue, memory: &GuestMemoryMmap) -> bool;
 }
 
+/// Runs first on each worker thread, before it touches a queue: the VMM installs the thread's
+/// seccomp filter there. An error ends the thread at once (it is logged), so a worker never
+/// serves the guest without what its hook set up.
+pub type ThreadStartHook = Arc<dyn Fn() -> std::io::Result<()> + Send + Sync>;
+
 /// A running worker thread; [`QueueWorker::stop`] (or drop) ends and joins it.
 pub struct QueueWorker {
     stop: EventFd,
@@ -43,6 +48,18 @@ impl QueueWorker {
         queues: Vec<ActiveQueue>,
         interrupt: Arc<VirtioInterrupt>,
         handler: H,
+    ) -> Result<Self, WorkerError> {
+        Self::start_with_hook(name, memory, queues, interrupt, handler, None)
+    }
+
+    /// [`QueueWorker::start`], with `on_start` run first on the new thread.
+    pub fn start_with_hook<H: QueueHandler>(
+        name: String,
+        memory: GuestMemoryMmap,
+        queues: Vec<ActiveQueue>,
+        interrupt: Arc<VirtioInterrupt>,
+        handler: H,
+        on_start: Option<ThreadStartHook>,
     ) -> Result<Self, WorkerError> {
         let stop = EventFd::new(EFD_NONBLOCK).map_err(WorkerError::Epoll)?;
         let epoll = Epoll::new().map_err(WorkerError::Epoll)?;
@@ -74,8 +91,14 @@ impl QueueWorker {
             handler,
         };
         let thread = std::thread::Builder::new()
-            .name(name)
-            .spawn(move || state.run())
+            .name(name.clone())
+            .spawn(move || {
+                if let Some(Err(err)) = on_start.map(|hook| hook()) {
+                    log::error!("virtio worker {name} not started: {err}");
+                    return;
+                }
+                state.run()
+            })
             .map_err(WorkerError::Spawn)?;
         Ok(Self {
             stop,

@@ -21,10 +21,52 @@ use crate::initramfs::{self, InitramfsError};
 use crate::report;
 use crate::scenarios::{Scenario, Steps};
 
-/// The most rounds a run may ask for; each takes about three minutes here.
+/// The most rounds a run may ask for; each takes about five minutes here.
 const MAX_ROUNDS: u32 = 50;
-/// A generous time limit per round inside the host (a round takes about 170 s here).
-const ROUND_LIMIT: Duration = Duration::from_secs(360);
+/// A generous time limit per round inside the host (a full round takes about 280 s here).
+const ROUND_LIMIT: Duration = Duration::from_secs(600);
+
+/// The measurements of a round, which `testbed bench --only` picks from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// Boot to init and memory overhead, ours and QEMU.
+    Boot,
+    /// Host CPU while the guest sleeps, and the rtcwake round trips: ours deep, ours s2idle,
+    /// QEMU.
+    Idle,
+    /// Our suspend and resume latencies at 1 to 8 vCPUs, without devices.
+    Suspend,
+    /// The ioctl floor of a suspend cycle.
+    Floor,
+    /// Disk throughput in the guest, ours and QEMU (virtio-blk on a raw image).
+    Disk,
+    /// Ours with disks and the rng attached: suspend and resume latencies, and the idle cost.
+    Devices,
+}
+
+impl Part {
+    /// Every part.
+    pub const ALL: [Self; 6] = [
+        Self::Boot,
+        Self::Idle,
+        Self::Suspend,
+        Self::Floor,
+        Self::Disk,
+        Self::Devices,
+    ];
+
+    /// Its name in the plan (`PARTS`), as `--only` takes it.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Boot => "boot",
+            Self::Idle => "idle",
+            Self::Suspend => "suspend",
+            Self::Floor => "floor",
+            Self::Disk => "disk",
+            Self::Devices => "devices",
+        }
+    }
+}
 
 /// Failures of the benchmark runner, as opposed to runs that failed inside the host.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +120,8 @@ pub struct BenchOptions {
     pub out_dir: PathBuf,
     /// Repetitions of every measurement, alternating the VMMs.
     pub rounds: u32,
+    /// The measurements to run; none means all.
+    pub only: Vec<Part>,
     /// Multiplies the time limits.
     pub time_scale: f64,
     /// Forces the emulated host on a native arm64 KVM host.
@@ -88,12 +132,29 @@ pub struct BenchOptions {
     pub profile: bool,
 }
 
-/// The plan for `scenarios/bench.sh`, as shell assignments.
-fn plan_env(rounds: u32, time_scale: f64) -> String {
+/// The plan for `scenarios/bench.sh`, as shell assignments: `parts` (all when empty) at
+/// `rounds` rounds.
+///
+/// The disk-throughput image (raw, 256 MiB, in the emulated host's tmpfs /tmp, next to up to
+/// two 16 MiB images for the `devices` runs) is sized to leave the 3 GiB host room for the
+/// staged initramfs (about 0.3 GiB, in RAM too) and a 256 MiB guest with its VMM.
+fn plan_env(rounds: u32, time_scale: f64, parts: &[Part]) -> String {
     let run_limit = (240.0 * time_scale).ceil() as u64;
+    let parts = if parts.is_empty() {
+        &Part::ALL[..]
+    } else {
+        parts
+    };
+    let parts: Vec<&str> = Part::ALL
+        .iter()
+        .filter(|part| parts.contains(part))
+        .map(|part| part.name())
+        .collect();
+    let parts = parts.join(" ");
     format!(
         "# Written by `testbed bench`.\n\
          ROUNDS={rounds}\n\
+         PARTS=\"{parts}\"\n\
          MEMORY=256\n\
          BOOT_CPUS=\"1 4\"\n\
          SUSPEND_CPUS=\"1 2 4 8\"\n\
@@ -103,6 +164,12 @@ fn plan_env(rounds: u32, time_scale: f64) -> String {
          IDLE_SETTLE=3\n\
          IDLE_WINDOW=10\n\
          FLOOR_CYCLES=10\n\
+         DISK_CPUS=1\n\
+         DISK_IMAGE_MIB=256\n\
+         DISK_SECONDS=4\n\
+         DEVICE_DISK_MIB=16\n\
+         DEVICE_SUSPEND_CPUS=\"1 2\"\n\
+         DEVICE_DISKS=\"1 2\"\n\
          RUN_LIMIT={run_limit}\n"
     )
 }
@@ -110,7 +177,7 @@ fn plan_env(rounds: u32, time_scale: f64) -> String {
 fn scenario(rounds: u32) -> Scenario {
     Scenario {
         name: "bench",
-        description: "vmm and QEMU side by side: boot, memory, suspend/resume, idle cost",
+        description: "vmm and QEMU side by side: boot, memory, suspend/resume, idle cost, disk",
         timeout: ROUND_LIMIT * rounds + Duration::from_secs(60),
         steps: Steps::Script(include_str!("../../scenarios/bench.sh")),
         default: false,
@@ -212,7 +279,7 @@ fn execute(options: &BenchOptions) -> Result<bool, BenchError> {
     initramfs::stage_bench(
         &staged,
         &bench,
-        &plan_env(options.rounds, options.time_scale),
+        &plan_env(options.rounds, options.time_scale, &options.only),
     )?;
     let outcome = if !options.emulate && console::native_kvm_host() {
         console::run_native(&staged, &options.work_dir)?
@@ -247,11 +314,15 @@ mod tests {
 
     #[test]
     fn the_plan_is_shell_assignments_with_scaled_limits() {
-        let env = plan_env(5, 1.5);
+        let env = plan_env(5, 1.5, &[]);
         assert!(env.contains("ROUNDS=5\n"));
+        assert!(env.contains("PARTS=\"boot idle suspend floor disk devices\"\n"));
         assert!(env.contains("SUSPEND_CPUS=\"1 2 4 8\"\n"));
         assert!(env.contains("RUN_LIMIT=360\n"));
-        assert_eq!(scenario(5).timeout, Duration::from_secs(5 * 360 + 60));
+        assert_eq!(scenario(5).timeout, Duration::from_secs(5 * 600 + 60));
+        // --only keeps the round's order, whatever order it was given in.
+        let env = plan_env(1, 1.0, &[Part::Devices, Part::Disk]);
+        assert!(env.contains("PARTS=\"disk devices\"\n"));
     }
 
     #[test]
@@ -261,6 +332,7 @@ mod tests {
             work_dir: PathBuf::from("/nonexistent"),
             out_dir: PathBuf::from("/nonexistent"),
             rounds: 0,
+            only: Vec::new(),
             time_scale: 1.0,
             emulate: false,
             from_log: None,

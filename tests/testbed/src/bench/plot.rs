@@ -1,11 +1,11 @@
-//! Draws the benchmark's SVG: four panels of medians with min-max whiskers.
+//! Draws the benchmark's SVG: six panels of medians with min-max whiskers.
 
 use std::path::{Path, PathBuf};
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::summary::{Metric, Stats, Subject, Summary, number};
+use super::summary::{Devices, Metric, Stats, Subject, Summary, number};
 
 /// The plot could not be drawn or written.
 #[derive(Debug, thiserror::Error)]
@@ -20,11 +20,27 @@ pub enum PlotError {
     },
 }
 
-const SIZE: (u32, u32) = (1200, 860);
+const SIZE: (u32, u32) = (1200, 1290);
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
-/// One series of a panel: its subject and its figure per category (or vCPU count).
-type Series = (Subject, Vec<Option<Stats>>);
+
+/// One series of a panel: its legend, its colour and its figure per category (or vCPU count).
+struct Series {
+    label: String,
+    color: RGBColor,
+    stats: Vec<Option<Stats>>,
+}
+
+impl Series {
+    /// `subject`'s series, in its colour.
+    fn of(subject: Subject, stats: Vec<Option<Stats>>) -> Self {
+        Self {
+            label: subject.label().to_owned(),
+            color: color(subject),
+            stats,
+        }
+    }
+}
 
 fn color(subject: Subject) -> RGBColor {
     match subject {
@@ -33,6 +49,17 @@ fn color(subject: Subject) -> RGBColor {
         Subject::Qemu => RGBColor(214, 39, 40),
         Subject::Floor => RGBColor(110, 110, 110),
     }
+}
+
+/// Ours with the `index`-th set of devices (0: none): darker blues.
+fn devices_color(index: usize) -> RGBColor {
+    [
+        RGBColor(31, 119, 180),
+        RGBColor(23, 190, 207),
+        RGBColor(44, 62, 140),
+        RGBColor(120, 170, 220),
+        RGBColor(10, 30, 80),
+    ][index % 5]
 }
 
 /// Writes the plot of `summary` to `path`.
@@ -53,7 +80,7 @@ fn draw_panels(summary: &Summary, path: &Path) -> Result<(), String> {
             ("sans-serif", 22),
         )
         .map_err(|e| e.to_string())?;
-    let panels = root.split_evenly((2, 2));
+    let panels = root.split_evenly((3, 2));
 
     let boot_cpus = summary.cpus(Metric::BootToInit, Subject::Ours);
     let per_cpu = |metric, subject, scale: f64| -> Series {
@@ -65,7 +92,7 @@ fn draw_panels(summary: &Summary, path: &Path) -> Result<(), String> {
                     .map(|s| scaled(s, scale))
             })
             .collect();
-        (subject, stats)
+        Series::of(subject, stats)
     };
     let cpu_names: Vec<String> = boot_cpus.iter().map(|cpus| vcpus(*cpus)).collect();
     bars(
@@ -93,7 +120,7 @@ fn draw_panels(summary: &Summary, path: &Path) -> Result<(), String> {
             .iter()
             .map(|&cpus| summary.stats(metric, subject, cpus))
             .collect();
-        (subject, stats)
+        Series::of(subject, stats)
     };
     lines(
         &panels[2],
@@ -109,25 +136,111 @@ fn draw_panels(summary: &Summary, path: &Path) -> Result<(), String> {
         ],
     )?;
 
+    // QEMU's vCPU count, or ours when a partial run has no QEMU figure.
     let idle_cpus = summary
         .cpus(Metric::IdleCpu, Subject::Qemu)
-        .first()
-        .copied()
+        .into_iter()
+        .chain(
+            summary
+                .device_sets(Metric::IdleCpu, Subject::Ours)
+                .into_iter()
+                .flat_map(|devices| summary.cpus_with(Metric::IdleCpu, Subject::Ours, devices)),
+        )
+        .next()
         .unwrap_or(1);
-    let idle: Vec<Series> = [Subject::Ours, Subject::OursS2idle, Subject::Qemu]
+    let mut idle: Vec<Series> = [Subject::Ours, Subject::OursS2idle, Subject::Qemu]
         .into_iter()
         .map(|subject| {
-            (
+            Series::of(
                 subject,
                 vec![summary.stats(Metric::IdleCpu, subject, idle_cpus)],
             )
         })
         .collect();
+    for (index, devices) in summary
+        .device_sets(Metric::IdleCpu, Subject::Ours)
+        .into_iter()
+        .enumerate()
+    {
+        idle.push(Series {
+            label: format!("vmm, {devices}"),
+            color: devices_color(index + 1),
+            stats: vec![summary.stats_with(Metric::IdleCpu, Subject::Ours, idle_cpus, devices)],
+        });
+    }
     bars(
         &panels[3],
         &format!("Host CPU in 10 s of guest sleep, {} (ms)", vcpus(idle_cpus)),
         &["vmm: deep; --no-suspend and QEMU: s2idle".to_owned()],
         &idle,
+    )?;
+
+    // Disk throughput in MB/s, random reads too (IOPS x 4 KiB), so that one axis fits all.
+    let disk_cpus = summary
+        .cpus_with(Metric::DiskSeqRead, Subject::Ours, Devices::DISK_RUN)
+        .first()
+        .copied()
+        .unwrap_or(1);
+    let disk_names: Vec<String> = Metric::DISK
+        .iter()
+        .map(|(_, name)| (*name).to_owned())
+        .collect();
+    let disk: Vec<Series> = [Subject::Ours, Subject::Qemu]
+        .into_iter()
+        .map(|subject| {
+            let stats = Metric::DISK
+                .iter()
+                .map(|&(metric, _)| {
+                    let stats =
+                        summary.stats_with(metric, subject, disk_cpus, Devices::DISK_RUN)?;
+                    let to_mbps = if metric == Metric::DiskRandRead {
+                        4096.0 / 1e6
+                    } else {
+                        1.0
+                    };
+                    Some(scaled(stats, to_mbps))
+                })
+                .collect();
+            Series::of(subject, stats)
+        })
+        .collect();
+    bars(
+        &panels[4],
+        &format!(
+            "Disk throughput in the guest, {}, MB/s (higher is better)",
+            vcpus(disk_cpus)
+        ),
+        &disk_names,
+        &disk,
+    )?;
+
+    // Suspend and resume with devices attached, at the fewest vCPUs that have them.
+    let device_sets = summary.device_sets(Metric::Suspend, Subject::Ours);
+    let device_cpus = device_sets
+        .iter()
+        .flat_map(|&devices| summary.cpus_with(Metric::Suspend, Subject::Ours, devices))
+        .min()
+        .unwrap_or(1);
+    let with_devices: Vec<Series> = std::iter::once(Devices::NONE)
+        .chain(device_sets)
+        .enumerate()
+        .map(|(index, devices)| Series {
+            label: format!("vmm, {devices}"),
+            color: devices_color(index),
+            stats: [Metric::Suspend, Metric::Resume]
+                .into_iter()
+                .map(|metric| summary.stats_with(metric, Subject::Ours, device_cpus, devices))
+                .collect(),
+        })
+        .collect();
+    bars(
+        &panels[5],
+        &format!(
+            "Suspend and resume with devices, {}, us",
+            vcpus(device_cpus)
+        ),
+        &["suspend".to_owned(), "resume".to_owned()],
+        &with_devices,
     )?;
     root.present().map_err(|e| e.to_string())
 }
@@ -149,7 +262,7 @@ fn scaled(stats: Stats, factor: f64) -> Stats {
 fn bars(area: &Area, title: &str, categories: &[String], series: &[Series]) -> Result<(), String> {
     let top = series
         .iter()
-        .flat_map(|(_, stats)| stats.iter().flatten().map(|s| s.max))
+        .flat_map(|series| series.stats.iter().flatten().map(|s| s.max))
         .fold(0.0, f64::max)
         .max(1e-3)
         * 1.18;
@@ -169,12 +282,16 @@ fn bars(area: &Area, title: &str, categories: &[String], series: &[Series]) -> R
         .draw()
         .map_err(|e| e.to_string())?;
     let width = 0.8 / series.len().max(1) as f64;
-    for (index, (subject, stats)) in series.iter().enumerate() {
-        let style = color(*subject);
-        let bars = stats.iter().enumerate().filter_map(|(group, stats)| {
-            let left = group as f64 - 0.4 + index as f64 * width;
-            stats.map(|s| (left, s))
-        });
+    for (index, series) in series.iter().enumerate() {
+        let style = series.color;
+        let bars = series
+            .stats
+            .iter()
+            .enumerate()
+            .filter_map(|(group, stats)| {
+                let left = group as f64 - 0.4 + index as f64 * width;
+                stats.map(|s| (left, s))
+            });
         chart
             .draw_series(bars.clone().flat_map(|(left, s)| {
                 let middle = left + width / 2.0;
@@ -198,7 +315,7 @@ fn bars(area: &Area, title: &str, categories: &[String], series: &[Series]) -> R
                 [bar.into_dyn(), whisker.into_dyn(), label.into_dyn()]
             }))
             .map_err(|e| e.to_string())?
-            .label(subject.label())
+            .label(series.label.as_str())
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], style.filled()));
     }
     legend(&mut chart)
@@ -216,7 +333,7 @@ fn lines(
         solid
             .iter()
             .chain(dashed)
-            .flat_map(|(_, s)| s.iter().flatten())
+            .flat_map(|series| series.stats.iter().flatten())
     };
     let low = all().map(|s| s.min).fold(f64::INFINITY, f64::min);
     let high = all().map(|s| s.max).fold(0.0, f64::max);
@@ -244,9 +361,10 @@ fn lines(
         .draw()
         .map_err(|e| e.to_string())?;
     for (dashes, series) in [(false, solid), (true, dashed)] {
-        for (subject, stats) in series {
-            let style = color(*subject).stroke_width(2);
-            let points: Vec<(f64, Stats)> = stats
+        for series in series {
+            let style = series.color.stroke_width(2);
+            let points: Vec<(f64, Stats)> = series
+                .stats
                 .iter()
                 .enumerate()
                 .filter_map(|(index, s)| s.map(|s| (index as f64, s)))
@@ -260,7 +378,7 @@ fn lines(
             .map_err(|e| e.to_string())?;
             if !dashes {
                 drawn
-                    .label(subject.label())
+                    .label(series.label.as_str())
                     .legend(move |(x, y)| PathElement::new([(x, y), (x + 14, y)], style));
             }
             chart
@@ -309,11 +427,17 @@ mod tests {
         let log = "@@bench boot run=boot vmm=ours cpus=1 round=1 boot_ms=3000 overhead_kb=3072\n\
                    @@bench boot run=boot vmm=qemu cpus=1 round=1 boot_ms=6000 overhead_kb=99000\n\
                    @@bench suspend run=suspend vmm=ours cpus=2 round=1 suspend_us=900\n\
-                   @@bench idle run=idle vmm=qemu cpus=2 round=1 cpu_ns=4000000 window_ms=10000\n";
+                   @@bench suspend run=suspend vmm=ours cpus=1 round=1 disks=2 rng=on suspend_us=9\n\
+                   @@bench idle run=idle vmm=qemu cpus=2 round=1 cpu_ns=4000000 window_ms=10000\n\
+                   @@bench idle run=idle vmm=ours cpus=2 round=1 disks=1 rng=on cpu_ns=0 window_ms=10000\n\
+                   @@bench disk run=disk vmm=qemu cpus=1 round=1 disks=1 rng=off rc=0 mode=randread ops=9 ns=9\n";
         draw(&Summary::new(&records(log)), &path).unwrap();
         let svg = std::fs::read_to_string(&path).unwrap();
         assert!(svg.starts_with("<svg"));
         assert!(svg.contains("Boot to init"));
+        assert!(svg.contains("Disk throughput"));
+        assert!(svg.contains("vmm, 1 disk + rng"));
+        assert!(svg.contains("vmm, 2 disks + rng"));
         draw(&Summary::default(), &path).unwrap();
         std::fs::remove_dir_all(dir).unwrap();
     }
