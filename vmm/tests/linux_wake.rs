@@ -8,6 +8,8 @@
 //! `vmmtest=suspend-wait`) and `VMM_TEST_ROOTFS` (its ext4 root disk). The testbed sets them.
 #![cfg(target_arch = "aarch64")]
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,11 +19,7 @@ use vmm::virtio_devices::DeviceInfo;
 use vmm::{Console, DiskConfig, ExitReason, Vm, VmConfig, VmHandle, VmState};
 use vmm_sys_util::tempdir::TempDir;
 
-fn guest_file(variable: &str) -> std::path::PathBuf {
-    std::env::var_os(variable)
-        .unwrap_or_else(|| panic!("{variable} must name the testbed guest's file"))
-        .into()
-}
+use common::guest_file;
 
 struct Guest {
     handle: VmHandle,

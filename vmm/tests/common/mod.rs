@@ -1,4 +1,6 @@
-//! What the integration tests that run the `vmm` binary share.
+//! What the integration tests share: running the `vmm` binary, and the testbed guest's files.
+// Each test file compiles this module on its own and uses only some of it.
+#![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::process::{Child, ExitStatus};
@@ -26,4 +28,12 @@ pub fn exit_within(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// A file of the testbed's guest named by the environment variable `variable`
+/// (`VMM_TEST_KERNEL`, `VMM_TEST_INITRD`, `VMM_TEST_ROOTFS`), which the testbed sets.
+pub fn guest_file(variable: &str) -> PathBuf {
+    std::env::var_os(variable)
+        .unwrap_or_else(|| panic!("{variable} must name the testbed guest's file"))
+        .into()
 }
