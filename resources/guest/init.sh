@@ -26,6 +26,10 @@ if [ -e /on-rootfs ]; then
 fi
 mode=shell
 cycles=1
+# rtcwake's alarm, in seconds; with retry=1, disk-suspend retries an attempt the guest aborted
+# itself (the alarm came before the slow emulated suspend was done) instead of counting it.
+wake=2
+retry=0
 seed=1
 root=
 rootfstype=ext4
@@ -34,6 +38,8 @@ for word in $(cat /proc/cmdline); do
     case "$word" in
     vmmtest=*) mode=${word#vmmtest=} ;;
     cycles=*) cycles=${word#cycles=} ;;
+    wake=*) wake=${word#wake=} ;;
+    retry=*) retry=${word#retry=} ;;
     seed=*) seed=${word#seed=} ;;
     root=/dev/vd*) root=${word#root=} ;;
     rootfstype=*) rootfstype=${word#rootfstype=} ;;
@@ -97,7 +103,7 @@ suspend_cycle() {
     local before after t0 t1 rc
     before=$(cat /sys/power/suspend_stats/success)
     t0=$(cut -d' ' -f1 /proc/uptime)
-    rtcwake -u -m mem -s 2
+    rtcwake -u -m mem -s "$wake"
     rc=$?
     t1=$(cut -d' ' -f1 /proc/uptime)
     after=$(cat /sys/power/suspend_stats/success)
@@ -154,10 +160,16 @@ disk-suspend)
         >/tmp/writer.out 2>&1 &
     writer=$!
     i=1
-    while [ "$i" -le "$cycles" ]; do
-        suspend_cycle "$i"
-        i=$((i + 1))
+    attempts=0
+    while [ "$i" -le "$cycles" ] && [ "$attempts" -lt $((cycles * 2)) ]; do
+        attempts=$((attempts + 1))
+        if suspend_cycle "$i" || [ "$retry" != 1 ]; then
+            i=$((i + 1))
+        else
+            echo "@@guest aborted cycle=$i step=$(cat /sys/power/suspend_stats/last_failed_step) errno=$(cat /sys/power/suspend_stats/last_failed_errno) dev=$(cat /sys/power/suspend_stats/last_failed_dev)"
+        fi
     done
+    echo "@@guest cycles-done good=$((i - 1)) attempts=$attempts"
     touch /tmp/stop
     wait "$writer"
     writer_rc=$?

@@ -8,6 +8,7 @@
 
 mod common;
 
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,7 +19,7 @@ use arch_aarch64::image::ImageHeader;
 use arch_aarch64::layout::{GIC_DIST_BASE, GIC_REDIST_BASE, GIC_REDIST_SIZE, RAM_START};
 use arch_aarch64::psci::{SYSTEM_OFF, SYSTEM_SUSPEND_64};
 use vmm::events::{EventReceiver, VmEventKind};
-use vmm::{Console, DiskConfig, ExitReason, Vm, VmConfig, VmHandle};
+use vmm::{Console, DiskConfig, ExitReason, Vm, VmConfig};
 use vmm_sys_util::tempdir::TempDir;
 
 use common::guest_file;
@@ -44,31 +45,39 @@ fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
-/// Counts suspends and resumes until the VM stops, sampling RSS and descriptors after the
-/// `settle`-th resume; returns (suspends, resumes, before, after) with (RSS KiB, fds) pairs.
+/// Counts suspends and resumes until the VM stops, sampling RSS and descriptors at the
+/// `settle`-th resume and at the last one; returns (suspends, resumes, before, after) with
+/// (RSS KiB, fds) pairs.
 fn follow(
-    handle: &VmHandle,
     events: &EventReceiver,
     settle: u64,
     limit: Duration,
 ) -> (u64, u64, (u64, usize), (u64, usize)) {
     let deadline = Instant::now() + limit;
     let (mut suspended, mut resumed) = (0, 0);
-    let mut before = None;
-    while !handle.has_exited() {
-        assert!(
-            Instant::now() < deadline,
-            "the soak did not end within {limit:?}"
-        );
-        let Ok(event) = events.recv_timeout(Duration::from_millis(200)) else {
-            continue;
+    let (mut before, mut after) = (None, None);
+    // Until the stream ends with the VM: every event published before the exit is counted.
+    loop {
+        let event = match events.recv_timeout(Duration::from_millis(200)) {
+            Ok(event) => event,
+            Err(RecvTimeoutError::Timeout) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the soak did not end within {limit:?}"
+                );
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
         };
         match event.kind {
             VmEventKind::Suspended { .. } => suspended += 1,
             VmEventKind::Resumed { .. } => {
                 resumed += 1;
+                // Sampled while the VM runs: once it stops, its descriptors are closed.
                 if resumed == settle {
                     before = Some((rss_kib(), open_fds()));
+                } else if resumed > settle {
+                    after = Some((rss_kib(), open_fds()));
                 }
             }
             VmEventKind::SuspendDenied { reason, .. } => panic!("suspend denied: {reason:?}"),
@@ -80,7 +89,7 @@ fn follow(
         suspended,
         resumed,
         before.expect("never settled"),
-        (rss_kib(), open_fds()),
+        after.expect("no resume after settling"),
     )
 }
 
@@ -156,8 +165,7 @@ fn a_thousand_timer_woken_suspends_with_four_vcpus() {
     let vm = Vm::new(config).unwrap().with_console(Console::Null);
     let events = vm.subscribe();
     let handle = vm.start().unwrap();
-    let (suspended, resumed, before, after) =
-        follow(&handle, &events, 10, Duration::from_secs(1200));
+    let (suspended, resumed, before, after) = follow(&events, 10, Duration::from_secs(1200));
     let exit = handle.wait().unwrap();
     assert_eq!(exit, ExitReason::PowerOff);
     assert_eq!((suspended, resumed), (CYCLES, CYCLES));
@@ -176,7 +184,7 @@ fn two_hundred_linux_suspends_with_four_vcpus_and_the_disk_busy() {
     let mut config = VmConfig::new(guest_file("VMM_TEST_KERNEL"));
     config.initramfs = Some(guest_file("VMM_TEST_INITRD"));
     config.cmdline = format!(
-        "console=ttyS0 quiet panic=-1 root=/dev/vda rw vmmtest=disk-suspend cycles={CYCLES} seed=777"
+        "console=ttyS0 quiet panic=-1 root=/dev/vda rw vmmtest=disk-suspend cycles={CYCLES} seed=777 wake=3 retry=1"
     );
     config.cpus = 4;
     config.memory_mib = 256;
@@ -196,8 +204,7 @@ fn two_hundred_linux_suspends_with_four_vcpus_and_the_disk_busy() {
         .with_console(Console::Writer(console.clone()));
     let events = vm.subscribe();
     let handle = vm.start().unwrap();
-    let (suspended, resumed, before, after) =
-        follow(&handle, &events, 5, Duration::from_secs(2400));
+    let (suspended, resumed, before, after) = follow(&events, 5, Duration::from_secs(2400));
     let exit = handle.wait().unwrap();
     let text = String::from_utf8_lossy(&console.lock().unwrap()).into_owned();
     let lines: Vec<&str> = text.lines().filter(|l| l.contains("@@guest")).collect();
@@ -205,11 +212,20 @@ fn two_hundred_linux_suspends_with_four_vcpus_and_the_disk_busy() {
         .iter()
         .filter(|line| line.contains("@@guest cycle=") && line.contains(" rc=0 "))
         .count() as u64;
+    // Attempts the guest aborted itself never reached the VMM: they are retried, not counted.
+    let aborted: Vec<&&str> = lines
+        .iter()
+        .filter(|line| line.contains("@@guest aborted"))
+        .collect();
     let verify = lines
         .iter()
         .find(|line| line.contains("@@guest pattern-verify"))
         .unwrap_or(&"none");
     println!("{verify}");
+    println!(
+        "@@soak linux-aborted-attempts count={} {aborted:?}",
+        aborted.len()
+    );
     assert_eq!(exit, ExitReason::PowerOff);
     assert_eq!(
         (suspended, resumed, good),

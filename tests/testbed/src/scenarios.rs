@@ -55,6 +55,13 @@ pub fn all() -> Vec<Scenario> {
             default: false,
         },
         Scenario {
+            name: "seccomp",
+            description: "every vmm thread filtered with exactly its list; a forbidden call kills",
+            timeout: Duration::from_secs(300),
+            steps: Steps::CargoTests(&[("vmm", "seccomp")]),
+            default: false,
+        },
+        Scenario {
             name: "demo",
             description: "the main job in CI: Linux from its root disk with 2 vCPUs, one rtcwake suspend",
             timeout: Duration::from_secs(180),
@@ -120,7 +127,7 @@ pub fn all() -> Vec<Scenario> {
         Scenario {
             name: "soak",
             description: "1000 timer-woken bare-metal suspends and 200 Linux ones with the disk busy, 4 vCPUs; RSS and fds flat",
-            timeout: Duration::from_secs(3600),
+            timeout: Duration::from_secs(5400),
             steps: Steps::IgnoredCargoTests(&[("vmm", "soak")]),
             default: false,
         },
