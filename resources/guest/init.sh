@@ -286,22 +286,32 @@ bench-disk)
     # scripts/bench.sh: throughput of the disk with id `bench` (from the initramfs, which then
     # has disk-pattern), one O_DIRECT request at a time for `seconds=S` each: 1 MiB sequential
     # reads, 1 MiB sequential writes (ending with an fdatasync) and 4 KiB random reads, each
-    # as `@@bench disk rc=N mode=M block=B span=... ops=N bytes=N ns=N mbps=X iops=Y`. The
-    # runner stops the VM after `@@bench done`.
+    # as `@@bench disk rc=N requests=R mode=M block=B span=... ops=N bytes=N ns=N mbps=X
+    # iops=Y` (R: the virtio requests the block layer made of the N operations), after the
+    # queue's limits as `@@bench disk-queue ...`. The runner stops the VM after `@@bench done`.
     echo "@@bench init"
     seconds=5
     for word in $(cat /proc/cmdline); do
         case "$word" in seconds=*) seconds=${word#seconds=} ;; esac
     done
     disk=$(disk_by_id bench) || echo "@@bench disk rc=missing id=bench"
+    if [ -n "$disk" ]; then
+        queue=/sys/block/${disk#/dev/}/queue
+        echo "@@bench disk-queue max_segments=$(cat "$queue/max_segments")" \
+            "max_segment_size=$(cat "$queue/max_segment_size")" \
+            "max_sectors_kb=$(cat "$queue/max_sectors_kb") scheduler=$(tr ' ' , <"$queue/scheduler")"
+    fi
     for spec in seqread:1048576 seqwrite:1048576 randread:4096; do
         [ -n "$disk" ] || break
+        read -r reads0 _ _ _ writes0 _ <"/sys/block/${disk#/dev/}/stat"
         disk-pattern bench "$disk" --mode "${spec%:*}" --block "${spec#*:}" \
             --seconds "$seconds" --seed "$seed" >/tmp/disk-bench.out 2>&1
         rc=$?
+        read -r reads1 _ _ _ writes1 _ <"/sys/block/${disk#/dev/}/stat"
+        requests=$((reads1 - reads0 + writes1 - writes0))
         result=$(tail -n 1 /tmp/disk-bench.out)
         case "$result" in
-        "disk-bench "*) echo "@@bench disk rc=$rc ${result#disk-bench }" ;;
+        "disk-bench "*) echo "@@bench disk rc=$rc requests=$requests ${result#disk-bench }" ;;
         *) echo "@@bench disk rc=$rc mode=${spec%:*}"; sed 's/^/[disk-pattern] /' /tmp/disk-bench.out ;;
         esac
     done

@@ -149,6 +149,7 @@ run_vm() {
             [ "$run" = boot ] && break
             ;;
         *"@@bench trip "*) echo "@@bench trip $tag ${line#*@@bench trip }" ;;
+        *"@@bench disk-queue "*) echo "@@bench disk-queue $tag ${line#*@@bench disk-queue }" ;;
         *"@@bench disk "*)
             echo "@@bench disk $tag ${line#*@@bench disk }"
             case "$line " in *" rc=0 "*) ;; *) disk_failed=yes ;; esac
@@ -163,6 +164,11 @@ run_vm() {
         sed -n 's/.*\] suspended (in \([0-9]*\) us).*/suspend_us=\1/p;
                 s/.*\] resumed ([^)]*) (in \([0-9]*\) us).*/resume_us=\1/p' "$err" |
             while read -r value; do echo "@@bench suspend $tag $value"; done
+        # How many suspends the guest asked for and vmm refused (then rtcwake fails).
+        requested=$(grep -c '] suspend requested by ' "$err")
+        denied=$(grep -c '] suspend denied to ' "$err")
+        echo "@@bench vmm-log $tag suspend_requested=$requested suspend_denied=$denied"
+        grep -m 3 '] suspend denied to ' "$err" | sed 's/^/[vmm stderr] /'
     fi
     if [ "$disk_failed" = no ] && { [ "$reached" = done ] ||
         { [ "$run" = boot ] && [ "$reached" = init ]; }; }; then
@@ -222,6 +228,11 @@ while [ "$round" -le "$ROUNDS" ]; do
             for vmm in $pair; do run_vm boot "$vmm" "$cpus" "cycles=0"; done
         done
     fi
+    if wants disk; then
+        for vmm in $pair; do
+            run_vm disk "$vmm" "$DISK_CPUS" "seconds=$DISK_SECONDS" "bench=$DISK_IMAGE"
+        done
+    fi
     if wants idle; then
         for vmm in $trio; do run_vm idle "$vmm" "$IDLE_CPUS" "$idle_extra"; done
     fi
@@ -240,11 +251,6 @@ while [ "$round" -le "$ROUNDS" ]; do
                 for i in $(seq "$n"); do devices="$devices dev$i=/tmp/bench-dev$i.img"; done
                 run_vm suspend ours "$cpus" "cycles=$SUSPEND_CYCLES" "$devices"
             done
-        done
-    fi
-    if wants disk; then
-        for vmm in $pair; do
-            run_vm disk "$vmm" "$DISK_CPUS" "seconds=$DISK_SECONDS" "bench=$DISK_IMAGE"
         done
     fi
     wants floor && floor

@@ -465,7 +465,8 @@ pub(crate) struct Request {
 
 /// Moves the bytes between the image at `offset` and the guest buffers `data`, in order:
 /// file to guest for a read, guest to file for a write. A buffer outside guest RAM fails
-/// the whole request before any byte moves.
+/// the whole request before any byte moves. One `preadv`/`pwritev` serves the whole request
+/// (a 1 MiB read is up to 256 guest pages), resumed where a short transfer stopped.
 fn transfer(
     file: &File,
     offset: u64,
@@ -483,47 +484,67 @@ fn transfer(
                     format!("buffer at {:#x}: {err}", desc.addr().0),
                 )
             })?;
-        buffers.push((slice.ptr_guard_mut().as_ptr(), slice.len()));
+        buffers.push(libc::iovec {
+            iov_base: slice.ptr_guard_mut().as_ptr().cast(),
+            iov_len: slice.len(),
+        });
     }
     let mut position = offset;
-    for (ptr, len) in buffers {
-        let mut done = 0usize;
-        while done < len {
-            let remaining = len - done;
-            // SAFETY: `ptr` points into a guest memory mapping that `memory` keeps alive for
-            // this call, and `get_slice` checked that `len` bytes from it are mapped; the
-            // kernel reads or writes at most `remaining` bytes from `ptr + done`. The guest
-            // may touch the same bytes concurrently, which it is allowed to get wrong.
-            let moved = unsafe {
-                let at = ptr.add(done);
-                if write {
-                    libc::pwrite(
-                        file.as_raw_fd(),
-                        at.cast(),
-                        remaining,
-                        position as libc::off_t,
-                    )
-                } else {
-                    libc::pread(
-                        file.as_raw_fd(),
-                        at.cast(),
-                        remaining,
-                        position as libc::off_t,
-                    )
-                }
+    let mut pending: &mut [libc::iovec] = &mut buffers;
+    // IOV_MAX (1024) is far above the queue's 254 segments.
+    while let Some(first) = pending.first() {
+        if first.iov_len == 0 {
+            pending = &mut pending[1..];
+            continue;
+        }
+        let count = pending.len() as libc::c_int;
+        // SAFETY: each iovec points into a guest memory mapping that `memory` keeps alive for
+        // this call, and `get_slice` checked that its `iov_len` bytes are mapped; the kernel
+        // reads or writes only within them. The guest may touch the same bytes concurrently,
+        // which it is allowed to get wrong.
+        let moved = unsafe {
+            if write {
+                libc::pwritev(
+                    file.as_raw_fd(),
+                    pending.as_ptr(),
+                    count,
+                    position as libc::off_t,
+                )
+            } else {
+                libc::preadv(
+                    file.as_raw_fd(),
+                    pending.as_ptr(),
+                    count,
+                    position as libc::off_t,
+                )
+            }
+        };
+        if moved < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if moved == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+        }
+        position += moved as u64;
+        // Skip what was transferred: whole buffers, then part of the next one.
+        let mut moved = moved as usize;
+        while moved > 0 {
+            let Some(first) = pending.first_mut() else {
+                break;
             };
-            if moved < 0 {
-                let err = std::io::Error::last_os_error();
-                if err.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(err);
+            if moved >= first.iov_len {
+                moved -= first.iov_len;
+                pending = &mut pending[1..];
+            } else {
+                // SAFETY: `moved` < `iov_len`, so the new base stays inside the same buffer.
+                first.iov_base = unsafe { first.iov_base.cast::<u8>().add(moved) }.cast();
+                first.iov_len -= moved;
+                moved = 0;
             }
-            if moved == 0 {
-                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
-            }
-            done += moved as usize;
-            position += moved as u64;
         }
     }
     Ok(())

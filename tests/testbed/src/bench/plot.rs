@@ -175,44 +175,46 @@ fn draw_panels(summary: &Summary, path: &Path) -> Result<(), String> {
         &idle,
     )?;
 
-    // Disk throughput in MB/s, random reads too (IOPS x 4 KiB), so that one axis fits all.
+    // Disk throughput: the sequential figures in MB/s, the random reads in IOPS beside them.
     let disk_cpus = summary
         .cpus_with(Metric::DiskSeqRead, Subject::Ours, Devices::DISK_RUN)
         .first()
         .copied()
         .unwrap_or(1);
-    let disk_names: Vec<String> = Metric::DISK
-        .iter()
-        .map(|(_, name)| (*name).to_owned())
-        .collect();
-    let disk: Vec<Series> = [Subject::Ours, Subject::Qemu]
-        .into_iter()
-        .map(|subject| {
-            let stats = Metric::DISK
-                .iter()
-                .map(|&(metric, _)| {
-                    let stats =
-                        summary.stats_with(metric, subject, disk_cpus, Devices::DISK_RUN)?;
-                    let to_mbps = if metric == Metric::DiskRandRead {
-                        4096.0 / 1e6
-                    } else {
-                        1.0
-                    };
-                    Some(scaled(stats, to_mbps))
-                })
-                .collect();
-            Series::of(subject, stats)
-        })
-        .collect();
+    let disk_series = |metrics: &[(Metric, &str)]| -> Vec<Series> {
+        [Subject::Ours, Subject::Qemu]
+            .into_iter()
+            .map(|subject| {
+                let stats = metrics
+                    .iter()
+                    .map(|&(metric, _)| {
+                        summary.stats_with(metric, subject, disk_cpus, Devices::DISK_RUN)
+                    })
+                    .collect();
+                Series::of(subject, stats)
+            })
+            .collect()
+    };
+    let names = |metrics: &[(Metric, &str)]| -> Vec<String> {
+        metrics.iter().map(|(_, name)| (*name).to_owned()).collect()
+    };
+    let (sequential, random) = Metric::DISK.split_at(2);
+    let (left, right) = panels[4].split_horizontally(panels[4].dim_in_pixel().0 * 62 / 100);
     bars(
-        &panels[4],
+        &left,
         &format!(
-            "Disk throughput in the guest, {}, MB/s (higher is better)",
+            "Disk throughput, {}, MB/s (higher is better)",
             vcpus(disk_cpus)
         ),
-        &disk_names,
-        &disk,
+        &names(sequential),
+        &disk_series(sequential),
     )?;
+    // Same colours as on the left: no legend to hide the bars' labels.
+    let mut random_series = disk_series(random);
+    for series in &mut random_series {
+        series.label.clear();
+    }
+    bars(&right, "Random reads, IOPS", &names(random), &random_series)?;
 
     // Suspend and resume with devices attached, at the fewest vCPUs that have them.
     let device_sets = summary.device_sets(Metric::Suspend, Subject::Ours);
@@ -292,7 +294,7 @@ fn bars(area: &Area, title: &str, categories: &[String], series: &[Series]) -> R
                 let left = group as f64 - 0.4 + index as f64 * width;
                 stats.map(|s| (left, s))
             });
-        chart
+        let drawn = chart
             .draw_series(bars.clone().flat_map(|(left, s)| {
                 let middle = left + width / 2.0;
                 let bar = Rectangle::new(
@@ -314,9 +316,15 @@ fn bars(area: &Area, title: &str, categories: &[String], series: &[Series]) -> R
                 );
                 [bar.into_dyn(), whisker.into_dyn(), label.into_dyn()]
             }))
-            .map_err(|e| e.to_string())?
-            .label(series.label.as_str())
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], style.filled()));
+            .map_err(|e| e.to_string())?;
+        if !series.label.is_empty() {
+            drawn.label(series.label.as_str()).legend(move |(x, y)| {
+                Rectangle::new([(x, y - 5), (x + 12, y + 5)], style.filled())
+            });
+        }
+    }
+    if series.iter().all(|series| series.label.is_empty()) {
+        return Ok(());
     }
     legend(&mut chart)
 }
