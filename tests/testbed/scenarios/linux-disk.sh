@@ -66,7 +66,7 @@ cp "$ROOTFS" "$work/root.ext4"
 dd if=/dev/zero of="$work/data.img" bs=1048576 count=64 2>/dev/null
 run_vmm 450 "$out" -v --cpus 2 --memory 256 --disk "path=$work/root.ext4,id=root" \
     --disk "path=$work/data.img,id=data" \
-    --cmdline "$GUEST_CMDLINE root=/dev/vda rw vmmtest=disk-suspend cycles=$cycles seed=$seed"
+    --cmdline "$GUEST_CMDLINE root=/dev/vda rw vmmtest=disk-suspend cycles=$cycles seed=$seed wake=3"
 status=$?
 good=$(good_cycles 2 "$out")
 gen=$(field gen "$(grep '@@guest pattern-written' "$out")")
@@ -93,7 +93,7 @@ cycles=10
 out=/tmp/linux-disk-fs.log
 cp "$ROOTFS" "$work/fs.ext4"
 run_vmm 300 "$out" -v --cpus 2 --memory 256 --disk "path=$work/fs.ext4,id=root" \
-    --cmdline "$GUEST_CMDLINE root=/dev/vda rw vmmtest=fs-suspend cycles=$cycles"
+    --cmdline "$GUEST_CMDLINE root=/dev/vda rw vmmtest=fs-suspend cycles=$cycles wake=3"
 status=$?
 check=$(grep '@@guest fs-check' "$out")
 md5_before=$(field md5_before "$check")
