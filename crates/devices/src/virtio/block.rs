@@ -22,11 +22,11 @@ use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
-use super::worker::drain_queue;
+use super::worker::{WorkerSlot, drain_queue};
 use super::{
     ActivateError, ActiveQueue, DeviceCounters, DeviceKind, QUEUE_MAX_SIZE, QueueHandler,
-    QueueWorker, ThreadStartHook, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VirtioDevice,
-    VirtioInterrupt, read_config_bytes,
+    ThreadStartHook, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VirtioDevice, VirtioInterrupt,
+    read_config_bytes,
 };
 
 /// Bytes in a virtio-blk sector, whatever the image's block size.
@@ -161,8 +161,7 @@ pub struct BlockDevice {
     serial: [u8; VIRTIO_BLK_ID_BYTES as usize],
     config: Vec<u8>,
     counters: Arc<DeviceCounters>,
-    worker: Option<QueueWorker>,
-    worker_hook: Option<ThreadStartHook>,
+    worker: WorkerSlot,
     name: String,
 }
 
@@ -184,15 +183,14 @@ impl BlockDevice {
             serial: id,
             config,
             counters: Arc::default(),
-            worker: None,
-            worker_hook: None,
+            worker: WorkerSlot::default(),
             name: format!("virtio-blk-{serial}"),
         }
     }
 
     /// Runs `hook` first on each of its worker threads (the VMM's seccomp filter).
     pub fn with_worker_hook(mut self, hook: Option<ThreadStartHook>) -> Self {
-        self.worker_hook = hook;
+        self.worker.set_hook(hook);
         self
     }
 
@@ -237,33 +235,17 @@ impl VirtioDevice for BlockDevice {
         interrupt: Arc<VirtioInterrupt>,
         _features: u64,
     ) -> Result<(), ActivateError> {
-        if queues.is_empty() {
-            return Err(ActivateError::QueueNotReady(0));
-        }
         let handler = BlockHandler {
             disk: Arc::clone(&self.disk),
             serial: self.serial,
             counters: Arc::clone(&self.counters),
         };
-        let worker = QueueWorker::start_with_hook(
-            self.name.clone(),
-            memory,
-            queues,
-            interrupt,
-            handler,
-            self.worker_hook.clone(),
-        )
-        .map_err(ActivateError::Worker)?;
-        self.worker = Some(worker);
-        Ok(())
+        self.worker
+            .start(self.name.clone(), memory, queues, interrupt, handler)
     }
 
     fn reset(&mut self) {
-        // The worker serves each chain to completion, so joining it completes every request
-        // it took from the queue.
-        if let Some(worker) = self.worker.take() {
-            worker.stop();
-        }
+        self.worker.stop();
     }
 
     fn counters(&self) -> &Arc<DeviceCounters> {

@@ -6,10 +6,10 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::{Bytes, GuestMemoryMmap};
 
-use super::worker::drain_queue;
+use super::worker::{WorkerSlot, drain_queue};
 use super::{
     ActivateError, ActiveQueue, DeviceCounters, DeviceKind, QUEUE_MAX_SIZE, QueueHandler,
-    QueueWorker, ThreadStartHook, VIRTIO_F_VERSION_1, VirtioDevice, VirtioInterrupt,
+    ThreadStartHook, VIRTIO_F_VERSION_1, VirtioDevice, VirtioInterrupt,
 };
 
 /// The most bytes one request gets, so a guest cannot make the worker fill gigabytes at once.
@@ -19,8 +19,7 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 #[derive(Default)]
 pub struct RngDevice {
     counters: Arc<DeviceCounters>,
-    worker: Option<QueueWorker>,
-    worker_hook: Option<ThreadStartHook>,
+    worker: WorkerSlot,
 }
 
 impl RngDevice {
@@ -31,7 +30,7 @@ impl RngDevice {
 
     /// Runs `hook` first on each of its worker threads (the VMM's seccomp filter).
     pub fn with_worker_hook(mut self, hook: Option<ThreadStartHook>) -> Self {
-        self.worker_hook = hook;
+        self.worker.set_hook(hook);
         self
     }
 }
@@ -64,30 +63,15 @@ impl VirtioDevice for RngDevice {
         interrupt: Arc<VirtioInterrupt>,
         _features: u64,
     ) -> Result<(), ActivateError> {
-        if queues.is_empty() {
-            return Err(ActivateError::QueueNotReady(0));
-        }
         let handler = RngHandler {
             counters: Arc::clone(&self.counters),
         };
-        self.worker = Some(
-            QueueWorker::start_with_hook(
-                "virtio-rng".into(),
-                memory,
-                queues,
-                interrupt,
-                handler,
-                self.worker_hook.clone(),
-            )
-            .map_err(ActivateError::Worker)?,
-        );
-        Ok(())
+        self.worker
+            .start("virtio-rng".into(), memory, queues, interrupt, handler)
     }
 
     fn reset(&mut self) {
-        if let Some(worker) = self.worker.take() {
-            worker.stop();
-        }
+        self.worker.stop();
     }
 
     fn counters(&self) -> &Arc<DeviceCounters> {

@@ -131,6 +131,52 @@ impl Drop for QueueWorker {
     }
 }
 
+/// A device's worker while it is active, and the hook each new worker thread runs first.
+#[derive(Default)]
+pub(crate) struct WorkerSlot {
+    worker: Option<QueueWorker>,
+    hook: Option<ThreadStartHook>,
+}
+
+impl WorkerSlot {
+    pub(crate) fn set_hook(&mut self, hook: Option<ThreadStartHook>) {
+        self.hook = hook;
+    }
+
+    /// Starts serving `queues` with `handler` on a thread called `name` (activation).
+    pub(crate) fn start<H: QueueHandler>(
+        &mut self,
+        name: String,
+        memory: GuestMemoryMmap,
+        queues: Vec<ActiveQueue>,
+        interrupt: Arc<VirtioInterrupt>,
+        handler: H,
+    ) -> Result<(), super::ActivateError> {
+        if queues.is_empty() {
+            return Err(super::ActivateError::QueueNotReady(0));
+        }
+        let worker = QueueWorker::start_with_hook(
+            name,
+            memory,
+            queues,
+            interrupt,
+            handler,
+            self.hook.clone(),
+        )
+        .map_err(super::ActivateError::Worker)?;
+        self.worker = Some(worker);
+        Ok(())
+    }
+
+    /// Stops the worker, if any (reset): it completes every chain it can take first, so no
+    /// request the driver made available is left half done.
+    pub(crate) fn stop(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            worker.stop();
+        }
+    }
+}
+
 struct WorkerState<H> {
     epoll: Epoll,
     stop: EventFd,
