@@ -111,6 +111,11 @@ suspend_cycle() {
     return $rc
 }
 
+# aborted N: reports an attempt the guest gave up itself (retried with retry=1).
+aborted() {
+    echo "@@guest aborted cycle=$1 step=$(cat /sys/power/suspend_stats/last_failed_step) errno=$(cat /sys/power/suspend_stats/last_failed_errno) dev=$(cat /sys/power/suspend_stats/last_failed_dev)"
+}
+
 # Powers off when KEY_POWER (116) is pressed, like a desktop's power-key handler.
 power_key_handler() {
     dev=
@@ -166,7 +171,7 @@ disk-suspend)
         if suspend_cycle "$i" || [ "$retry" != 1 ]; then
             i=$((i + 1))
         else
-            echo "@@guest aborted cycle=$i step=$(cat /sys/power/suspend_stats/last_failed_step) errno=$(cat /sys/power/suspend_stats/last_failed_errno) dev=$(cat /sys/power/suspend_stats/last_failed_dev)"
+            aborted "$i"
         fi
     done
     echo "@@guest cycles-done good=$((i - 1)) attempts=$attempts"
@@ -197,9 +202,15 @@ fs-suspend)
     ok=0
     log_bytes=0
     i=1
-    while [ "$i" -le "$cycles" ]; do
+    attempts=0
+    while [ "$i" -le "$cycles" ] && [ "$attempts" -lt $((cycles * 2)) ]; do
+        attempts=$((attempts + 1))
         suspend_cycle "$i"
         rc=$?
+        if [ "$rc" != 0 ] && [ "$retry" = 1 ]; then
+            aborted "$i"
+            continue
+        fi
         dd if=/dev/urandom of=/cycles.log bs=65536 count=1 iflag=fullblock oflag=append \
             conv=notrunc,fsync 2>/dev/null
         append_rc=$?

@@ -66,7 +66,7 @@ cp "$ROOTFS" "$work/root.ext4"
 dd if=/dev/zero of="$work/data.img" bs=1048576 count=64 2>/dev/null
 run_vmm 450 "$out" -v --cpus 2 --memory 256 --disk "path=$work/root.ext4,id=root" \
     --disk "path=$work/data.img,id=data" \
-    --cmdline "$GUEST_CMDLINE root=/dev/vda rw vmmtest=disk-suspend cycles=$cycles seed=$seed wake=3"
+    --cmdline "$GUEST_CMDLINE root=/dev/vda rw vmmtest=disk-suspend cycles=$cycles seed=$seed wake=3 retry=1"
 status=$?
 good=$(good_cycles 2 "$out")
 gen=$(field gen "$(grep '@@guest pattern-written' "$out")")
@@ -85,7 +85,7 @@ if [ "$status" = 0 ] && [ "$good" = "$cycles" ] && [ -n "$gen" ] && [ "$guest_ok
 else
     verdict=fail; rc=1
 fi
-echo "@@result linux-disk-suspend $verdict exit=$status good_cycles=$good/$cycles gen=${gen:-none} guest_verify_ok=${guest_ok:-none} guest_bad=$(field bad "$guest_verify") guest_stale=$(field stale "$guest_verify") host_verify_rc=$host_rc host_bad=$(field bad " $host_verify") host_first_bad=$(field first_bad " $host_verify") rng_bytes=${rng:-none} hwrng=${hwrng:-none}"
+echo "@@result linux-disk-suspend $verdict exit=$status good_cycles=$good/$cycles gen=${gen:-none} guest_verify_ok=${guest_ok:-none} guest_bad=$(field bad "$guest_verify") guest_stale=$(field stale "$guest_verify") host_verify_rc=$host_rc host_bad=$(field bad " $host_verify") host_first_bad=$(field first_bad " $host_verify") rng_bytes=${rng:-none} hwrng=${hwrng:-none} guest_aborted_attempts=$(grep -c '@@guest aborted' "$out")"
 rm -f "$work/root.ext4" "$work/data.img"
 
 # c. An ext4 root through suspend cycles, checked by e2fsck on the host.
@@ -93,7 +93,7 @@ cycles=10
 out=/tmp/linux-disk-fs.log
 cp "$ROOTFS" "$work/fs.ext4"
 run_vmm 300 "$out" -v --cpus 2 --memory 256 --disk "path=$work/fs.ext4,id=root" \
-    --cmdline "$GUEST_CMDLINE root=/dev/vda rw vmmtest=fs-suspend cycles=$cycles wake=3"
+    --cmdline "$GUEST_CMDLINE root=/dev/vda rw vmmtest=fs-suspend cycles=$cycles wake=3 retry=1"
 status=$?
 check=$(grep '@@guest fs-check' "$out")
 md5_before=$(field md5_before "$check")
@@ -108,7 +108,7 @@ if [ "$status" = 0 ] && [ "$fsck_rc" = 0 ] && [ -n "$md5_before" ] \
 else
     verdict=fail; rc=1
 fi
-echo "@@result linux-disk-fs $verdict exit=$status e2fsck_rc=$fsck_rc md5_match=$([ -n "$md5_before" ] && [ "$md5_before" = "$md5_after" ] && echo yes || echo no) cycles_ok=${cycles_ok:-none} remount_ro_rc=$(field rc "$(grep '@@guest remount-ro' "$out")")"
+echo "@@result linux-disk-fs $verdict exit=$status e2fsck_rc=$fsck_rc md5_match=$([ -n "$md5_before" ] && [ "$md5_before" = "$md5_after" ] && echo yes || echo no) cycles_ok=${cycles_ok:-none} remount_ro_rc=$(field rc "$(grep '@@guest remount-ro' "$out")") guest_aborted_attempts=$(grep -c '@@guest aborted' "$out")"
 rm -f "$work/fs.ext4"
 
 # d. A read-only disk (booted from the initramfs alone): writes fail, the image is unchanged.

@@ -1,8 +1,11 @@
 #!/bin/sh
 # With --no-suspend the guest has no deep sleep, and `rtcwake -m mem` still returns (s2idle).
+# --no-rng: Debian's 6.1 guest kernel with virtio-rng hangs in its s2idle device suspend (right
+# after freezing tasks; the same run without virtio-rng, and deep suspend with it, pass). Known,
+# documented in the README, not yet explained.
 . "$ROOT/testbed/lib.sh"
 out=/tmp/linux-s2idle.log
-run_vmm 150 "$out" -v --no-suspend --memory 256 --cmdline "$GUEST_CMDLINE vmmtest=suspend-rtc cycles=1"
+run_vmm 150 "$out" -v --no-suspend --no-rng --memory 256 --cmdline "$GUEST_CMDLINE vmmtest=suspend-rtc cycles=1"
 status=$?
 mem_sleep=$(field mem_sleep "$(grep '@@guest mem_sleep=' "$out")")
 cycle=$(grep '@@guest cycle=1' "$out")
