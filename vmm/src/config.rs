@@ -6,6 +6,8 @@ use arch_aarch64::fdt::CMDLINE_MAX_SIZE;
 use arch_aarch64::layout::{MAX_VCPUS, RAM_ALIGN, RAM_MAX_SIZE, RAM_MIN_SIZE, VIRTIO_MMIO_SLOTS};
 use serde::{Deserialize, Serialize};
 
+use crate::seccomp::SeccompMode;
+
 const MIB: u64 = 1 << 20;
 /// The largest config file read: far more than any VM needs.
 pub const CONFIG_MAX_SIZE: u64 = MIB;
@@ -192,6 +194,10 @@ pub struct VmConfig {
     /// Give the guest a virtio-rng entropy device (`/dev/hwrng`).
     #[serde(default = "default_rng")]
     pub rng: bool,
+    /// The seccomp filters of the VMM's threads: `on` (a system call outside a thread's list
+    /// kills the process), `log`, `trap` or `off`.
+    #[serde(default)]
+    pub seccomp: SeccompMode,
 }
 
 fn default_rng() -> bool {
@@ -227,6 +233,7 @@ impl VmConfig {
             suspend: default_suspend(),
             disks: Vec::new(),
             rng: default_rng(),
+            seccomp: SeccompMode::default(),
         }
     }
 
@@ -327,6 +334,13 @@ mod tests {
             (config.cpus, config.memory_mib, config.no_reboot),
             (4, 256, true)
         );
+        let config: VmConfig =
+            serde_json::from_str(r#"{"kernel": "/k", "seccomp": "log"}"#).unwrap();
+        assert_eq!(config.seccomp, SeccompMode::Log);
+        assert_eq!(VmConfig::new("/k").seccomp, SeccompMode::On);
+        let err =
+            serde_json::from_str::<VmConfig>(r#"{"kernel": "/k", "seccomp": "yes"}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown variant `yes`"), "{err}");
         let err = serde_json::from_str::<VmConfig>(r#"{"kernel": "/k", "vcpus": 4}"#).unwrap_err();
         assert!(err.to_string().contains("unknown field `vcpus`"), "{err}");
     }

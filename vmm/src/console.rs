@@ -111,10 +111,12 @@ pub(crate) struct OutputQueue {
 
 #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
 impl OutputQueue {
-    /// A queue of `capacity` bytes drained into `sink` by a new thread.
+    /// A queue of `capacity` bytes drained into `sink` by a new thread, which runs `on_start`
+    /// first (its seccomp filter).
     pub(crate) fn start(
         sink: Box<dyn Write + Send>,
         capacity: usize,
+        on_start: Option<devices::virtio::ThreadStartHook>,
     ) -> std::io::Result<Arc<Self>> {
         let queue = Arc::new(Self {
             state: Mutex::default(),
@@ -125,7 +127,13 @@ impl OutputQueue {
         let drain = Arc::clone(&queue);
         std::thread::Builder::new()
             .name("console-out".into())
-            .spawn(move || drain.drain_into(sink))?;
+            .spawn(move || {
+                if let Some(Err(err)) = on_start.map(|hook| hook()) {
+                    log::error!("The console output thread did not start: {err}");
+                    return;
+                }
+                drain.drain_into(sink)
+            })?;
         Ok(queue)
     }
 
@@ -241,7 +249,7 @@ mod tests {
     #[test]
     fn a_stuck_reader_never_blocks_the_uart_and_the_excess_is_counted() {
         let (release, stuck) = std::sync::mpsc::channel();
-        let queue = OutputQueue::start(Box::new(StuckReader(stuck)), 1000).unwrap();
+        let queue = OutputQueue::start(Box::new(StuckReader(stuck)), 1000, None).unwrap();
         let mut uart = QueueWriter(Arc::clone(&queue));
         let started = Instant::now();
         for _ in 0..100 {
@@ -263,7 +271,7 @@ mod tests {
     #[test]
     fn everything_queued_is_written_in_order_before_flush_returns() {
         let out: Arc<Mutex<Vec<u8>>> = Arc::new(Mutex::new(Vec::new()));
-        let queue = OutputQueue::start(Box::new(Shared(out.clone())), 1 << 20).unwrap();
+        let queue = OutputQueue::start(Box::new(Shared(out.clone())), 1 << 20, None).unwrap();
         let mut uart = QueueWriter(Arc::clone(&queue));
         let text: Vec<u8> = (0..100_000u32).map(|i| b'a' + (i % 26) as u8).collect();
         for piece in text.chunks(7) {

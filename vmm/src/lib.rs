@@ -17,6 +17,7 @@ mod machine;
 pub mod routes;
 #[cfg(target_arch = "aarch64")]
 mod runner;
+pub mod seccomp;
 #[cfg(target_arch = "aarch64")]
 mod signals;
 pub mod suspend;
@@ -68,6 +69,9 @@ pub enum VmmError {
     /// The VM's control block could not be created.
     #[error(transparent)]
     Control(#[from] ControlError),
+    /// A thread's seccomp filter could not be built or installed.
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::SeccompError),
     /// The event loop failed.
     #[cfg(target_arch = "aarch64")]
     #[error(transparent)]

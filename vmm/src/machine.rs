@@ -17,7 +17,7 @@ use arch_aarch64::regs::{MPIDR_AFFINITY_MASK, MPIDR_EL1};
 use devices::bus::MmioBus;
 use devices::irq::{IrqError, IrqLine};
 use devices::rtc_pl031::{SystemClock, TimerFdAlarm};
-use devices::virtio::{BlockDevice, MmioTransport, RngDevice, VirtioDevice};
+use devices::virtio::{BlockDevice, MmioTransport, RngDevice, ThreadStartHook, VirtioDevice};
 use devices::{BootTimer, Pl061Gpio, Serial16550};
 use hypervisor::kvm::{GicV3, Hypervisor, KvmVcpu, Vm, VmOptions};
 use hypervisor::{Vcpu, VcpuError};
@@ -179,6 +179,7 @@ pub fn build(
     disks: &[OpenedDisk],
     console_output: devices::SerialOutput,
     wake: Arc<WakeSourceTracker>,
+    worker_hook: Option<ThreadStartHook>,
 ) -> Result<Machine, MachineError> {
     let max = hypervisor.max_vcpus();
     if config.cpus as usize > max {
@@ -245,7 +246,7 @@ pub fn build(
         layout::GIC_NR_SPIS,
     )?;
 
-    let virtio = attach_virtio(&vm, disks, config.rng)?;
+    let virtio = attach_virtio(&vm, disks, config.rng, worker_hook)?;
     let fdt = create_fdt(&FdtConfig {
         vcpu_mpidrs: mpidrs,
         ram: layout.ram,
@@ -342,11 +343,13 @@ struct VirtioSlot {
 
 /// Creates the disks' virtio-blk devices (in order) and virtio-rng, each in a window and on
 /// an SPI from the virtio area; QueueNotify writes become ioeventfds and interrupts irqfds,
-/// so queue work never runs on a vCPU thread.
+/// so queue work never runs on a vCPU thread. Each device's worker threads run `worker_hook`
+/// first (their seccomp filter).
 fn attach_virtio(
     vm: &Arc<Vm>,
     disks: &[OpenedDisk],
     rng: bool,
+    worker_hook: Option<ThreadStartHook>,
 ) -> Result<Vec<VirtioSlot>, MachineError> {
     let mut windows = AddressAllocator::new(VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE)
         .map_err(device_error("virtio"))?;
@@ -355,7 +358,10 @@ fn attach_virtio(
     let mut devices: Vec<(Box<dyn VirtioDevice>, DeviceInfo)> = Vec::new();
     for disk in disks {
         devices.push((
-            Box::new(BlockDevice::new(Arc::clone(&disk.image), &disk.id)),
+            Box::new(
+                BlockDevice::new(Arc::clone(&disk.image), &disk.id)
+                    .with_worker_hook(worker_hook.clone()),
+            ),
             DeviceInfo {
                 kind: devices::virtio::DeviceKind::Block,
                 id: Some(disk.id.clone()),
@@ -369,7 +375,7 @@ fn attach_virtio(
     }
     if rng {
         devices.push((
-            Box::new(RngDevice::new()),
+            Box::new(RngDevice::new().with_worker_hook(worker_hook)),
             DeviceInfo {
                 kind: devices::virtio::DeviceKind::Rng,
                 id: None,

@@ -18,6 +18,7 @@ use crate::control::{ExitReason, VmControl};
 use crate::event_loop::{ConsoleInput, EventLoop, RtcAlarm};
 use crate::events::WakeSourceTracker;
 use crate::machine::{self, Machine};
+use crate::seccomp::{Thread, VmFilters};
 use crate::suspend::SuspendCoordinator;
 use crate::terminal::RawTerminal;
 use crate::vcpu::{VcpuContext, run_vcpu_guarded};
@@ -33,13 +34,21 @@ pub(crate) fn run(
     console: &Console,
     shared: &HandleShared,
 ) -> Result<ExitReason, VmmError> {
+    // This thread's filter comes first, before anything is opened: it covers building the
+    // machine at every boot, and every thread started from here on inherits it.
+    let filters = VmFilters::new(config.seccomp)?;
+    filters.apply(Thread::Vmm)?;
     // Only the terminal console owns the process: an embedder keeps its own signals.
     let signals = match console {
         Console::Terminal => Some(signals::install().map_err(VmmError::Signals)?),
         _ => None,
     };
-    let output = OutputQueue::start(console.output(), OUTPUT_QUEUE_BYTES)
-        .map_err(VmmError::ConsoleThread)?;
+    let output = OutputQueue::start(
+        console.output(),
+        OUTPUT_QUEUE_BYTES,
+        filters.hook(Thread::Console),
+    )
+    .map_err(VmmError::ConsoleThread)?;
     let _flush = FlushOnExit(Arc::clone(&output));
     let mut terminal = None;
     let mut boots = 0u32;
@@ -57,6 +66,7 @@ pub(crate) fn run(
             disks,
             Box::new(QueueWriter(Arc::clone(&output))),
             Arc::clone(&wake),
+            filters.hook(Thread::VirtioWorker),
         )?;
         if console.reads_stdin() && terminal.is_none() {
             // Only now: a VM that fails to build leaves the terminal untouched.
@@ -68,7 +78,7 @@ pub(crate) fn run(
             config.cpus,
             config.memory_mib
         );
-        let reason = run_machine(machine, wake, signals, console, &output, shared)?;
+        let reason = run_machine(machine, wake, signals, console, &output, shared, &filters)?;
         let signal = signals.and_then(|_| signals::received());
         match reason.after_boot(config.no_reboot, signal) {
             None => log::info!("Guest reset: rebooting"),
@@ -89,6 +99,7 @@ fn run_machine(
     console: &Console,
     output: &Arc<OutputQueue>,
     shared: &HandleShared,
+    filters: &Arc<VmFilters>,
 ) -> Result<ExitReason, VmmError> {
     let Machine {
         vm: _vm,
@@ -140,9 +151,17 @@ fn run_machine(
         let kicker = vcpu.kicker();
         let thread_kicker = Arc::clone(&kicker);
         let thread_context = Arc::clone(&context);
+        let thread_filters = Arc::clone(filters);
         let spawned = std::thread::Builder::new()
             .name(format!("vcpu{index}"))
-            .spawn(move || run_vcpu_guarded(vcpu, thread_kicker.as_ref(), &thread_context));
+            .spawn(move || {
+                if let Err(err) = thread_filters.apply(Thread::Vcpu) {
+                    let reason = ExitReason::Error(crate::error_chain(&err));
+                    thread_context.control.request_exit(reason);
+                    return;
+                }
+                run_vcpu_guarded(vcpu, thread_kicker.as_ref(), &thread_context)
+            });
         match spawned {
             Ok(handle) => threads.push((kicker, handle)),
             Err(source) => {

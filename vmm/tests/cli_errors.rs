@@ -265,6 +265,17 @@ fn malformed_flags_are_usage_errors() {
         .expect("run vmm");
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("invalid value 'many'"));
+    let output = Command::new(vmm_binary())
+        .args(["--kernel", "Image", "--seccomp=kill"])
+        .output()
+        .expect("run vmm");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("invalid value 'kill' for '--seccomp <MODE>'")
+            && stderr.contains("[possible values: on, off, log, trap]"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -57,6 +57,11 @@ pub struct ApiServerOptions {
     pub max_connections: usize,
     /// The most event streams held open at once.
     pub max_event_streams: usize,
+    /// The seccomp filter of the server's threads ([`Thread::Api`](crate::seccomp::Thread)),
+    /// which the accept thread installs and the connection threads inherit. Its list covers
+    /// what [`VmRouter`](crate::routes::VmRouter) does; a router of your own that needs more
+    /// system calls needs `Off`.
+    pub seccomp: crate::seccomp::SeccompMode,
 }
 
 impl Default for ApiServerOptions {
@@ -66,6 +71,7 @@ impl Default for ApiServerOptions {
             write_timeout: WRITE_TIMEOUT,
             max_connections: MAX_CONNECTIONS,
             max_event_streams: MAX_EVENT_STREAMS,
+            seccomp: crate::seccomp::SeccompMode::default(),
         }
     }
 }
@@ -122,7 +128,18 @@ impl ApiServer {
         let (thread_shared, thread_stop) = (shared.clone(), stop.clone());
         let accept = thread::Builder::new()
             .name("api-accept".into())
-            .spawn(move || accept_loop(&listener, &thread_stop, &thread_shared))
+            .spawn(move || {
+                // Before the first accept; the connection threads inherit it.
+                let api = crate::seccomp::Thread::Api;
+                if let Err(err) = crate::seccomp::apply(api, thread_shared.options.seccomp) {
+                    log::error!(
+                        "The API server is not serving: {}",
+                        crate::error_chain(&err)
+                    );
+                    return;
+                }
+                accept_loop(&listener, &thread_stop, &thread_shared)
+            })
             .map_err(ApiServerError::Thread)?;
         Ok(Self {
             shared,

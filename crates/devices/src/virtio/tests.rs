@@ -668,3 +668,40 @@ fn stopping_a_worker_first_completes_chains_already_available() {
     assert_eq!(queue.used().idx().load(), 1);
     assert_eq!(counters.snapshot().requests, 1);
 }
+
+#[test]
+fn a_worker_runs_its_start_hook_first_and_a_failing_hook_keeps_it_from_serving() {
+    let memory = memory();
+    let start = |hook: ThreadStartHook| {
+        let queue = MockSplitQueue::create(&memory, GuestAddress(0), 16);
+        queue.add_desc_chains(&[desc(DATA, 16, W)], 0).unwrap();
+        let counters: Arc<DeviceCounters> = Arc::default();
+        let worker = QueueWorker::start_with_hook(
+            "hooked-worker".into(),
+            memory.clone(),
+            vec![ActiveQueue {
+                queue: queue.create_queue::<Queue>().unwrap(),
+                event: EventFd::new(EFD_NONBLOCK).unwrap(),
+            }],
+            Arc::new(VirtioInterrupt::new(EventFd::new(EFD_NONBLOCK).unwrap())),
+            rng::RngHandler {
+                counters: Arc::clone(&counters),
+            },
+            Some(hook),
+        )
+        .unwrap();
+        worker.stop();
+        counters.snapshot().requests
+    };
+    // The hook runs on the worker thread, before the chain already available is served.
+    let ran_on = Arc::new(Mutex::new(None));
+    let record = Arc::clone(&ran_on);
+    let served = start(Arc::new(move || {
+        *record.lock().unwrap() = std::thread::current().name().map(str::to_owned);
+        Ok(())
+    }));
+    assert_eq!(served, 1);
+    assert_eq!(ran_on.lock().unwrap().as_deref(), Some("hooked-worker"));
+    let served = start(Arc::new(|| Err(std::io::Error::other("no filter"))));
+    assert_eq!(served, 0, "a worker whose hook failed served the guest");
+}

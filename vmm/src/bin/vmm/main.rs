@@ -8,9 +8,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{ArgAction, Args, Parser, Subcommand};
-use vmm::api::ApiServer;
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use vmm::api::{ApiServer, ApiServerOptions};
 use vmm::routes::VmRouter;
+use vmm::seccomp::{SeccompMode, Thread};
 use vmm::{DiskConfig, ExitReason, Vm, VmConfig, VmmError};
 
 /// Boots an arm64 Linux guest on KVM; its serial console is this terminal.
@@ -68,6 +69,34 @@ struct RunArgs {
     /// JSON file with the same settings; flags given here override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// seccomp filters on every thread: what a system call outside a thread's list does
+    /// [default: on].
+    #[arg(long, value_name = "MODE")]
+    seccomp: Option<SeccompArg>,
+}
+
+/// The values of `--seccomp`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum SeccompArg {
+    /// Kills vmm (SIGSYS).
+    On,
+    /// No filters.
+    Off,
+    /// Allowed, and logged by the kernel (audit type=1326).
+    Log,
+    /// SIGSYS: vmm names the call on stderr and dies of it.
+    Trap,
+}
+
+impl From<SeccompArg> for SeccompMode {
+    fn from(arg: SeccompArg) -> Self {
+        match arg {
+            SeccompArg::On => Self::On,
+            SeccompArg::Off => Self::Off,
+            SeccompArg::Log => Self::Log,
+            SeccompArg::Trap => Self::Trap,
+        }
+    }
 }
 
 impl RunArgs {
@@ -104,6 +133,9 @@ impl RunArgs {
         }
         if self.no_rng {
             config.rng = false;
+        }
+        if let Some(seccomp) = self.seccomp {
+            config.seccomp = seccomp.into();
         }
         Ok(config)
     }
@@ -149,15 +181,32 @@ fn main() -> ExitCode {
 /// Checks, serves the API socket if asked, boots, and waits for the VM to stop.
 fn run_vm(args: RunArgs) -> Result<ExitReason, Arc<VmmError>> {
     let api_socket = args.api_socket.clone();
-    let vm = Vm::new(args.into_config()?)?;
+    let config = args.into_config()?;
+    let seccomp = config.seccomp;
+    let vm = Vm::new(config)?;
     let server = match api_socket {
         Some(path) => Some(
-            ApiServer::start(&path, Arc::new(VmRouter::new(vm.handle())))
-                .map_err(|err| Arc::new(VmmError::Api(err)))?,
+            ApiServer::start_with(
+                &path,
+                Arc::new(VmRouter::new(vm.handle())),
+                ApiServerOptions {
+                    seccomp,
+                    ..Default::default()
+                },
+            )
+            .map_err(|err| Arc::new(VmmError::Api(err)))?,
         ),
         None => None,
     };
-    let result = vm.start()?.wait();
+    let handle = vm.start()?;
+    // Everything is started: from here this thread only waits for the VM, stops the API
+    // server and exits.
+    if let Err(err) = vmm::seccomp::apply(Thread::Main, seccomp) {
+        let _ = handle.shutdown();
+        let _ = handle.wait();
+        return Err(Arc::new(err.into()));
+    }
+    let result = handle.wait();
     // Event streams end with the VM; other requests in flight get to send their reply.
     if let Some(server) = server {
         if !server.stop_gracefully(Duration::from_secs(2)) {
