@@ -705,3 +705,26 @@ fn a_worker_runs_its_start_hook_first_and_a_failing_hook_keeps_it_from_serving()
     let served = start(Arc::new(|| Err(std::io::Error::other("no filter"))));
     assert_eq!(served, 0, "a worker whose hook failed served the guest");
 }
+
+#[test]
+fn an_available_index_too_far_ahead_neither_spins_nor_blocks_a_reset() {
+    let memory = memory();
+    let mut transport = MmioTransport::new(Box::new(RngDevice::new()), memory.clone()).unwrap();
+    let queue = MockSplitQueue::create(&memory, GuestAddress(0), 16);
+    bring_up(&mut transport, &queue, VIRTIO_F_VERSION_1);
+    // The driver claims 100 chains in a 16-entry ring (found by the virtio_mmio fuzz target).
+    queue.avail().idx().store(100);
+    write_reg(&mut transport, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+    // The reset joins the worker: with a spinning worker it would never return.
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        write_reg(&mut transport, VIRTIO_MMIO_STATUS, 0);
+        let _ = done.send(read_reg(&mut transport, VIRTIO_MMIO_STATUS));
+    });
+    assert_eq!(
+        finished.recv_timeout(Duration::from_secs(30)),
+        Ok(0),
+        "the reset never returned: the worker spins"
+    );
+    assert_eq!(queue.used().idx().load(), 0);
+}

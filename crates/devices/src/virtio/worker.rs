@@ -250,12 +250,20 @@ pub(crate) fn drain_queue(
 ) -> bool {
     use virtio_queue::QueueT;
     let mut used_any = false;
+    // Rounds in a row in which the ring said "more" but nothing could be popped: one is the
+    // race the recheck exists for (a chain published as notifications were enabled); a second
+    // means the driver's available ring is broken (an index too far ahead, a ring at address
+    // 0), which virtio-queue refuses to iterate. Then the queue is left alone until the next
+    // notification, instead of spinning here and never letting a reset join this thread.
+    let mut empty_rounds = 0;
     loop {
         if let Err(err) = queue.disable_notification(memory) {
             log::warn!("virtio: cannot disable notifications: {err}");
             break;
         }
+        let mut popped = false;
         while let Some(mut chain) = queue.pop_descriptor_chain(memory) {
+            popped = true;
             let head = chain.head_index();
             let written = serve(&mut chain);
             if let Err(err) = queue.add_used(memory, head, written) {
@@ -264,8 +272,13 @@ pub(crate) fn drain_queue(
             }
             used_any = true;
         }
+        empty_rounds = if popped { 0 } else { empty_rounds + 1 };
         match queue.enable_notification(memory) {
-            Ok(true) => continue,
+            Ok(true) if empty_rounds < 2 => continue,
+            Ok(true) => {
+                log::debug!("virtio: the driver's available ring is invalid; left until notified");
+                break;
+            }
             Ok(false) => break,
             Err(err) => {
                 log::warn!("virtio: cannot enable notifications: {err}");
