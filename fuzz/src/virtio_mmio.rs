@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
-    VIRTIO_CONFIG_S_FEATURES_OK,
+    VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
 };
 use virtio_bindings::virtio_mmio::*;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_WRITE};
@@ -202,7 +202,7 @@ impl Guest {
             return;
         }
         self.sanitize_descriptors();
-        let was_active = self.transport.status() & VIRTIO_CONFIG_S_DRIVER_OK != 0;
+        let was_running = self.transport.status() & VIRTIO_CONFIG_S_DRIVER_OK != 0;
         write(self);
         let status = self.transport.status();
         if status == 0 {
@@ -210,9 +210,11 @@ impl Guest {
             (self.avail_idx, self.consumed) = (0, 0);
             return;
         }
-        let activated = !was_active && status & VIRTIO_CONFIG_S_DRIVER_OK != 0;
-        let woken = activated || (notifies && was_active);
-        if wait_worker_idle(&self.transport.queue_events()[0]) && woken {
+        // DRIVER_OK without NEEDS_RESET: the device activated and its worker runs.
+        let running =
+            status & VIRTIO_CONFIG_S_DRIVER_OK != 0 && status & VIRTIO_CONFIG_S_NEEDS_RESET == 0;
+        let woken = running && (!was_running || notifies);
+        if running && wait_worker_idle(&self.transport.queue_events()[0]) && woken {
             // An idle worker that was woken served everything that was available.
             self.consumed = self.avail_idx;
         }
@@ -371,20 +373,18 @@ impl Guest {
     }
 }
 
-/// Waits until the device's worker thread, if there is one, has consumed the notification on
-/// `event` and is blocked in `epoll_wait`; returns whether there is a worker.
+/// Waits until the device's worker thread has consumed the notification on `event` and is
+/// blocked in `epoll_wait`; returns whether it is idle. A worker that was just spawned may not
+/// carry its name yet: it is waited for too.
 fn wait_worker_idle(event: &EventFd) -> bool {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let Some(idle) = worker_idle() else {
-            return false;
-        };
-        if idle && !readable(event) {
+        if worker_idle() == Some(true) && !readable(event) {
             return true;
         }
         if Instant::now() > deadline {
             // Not idle after 5 s: let libFuzzer's timeout tell.
-            return true;
+            return false;
         }
         std::thread::yield_now();
     }
