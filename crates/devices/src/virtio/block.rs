@@ -19,13 +19,13 @@ use virtio_bindings::virtio_blk::{
 };
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{DescriptorChain, Queue};
+use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::worker::{WorkerSlot, drain_queue};
 use super::{
     ActivateError, ActiveQueue, DeviceCounters, DeviceKind, QUEUE_MAX_SIZE, QueueHandler,
-    ThreadStartHook, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VirtioDevice, VirtioInterrupt,
+    ThreadStartHook, VIRTIO_F_VERSION_1, WorkerIo, VIRTIO_RING_F_EVENT_IDX, VirtioDevice, VirtioInterrupt,
     read_config_bytes,
 };
 
@@ -261,7 +261,11 @@ pub(crate) struct BlockHandler {
 }
 
 impl QueueHandler for BlockHandler {
-    fn process(&mut self, _index: usize, queue: &mut Queue, memory: &GuestMemoryMmap) -> bool {
+    fn process(&mut self, index: usize, io: &mut WorkerIo<'_>) -> bool {
+        let memory = io.memory;
+        let Some(queue) = io.queues.get_mut(index) else {
+            return false;
+        };
         drain_queue(queue, memory, |chain| self.serve(chain, memory).0)
     }
 }

@@ -10,7 +10,7 @@ use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::GuestMemoryMmap;
 
 use super::block::BlockHandler;
-use super::{DiskImage, QueueHandler};
+use super::DiskImage;
 
 /// The request side of a [`super::BlockDevice`]: what its worker thread runs.
 pub struct BlockRequests(BlockHandler);
@@ -38,6 +38,6 @@ impl BlockRequests {
     /// Serves every available chain of `queue` as the worker does when notified; returns
     /// whether the guest must be interrupted.
     pub fn process(&mut self, queue: &mut Queue, memory: &GuestMemoryMmap) -> bool {
-        self.0.process(0, queue, memory)
+        super::worker::drain_queue(queue, memory, |chain| self.0.serve(chain, memory).0)
     }
 }

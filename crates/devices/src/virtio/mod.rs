@@ -32,7 +32,7 @@ use vmm_sys_util::eventfd::EventFd;
 pub use block::{BlockDevice, DiskImage, DiskImageError};
 pub use mmio::MmioTransport;
 pub use rng::RngDevice;
-pub use worker::{QueueHandler, QueueWorker, ThreadStartHook, WorkerError};
+pub use worker::{QueueHandler, QueueWorker, ThreadStartHook, WorkerError, WorkerIo};
 
 /// `VIRTIO_F_VERSION_1`: every device here is a modern (1.0+) device.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -97,6 +97,10 @@ pub enum DeviceKind {
     Block,
     /// virtio-rng.
     Rng,
+    /// virtio-net.
+    Net,
+    /// virtio-vsock.
+    Vsock,
 }
 
 /// Counters a device keeps across its activations, readable from any thread.

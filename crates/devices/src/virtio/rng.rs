@@ -3,13 +3,13 @@
 use std::sync::Arc;
 
 use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
-use virtio_queue::{DescriptorChain, Queue};
+use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestMemoryMmap};
 
 use super::worker::{WorkerSlot, drain_queue};
 use super::{
     ActivateError, ActiveQueue, DeviceCounters, DeviceKind, QUEUE_MAX_SIZE, QueueHandler,
-    ThreadStartHook, VIRTIO_F_VERSION_1, VirtioDevice, VirtioInterrupt,
+    ThreadStartHook, VIRTIO_F_VERSION_1, WorkerIo, VirtioDevice, VirtioInterrupt,
 };
 
 /// The most bytes one request gets, so a guest cannot make the worker fill gigabytes at once.
@@ -84,7 +84,11 @@ pub(crate) struct RngHandler {
 }
 
 impl QueueHandler for RngHandler {
-    fn process(&mut self, _index: usize, queue: &mut Queue, memory: &GuestMemoryMmap) -> bool {
+    fn process(&mut self, index: usize, io: &mut WorkerIo<'_>) -> bool {
+        let memory = io.memory;
+        let Some(queue) = io.queues.get_mut(index) else {
+            return false;
+        };
         drain_queue(queue, memory, |chain| {
             let (written, ok) = fill(chain, memory);
             self.counters.request(ok);

@@ -601,7 +601,7 @@ struct SlowHandler {
 }
 
 impl QueueHandler for SlowHandler {
-    fn process(&mut self, _: usize, _: &mut Queue, _: &GuestMemoryMmap) -> bool {
+    fn process(&mut self, _: usize, _: &mut WorkerIo<'_>) -> bool {
         self.started.store(true, Ordering::SeqCst);
         std::thread::sleep(Duration::from_millis(200));
         *self.finished.lock().unwrap() = true;

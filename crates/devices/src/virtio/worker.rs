@@ -1,6 +1,6 @@
 //! The thread that serves an active device's queues, from activation to reset.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -22,11 +22,76 @@ pub enum WorkerError {
     Spawn(#[source] std::io::Error),
 }
 
-/// What a device does when one of its queues is notified.
+/// What a device does on its worker thread: serve notified queues and, for devices with a
+/// host-side backend (a tap, sockets), react to the backend's file descriptors.
 pub trait QueueHandler: Send + 'static {
-    /// Serves every available chain of queue `index`; returns whether the guest must be
-    /// interrupted. Must never panic on guest input.
-    fn process(&mut self, index: usize, queue: &mut Queue, memory: &GuestMemoryMmap) -> bool;
+    /// Serves every available chain of queue `index` (it was notified, or the worker starts);
+    /// returns whether the guest must be interrupted. Must never panic on guest input.
+    fn process(&mut self, index: usize, io: &mut WorkerIo<'_>) -> bool;
+
+    /// Runs once on the worker thread before any queue is served: register the backend's
+    /// file descriptors with [`WorkerIo::watch`] here. An error ends the worker (logged).
+    fn started(&mut self, _io: &mut WorkerIo<'_>) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    /// A descriptor registered under `key` is ready with `events`; returns whether the guest
+    /// must be interrupted.
+    fn ready(&mut self, _key: u64, _events: EventSet, _io: &mut WorkerIo<'_>) -> bool {
+        false
+    }
+
+    /// The device is being reset: complete what the driver already made available that can
+    /// be completed without waiting. By default every queue is served once more.
+    fn stopping(&mut self, io: &mut WorkerIo<'_>) -> bool {
+        let mut interrupt = false;
+        for index in 0..io.queues.len() {
+            interrupt |= self.process(index, io);
+        }
+        interrupt
+    }
+}
+
+/// What a handler works with on its worker thread: the queues, guest memory, and the epoll set
+/// its own descriptors join.
+pub struct WorkerIo<'a> {
+    /// The device's queues, in order.
+    pub queues: &'a mut [Queue],
+    /// Guest memory.
+    pub memory: &'a GuestMemoryMmap,
+    epoll: &'a Epoll,
+    first_token: u64,
+}
+
+impl WorkerIo<'_> {
+    /// Watches `fd` for `events`, reported to [`QueueHandler::ready`] with `key`.
+    pub fn watch(&self, fd: RawFd, events: EventSet, key: u64) -> std::io::Result<()> {
+        self.control(ControlOperation::Add, fd, events, key)
+    }
+
+    /// Changes what `fd` (already watched) is watched for.
+    pub fn rewatch(&self, fd: RawFd, events: EventSet, key: u64) -> std::io::Result<()> {
+        self.control(ControlOperation::Modify, fd, events, key)
+    }
+
+    /// Stops watching `fd`.
+    pub fn unwatch(&self, fd: RawFd) -> std::io::Result<()> {
+        self.epoll
+            .ctl(ControlOperation::Delete, fd, EpollEvent::default())
+    }
+
+    fn control(
+        &self,
+        operation: ControlOperation,
+        fd: RawFd,
+        events: EventSet,
+        key: u64,
+    ) -> std::io::Result<()> {
+        let token = key
+            .checked_add(self.first_token)
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        self.epoll.ctl(operation, fd, EpollEvent::new(events, token))
+    }
 }
 
 /// Runs first on each worker thread, before it touches a queue: the VMM installs the thread's
@@ -81,12 +146,17 @@ impl QueueWorker {
                 .map_err(WorkerError::Epoll)?;
         }
         let thread_stop = stop.try_clone().map_err(WorkerError::Epoll)?;
+        let (queues, events) = queues
+            .into_iter()
+            .map(|active| (active.queue, active.event))
+            .unzip();
         let mut state = WorkerState {
             epoll,
             stop: thread_stop,
             stop_token,
             memory,
             queues,
+            events,
             interrupt,
             handler,
         };
@@ -182,19 +252,28 @@ struct WorkerState<H> {
     stop: EventFd,
     stop_token: u64,
     memory: GuestMemoryMmap,
-    queues: Vec<ActiveQueue>,
+    queues: Vec<Queue>,
+    events: Vec<EventFd>,
     interrupt: Arc<VirtioInterrupt>,
     handler: H,
 }
 
+/// How many ready descriptors one `epoll_wait` returns at most.
+const EVENTS_PER_WAIT: usize = 64;
+
 impl<H: QueueHandler> WorkerState<H> {
     fn run(&mut self) {
+        let (handler, mut io) = self.split();
+        if let Err(err) = handler.started(&mut io) {
+            log::error!("virtio worker: cannot start its backend: {err}");
+            return;
+        }
         // Chains made available before activation (or while the eventfd was being handed
         // over) are served without waiting for another notification.
         for index in 0..self.queues.len() {
             self.serve(index);
         }
-        let mut events = vec![EpollEvent::default(); self.queues.len() + 1];
+        let mut events = vec![EpollEvent::default(); EVENTS_PER_WAIT];
         loop {
             let ready = match self.epoll.wait(-1, &mut events) {
                 Ok(ready) => ready,
@@ -210,26 +289,48 @@ impl<H: QueueHandler> WorkerState<H> {
                     let _ = self.stop.read();
                     // A reset takes effect after every chain the driver already made
                     // available is completed, whether or not its notification was seen.
-                    for index in 0..self.queues.len() {
-                        self.serve(index);
-                    }
+                    let (handler, mut io) = self.split();
+                    let interrupt = handler.stopping(&mut io);
+                    self.raise(interrupt);
                     return;
                 }
+                if token > self.stop_token {
+                    let key = token - self.stop_token - 1;
+                    let (handler, mut io) = self.split();
+                    let interrupt = handler.ready(key, event.event_set(), &mut io);
+                    self.raise(interrupt);
+                    continue;
+                }
                 let index = token as usize;
-                if let Some(queue) = self.queues.get(index) {
+                if let Some(queue_event) = self.events.get(index) {
                     // Non-blocking: a notification already consumed reads EAGAIN.
-                    let _ = queue.event.read();
+                    let _ = queue_event.read();
                     self.serve(index);
                 }
             }
         }
     }
 
+    fn split(&mut self) -> (&mut H, WorkerIo<'_>) {
+        (
+            &mut self.handler,
+            WorkerIo {
+                queues: &mut self.queues,
+                memory: &self.memory,
+                epoll: &self.epoll,
+                first_token: self.stop_token + 1,
+            },
+        )
+    }
+
     fn serve(&mut self, index: usize) {
-        let Some(active) = self.queues.get_mut(index) else {
-            return;
-        };
-        if self.handler.process(index, &mut active.queue, &self.memory) {
+        let (handler, mut io) = self.split();
+        let interrupt = handler.process(index, &mut io);
+        self.raise(interrupt);
+    }
+
+    fn raise(&self, interrupt: bool) {
+        if interrupt {
             if let Err(err) = self.interrupt.signal(VirtioInterrupt::USED_RING) {
                 log::error!("virtio worker: cannot raise the interrupt: {err}");
             }
