@@ -2,15 +2,18 @@
 # Benchmarks our vmm side by side with QEMU (KVM) in one boot of the emulated arm64 host (or
 # natively on an arm64 KVM host): boot to init, VMM memory overhead, suspend and resume
 # latency next to the bare ioctl floor (also with disks and the rng attached), the host CPU a
-# sleeping guest costs, and virtio-blk throughput in the guest. Prints the table and writes
-# bench/results.json and bench/results.svg. Not part of scripts/test.sh; it takes about 22
-# minutes warm on an idle 2-core x86-64 machine (a cold build adds about 5).
+# sleeping guest costs, virtio-blk throughput in the guest, and the network: TCP throughput
+# both ways and TCP round trips over virtio-net on a tap, and (ours only) vsock round trips.
+# Prints the table and writes bench/results.json and bench/results.svg. Not part of
+# scripts/test.sh; it took about 22 minutes warm on an idle 2-core x86-64 machine before the
+# network runs, which add about a minute a round (a cold build adds about 5).
 #
 #   scripts/bench.sh                 5 rounds, alternating vmm and QEMU
 #   scripts/bench.sh --rounds 1      a quick look
 #   scripts/bench.sh --rounds 1 --only disk,devices
 #                                    only some measurements: boot, idle, suspend, floor,
-#                                    disk (throughput), devices (suspend and idle with disks)
+#                                    disk (throughput), net (TCP and vsock), devices
+#                                    (suspend and idle with disks)
 #   scripts/bench.sh --profile       ftrace of the suspend and resume paths instead
 #
 # Other arguments go to `testbed bench` (see `cargo run -p testbed -- bench --help`).

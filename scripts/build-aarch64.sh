@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Cross-builds static aarch64 binaries with Debian's toolchain (rustup cannot add targets here).
 #
-#   scripts/build-aarch64.sh build    the `vmm` and `disk-pattern` binaries and every crate's
+#   scripts/build-aarch64.sh build    the `vmm`, `disk-pattern` and `guest-agent` binaries and every crate's
 #                                     test binaries; cargo's JSON messages go to
 #                                     target/aarch64/artifacts.json, which the testbed runner
 #                                     reads to find the test executables
@@ -36,7 +36,7 @@ build)
     mkdir -p "$CARGO_TARGET_DIR"
     "${cargo[@]}" build --target "$target" -p vmm --bins --examples "$@"
     "${cargo[@]}" build --target "$target" -p hypervisor --examples "$@"
-    "${cargo[@]}" build --target "$target" -p disk-pattern --bins "$@"
+    "${cargo[@]}" build --target "$target" -p disk-pattern -p guest-agent --bins "$@"
     "${cargo[@]}" test --target "$target" --workspace --no-run --message-format=json-render-diagnostics "$@" \
         >"$CARGO_TARGET_DIR/artifacts.json"
     ;;

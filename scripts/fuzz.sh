@@ -27,7 +27,7 @@ if ! [[ $SECONDS_PER_TARGET =~ ^[0-9]+$ ]] || ((SECONDS_PER_TARGET == 0)); then
     exit 2
 fi
 ALL_TARGETS=(http_request serial rtc_pl031 gpio_pl061 virtio_mmio virtio_blk_request
-    image_header vm_config psci_decode)
+    virtio_net virtio_vsock image_header vm_config psci_decode)
 TARGETS=("$@")
 ((${#TARGETS[@]})) || TARGETS=("${ALL_TARGETS[@]}")
 for target in "${TARGETS[@]}"; do

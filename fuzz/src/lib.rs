@@ -15,6 +15,8 @@ pub mod seeds;
 pub mod serial;
 pub mod virtio_blk_request;
 pub mod virtio_mmio;
+pub mod virtio_net;
+pub mod virtio_vsock;
 pub mod vm_config;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -15,13 +15,15 @@ pub struct Seed {
 }
 
 /// Every target's name, in the order `scripts/fuzz.sh` runs them.
-pub const TARGETS: [&str; 9] = [
+pub const TARGETS: [&str; 11] = [
     "http_request",
     "serial",
     "rtc_pl031",
     "gpio_pl061",
     "virtio_mmio",
     "virtio_blk_request",
+    "virtio_net",
+    "virtio_vsock",
     "image_header",
     "vm_config",
     "psci_decode",
@@ -36,6 +38,8 @@ pub fn run(target: &str, data: &[u8]) {
         "gpio_pl061" => crate::gpio_pl061::run(data),
         "virtio_mmio" => crate::virtio_mmio::run(data),
         "virtio_blk_request" => crate::virtio_blk_request::run(data),
+        "virtio_net" => crate::virtio_net::run(data),
+        "virtio_vsock" => crate::virtio_vsock::run(data),
         "image_header" => crate::image_header::run(data),
         "vm_config" => crate::vm_config::run(data),
         "psci_decode" => crate::psci_decode::run(data),
@@ -89,6 +93,12 @@ pub fn all() -> Vec<Seed> {
     }
     for (name, bytes) in virtio_blk() {
         add("virtio_blk_request", name, bytes);
+    }
+    for (name, bytes) in virtio_net() {
+        add("virtio_net", name, bytes);
+    }
+    for (name, bytes) in virtio_vsock() {
+        add("virtio_vsock", name, bytes);
     }
     for (name, bytes) in image() {
         add("image_header", name, bytes);
@@ -439,6 +449,338 @@ fn virtio_blk() -> Vec<(&'static str, Vec<u8>)> {
                 &blk_header(0, 0),
             ),
         ),
+    ]
+}
+
+/// A structured virtio-net descriptor: flags, address, length, next.
+type NetDescriptor = (u8, u16, u16, u8);
+
+/// A virtio-net program: the configuration byte, then for the receive and the transmit queue
+/// the descriptors and the heads made available.
+fn net_program(config: u8, queues: [(&[NetDescriptor], &[u8]); 2]) -> Program {
+    let mut program = Program::default().op(&[config]);
+    for (descriptors, heads) in queues {
+        program = program.op(&[u8::try_from(descriptors.len()).unwrap()]);
+        for &(flags, addr, len, next) in descriptors {
+            program = program
+                .op(&[flags])
+                .op(&le16(addr))
+                .op(&le16(len))
+                .op(&[next]);
+        }
+        program = program.op(&[u8::try_from(heads.len()).unwrap()]).op(heads);
+    }
+    program
+}
+
+/// An Ethernet header: to the guest's usual QEMU-style MAC from a local one, with the
+/// local experimental EtherType 0x88b5.
+const ETHERNET: [u8; 14] = [
+    0x52, 0x54, 0x00, 0x12, 0x34, 0x56, 0x02, 0x00, 0x00, 0x00, 0x00, 0x01, 0x88, 0xb5,
+];
+
+/// The 32 first bytes of a frame from the tap: the 12-byte virtio-net header with `flags`
+/// and `gso_type`, the Ethernet header and zeros (the harness's pattern follows).
+fn net_frame_start(flags: u8, gso_type: u8) -> Vec<u8> {
+    let mut header = [0u8; 12];
+    header[0] = flags;
+    header[1] = gso_type;
+    cat(&[&header, &ETHERNET, &[0; 6]])
+}
+
+/// A frame of `len` bytes (at least 32) from the tap (op 2).
+fn net_incoming(len: u16, start: &[u8]) -> Vec<u8> {
+    assert_eq!(start.len(), usize::from(len).min(32));
+    cat(&[&[2], &le16(len), start])
+}
+
+fn virtio_net() -> Vec<(&'static str, Vec<u8>)> {
+    use virtio_bindings::virtio_net::{VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4};
+    // Operations: transmit, receive, a head made available on the receive queue, a reset
+    // and a new activation on emptied rings.
+    const TRANSMIT: [u8; 1] = [0];
+    const RECEIVE: [u8; 1] = [1];
+    const RESET: [u8; 1] = [5];
+    let rx_head = |head: u8| [4, 0, head];
+    let memory = |addr: u16, bytes: &[u8]| {
+        cat(&[
+            &[3],
+            &le16(addr),
+            &[u8::try_from(bytes.len()).unwrap()],
+            bytes,
+        ])
+    };
+    // 256-byte receive buffers at 0x9000, 0x9400, ...
+    let rx_buffers = |count: u8| -> Vec<NetDescriptor> {
+        (0..count)
+            .map(|i| (WRITE, 0x9000 + 0x400 * u16::from(i), 256, 0))
+            .collect()
+    };
+    let plain = net_frame_start(0, 0);
+
+    // Queue size 16, event index, merged receive buffers. Linux's start_xmit: the header and
+    // the 100-byte frame in two descriptors of one chain.
+    let frame: Vec<u8> = cat(&[&ETHERNET, &(0..86).collect::<Vec<u8>>()]);
+    let transmit = net_program(
+        0x34,
+        [
+            (&[], &[]),
+            (&[(NEXT, 0x8000, 12, 1), (0, 0x8010, 100, 0)], &[0]),
+        ],
+    )
+    .op(&memory(0x8000, &[0; 12]))
+    .op(&memory(0x8010, &frame))
+    .op(&TRANSMIT);
+
+    // A 700-byte frame merged over three of four 256-byte buffers.
+    let mergeable = net_program(0x34, [(&rx_buffers(4), &[0, 1, 2, 3]), (&[], &[])])
+        .op(&net_incoming(700, &plain))
+        .op(&RECEIVE);
+
+    // With the receive offloads too: a 600-byte frame waits for the buffers it needs; then a
+    // checksum-offloaded TSO frame, one too long, and a 700-byte one arrive while no buffer is
+    // left; a reset (suspend) and a new activation, and the driver fills the ring again: the
+    // first frame is received, the second dropped, the third waits for more buffers. A second
+    // reset carries it over to the next activation, which receives it.
+    let csum_tso = net_frame_start(
+        VIRTIO_NET_HDR_F_NEEDS_CSUM as u8,
+        VIRTIO_NET_HDR_GSO_TCPV4 as u8,
+    );
+    let wait_reset = net_program(0x74, [(&rx_buffers(3), &[0]), (&[(0, 0x8000, 64, 0)], &[])])
+        .op(&net_incoming(600, &plain))
+        .op(&RECEIVE)
+        .op(&rx_head(1))
+        .op(&rx_head(2))
+        .op(&RECEIVE)
+        .op(&net_incoming(100, &csum_tso))
+        .op(&[6, 200])
+        .op(&plain)
+        .op(&net_incoming(700, &plain))
+        .op(&RECEIVE)
+        .op(&RESET)
+        .op(&rx_head(0))
+        .op(&rx_head(1))
+        .op(&rx_head(2))
+        .op(&RECEIVE)
+        .op(&RESET)
+        .op(&rx_head(0))
+        .op(&rx_head(1))
+        .op(&rx_head(2))
+        .op(&RECEIVE);
+
+    vec![
+        ("tx-header-and-frame", transmit.0),
+        ("rx-mergeable", mergeable.0),
+        ("rx-wait-reset-restore", wait_reset.0),
+    ]
+}
+
+/// A packet from the guest (virtio_vsock's op 0).
+struct VsockPacket<'a> {
+    /// `VIRTIO_VSOCK_OP_*`; bit 7: the header and the data in one buffer.
+    op: u8,
+    /// Bits 0-3 the CIDs, bit 4 a non-stream type, bits 5-6 the SHUTDOWN flags.
+    variant: u8,
+    /// The source port, 1000 + `src`.
+    src: u8,
+    /// The destination port: 0 the service (1024), 1 the first host port the device
+    /// allocated, 2 port 5 (no listener).
+    dst: u8,
+    /// A `len` field of its own instead of the data's length.
+    len: Option<u32>,
+    /// The `buf_alloc` selector: 1 is 16 bytes, 3 is 256 KiB.
+    buf_alloc: u8,
+    fwd_cnt: u16,
+    data: &'a [u8],
+}
+
+impl<'a> VsockPacket<'a> {
+    /// A stream packet from the guest with 256 KiB of buffer space.
+    fn new(op: u8, src: u8, dst: u8) -> Self {
+        Self {
+            op,
+            variant: 0,
+            src,
+            dst,
+            len: None,
+            buf_alloc: 3,
+            fwd_cnt: 0,
+            data: &[],
+        }
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        assert!(self.variant & 0x8F == 0 && self.dst < 3 && self.data.len() < 0x80);
+        let mut bytes = vec![0, self.op, self.variant, self.src, self.dst];
+        if let Some(len) = self.len {
+            bytes[2] |= 0x80;
+            bytes.extend(len.to_le_bytes());
+        }
+        bytes.push(self.buf_alloc);
+        bytes.extend(le16(self.fwd_cnt));
+        bytes.push(self.data.len() as u8);
+        bytes.extend(self.data);
+        bytes
+    }
+}
+
+fn virtio_vsock() -> Vec<(&'static str, Vec<u8>)> {
+    const REQUEST: u8 = 1;
+    const RESPONSE: u8 = 2;
+    const RST: u8 = 3;
+    const SHUTDOWN: u8 = 4;
+    const RW: u8 = 5;
+    const CREDIT_UPDATE: u8 = 6;
+    const CREDIT_REQUEST: u8 = 7;
+    /// Queue size 16, no event index.
+    const CONFIG: u8 = 4;
+    /// Four receive buffers of 4140 bytes (a header and 4 KiB).
+    const RX_BUFFERS: [u8; 2] = [2, 0x17];
+    /// Host sockets handled, four rounds.
+    const POLL: [u8; 2] = [6, 3];
+    let packet = |op, src, dst| VsockPacket::new(op, src, dst);
+    // A host program (index `peer`) writes, reads, shuts down its write half, closes.
+    let peer_write =
+        |peer: u8, bytes: &[u8]| cat(&[&[4, peer, u8::try_from(bytes.len()).unwrap()], bytes]);
+    let peer_read = |peer: u8| [5, peer, 0];
+    let peer_shut_write = |peer: u8| [5, peer, 1];
+    let peer_close = |peer: u8| [5, peer, 3];
+    // A host program connects and writes `line`.
+    let connect_line = |line: &[u8]| cat(&[&[3, 4, u8::try_from(line.len()).unwrap()], line]);
+
+    // The guest connects to the service on port 1024, which accepts and says "ping"; the
+    // guest answers "pong", the service closes, the guest resets the connection.
+    let service = Program::default()
+        .op(&[CONFIG])
+        .op(&RX_BUFFERS)
+        .op(&packet(REQUEST, 1, 0).bytes())
+        .op(&[7, 0])
+        .op(&cat(&[&[7, 2, 4], b"ping"]))
+        .op(&POLL)
+        .op(&VsockPacket {
+            data: b"pong",
+            ..packet(RW, 1, 0)
+        }
+        .bytes())
+        .op(&[7, 3])
+        .op(&POLL)
+        .op(&RX_BUFFERS)
+        .op(&packet(RST, 1, 0).bytes());
+
+    // The guest connects to a port nothing listens on; then malformed transmit chains: a
+    // header cut at 20 bytes, a header followed by a device-writable buffer, a `len` of
+    // 64 KiB over 4 bytes of data, a datagram.
+    let missing_and_malformed = Program::default()
+        .op(&[CONFIG])
+        .op(&RX_BUFFERS)
+        .op(&packet(REQUEST, 2, 2).bytes())
+        .op(&[1, 0, 0])
+        .op(&le16(0x1000))
+        .op(&le16(20))
+        .op(&[20])
+        .op(&[0; 20])
+        .op(&[1, 1, 0])
+        .op(&le16(0x1000))
+        .op(&le16(44))
+        .op(&[1])
+        .op(&le16(0x1100))
+        .op(&le16(100))
+        .op(&[0])
+        .op(&VsockPacket {
+            len: Some(64 * 1024),
+            data: b"data",
+            ..packet(RW, 0, 2)
+        }
+        .bytes())
+        .op(&VsockPacket {
+            variant: 0x10,
+            ..packet(RW, 0, 0)
+        }
+        .bytes());
+
+    // A host program connects to guest port 1000 and the guest accepts; "hello" one way,
+    // "bye" and a credit request the other; the host shuts down its write half, the guest
+    // shuts down both.
+    let host_connect = Program::default()
+        .op(&[CONFIG])
+        .op(&RX_BUFFERS)
+        .op(&[3, 0])
+        .op(&POLL)
+        .op(&packet(RESPONSE, 0, 1).bytes())
+        .op(&peer_read(0))
+        .op(&peer_write(0, b"hello"))
+        .op(&POLL)
+        .op(&VsockPacket {
+            fwd_cnt: 5,
+            data: b"bye",
+            ..packet(RW, 0, 1)
+        }
+        .bytes())
+        .op(&VsockPacket {
+            fwd_cnt: 5,
+            ..packet(CREDIT_REQUEST, 0, 1)
+        }
+        .bytes())
+        .op(&peer_shut_write(0))
+        .op(&POLL)
+        .op(&RX_BUFFERS)
+        .op(&VsockPacket {
+            variant: 0x60,
+            fwd_cnt: 5,
+            ..packet(SHUTDOWN, 0, 1)
+        }
+        .bytes())
+        .op(&RX_BUFFERS)
+        .op(&POLL);
+
+    // The guest accepts a host connection on port 1001 with 16 bytes of buffer space; the
+    // host writes 100 bytes, which wait for credit updates.
+    let pattern: Vec<u8> = (0..100).collect();
+    let small_credit = Program::default()
+        .op(&[CONFIG])
+        .op(&RX_BUFFERS)
+        .op(&[3, 1])
+        .op(&POLL)
+        .op(&VsockPacket {
+            buf_alloc: 1,
+            ..packet(RESPONSE, 1, 1)
+        }
+        .bytes())
+        .op(&peer_write(0, &pattern))
+        .op(&POLL)
+        .op(&RX_BUFFERS)
+        .op(&VsockPacket {
+            buf_alloc: 1,
+            fwd_cnt: 16,
+            ..packet(CREDIT_UPDATE, 1, 1)
+        }
+        .bytes())
+        .op(&POLL)
+        .op(&peer_close(0))
+        .op(&POLL)
+        .op(&RX_BUFFERS);
+
+    // Host programs that do not follow the protocol: a line that is not CONNECT, a
+    // CONNECT to no number, one that says nothing and then shuts down its write half.
+    let bad_lines = Program::default()
+        .op(&[CONFIG])
+        .op(&RX_BUFFERS)
+        .op(&connect_line(b"HELLO\n"))
+        .op(&connect_line(b"CONNECT x"))
+        .op(&[3, 8])
+        .op(&POLL)
+        .op(&peer_shut_write(2))
+        .op(&POLL);
+
+    vec![
+        ("guest-connect-service", service.0),
+        (
+            "guest-connect-missing-and-malformed",
+            missing_and_malformed.0,
+        ),
+        ("host-connect-data-shutdown", host_connect.0),
+        ("host-connect-small-credit", small_credit.0),
+        ("bad-connect-lines", bad_lines.0),
     ]
 }
 

@@ -34,6 +34,12 @@ seed=1
 root=
 rootfstype=ext4
 root_mode=ro
+# net=ADDR/PREFIX configures eth0; host=ADDR is the host's end of the tap; peer=ADDR:PORT is
+# where the exchange mode connects; udp=PORT makes the net mode count datagrams while asleep.
+net=
+host=
+peer=
+udp=
 for word in $(cat /proc/cmdline); do
     case "$word" in
     vmmtest=*) mode=${word#vmmtest=} ;;
@@ -45,6 +51,10 @@ for word in $(cat /proc/cmdline); do
     rootfstype=*) rootfstype=${word#rootfstype=} ;;
     rw) root_mode=rw ;;
     ro) root_mode=ro ;;
+    net=*) net=${word#net=} ;;
+    host=*) host=${word#host=} ;;
+    peer=*) peer=${word#peer=} ;;
+    udp=*) udp=${word#udp=} ;;
     esac
 done
 
@@ -111,6 +121,39 @@ suspend_cycle() {
     return $rc
 }
 
+# wait_file PATH SECONDS: waits for PATH to exist; returns 1 if it did not in time.
+wait_file() {
+    local tries=0
+    while [ ! -e "$1" ]; do
+        [ "$tries" -ge $(($2 * 10)) ] && return 1
+        sleep 0.1
+        tries=$((tries + 1))
+    done
+}
+
+# in_echos: ICMP echo requests this guest received so far.
+in_echos() {
+    awk '$1 == "Icmp:" && $2 !~ /^[0-9]+$/ { for (i = 2; i <= NF; i++) if ($i == "InEchos") f = i; next }
+        $1 == "Icmp:" { print $f }' /proc/net/snmp
+}
+
+# suspend_cycles N: N rtcwake cycles (retrying those the guest aborted itself with retry=1),
+# each followed by `after_cycle I` when defined; reports `@@guest cycles-done good=G ...`.
+suspend_cycles() {
+    local i=1 attempts=0
+    while [ "$i" -le "$1" ] && [ "$attempts" -lt $(($1 * 2)) ]; do
+        attempts=$((attempts + 1))
+        if suspend_cycle "$i" || [ "$retry" != 1 ]; then
+            after_cycle "$i"
+            i=$((i + 1))
+        else
+            aborted "$i"
+        fi
+    done
+    echo "@@guest cycles-done good=$((i - 1)) attempts=$attempts"
+}
+after_cycle() { :; }
+
 # aborted N: reports an attempt the guest gave up itself (retried with retry=1).
 aborted() {
     echo "@@guest aborted cycle=$1 step=$(cat /sys/power/suspend_stats/last_failed_step) errno=$(cat /sys/power/suspend_stats/last_failed_errno) dev=$(cat /sys/power/suspend_stats/last_failed_dev)"
@@ -134,6 +177,13 @@ power_key_handler() {
 }
 rtc=$(cat /sys/class/rtc/rtc0/since_epoch 2>/dev/null || echo none)
 root_dev=$(awk '$2 == "/" { dev = $1 } END { print dev }' /proc/mounts)
+if [ -n "$net" ]; then
+    # Static configuration of the first virtio-net device (waiting up to 10 s for it).
+    wait_file /sys/class/net/eth0 10
+    ip link set lo up
+    ip addr add "$net" dev eth0 && ip link set eth0 up
+    echo "@@guest net-up rc=$? dev=eth0 addr=$net mac=$(cat /sys/class/net/eth0/address 2>/dev/null)"
+fi
 echo "@@guest init uptime=$(cut -d' ' -f1 /proc/uptime) nproc=$(nproc) rtc=$rtc mode=$mode root=$root_dev"
 case "$mode" in
 boot)
@@ -228,6 +278,49 @@ fs-suspend)
     sync
     mount -o remount,ro /
     echo "@@guest remount-ro rc=$?"
+    poweroff -f
+    ;;
+net)
+    # Pings the host and waits to be pinged (3 echo requests each way); with peer=, answers
+    # the host's exchange rounds over one TCP connection: round 0 at once, round I after
+    # rtcwake cycle I of `cycles`; with udp=PORT, then sleeps with no alarm (the host sends
+    # datagrams to the sleeping guest, then wakes it) and reports what arrived.
+    ping -c 3 -W 5 "$host" >/tmp/ping.out 2>&1
+    echo "@@guest ping to=$host rc=$? received=$(sed -n 's/.* \([0-9]*\) packets received.*/\1/p' /tmp/ping.out)"
+    tries=0
+    while [ "$(in_echos)" -lt 3 ] && [ "$tries" -lt 600 ]; do
+        sleep 0.1
+        tries=$((tries + 1))
+    done
+    echo "@@guest pinged in_echos=$(in_echos)"
+    if [ -n "$peer" ]; then
+        guest-agent exchange "$peer" &
+        wait_file /tmp/exchange-round-0 120 || echo "@@guest exchange-missing round=0"
+        after_cycle() {
+            wait_file "/tmp/exchange-round-$1" 120 || echo "@@guest exchange-missing round=$1"
+        }
+        suspend_cycles "$cycles"
+    fi
+    if [ -n "$udp" ]; then
+        guest-agent udp-sink "$udp" /tmp/udp-count &
+        wait_file /tmp/udp-count 10
+        echo enabled > /sys/class/tty/ttyS0/power/wakeup
+        echo "@@guest udp-ready port=$udp"
+        echo mem > /sys/power/state
+        echo "@@guest udp-woken rc=$?"
+        sleep 2
+        echo "@@guest udp received=$(cat /tmp/udp-count)"
+    fi
+    poweroff -f
+    ;;
+vsock)
+    # A command agent on vsock port 1234. The host drives it: once it creates
+    # /tmp/go-suspend (through the agent), `cycles` rtcwake cycles; once it creates
+    # /tmp/go-poweroff, power-off.
+    guest-agent agent 1234 &
+    wait_file /tmp/go-suspend 300 || echo "@@guest go-suspend-missing"
+    suspend_cycles "$cycles"
+    wait_file /tmp/go-poweroff 300 || echo "@@guest go-poweroff-missing"
     poweroff -f
     ;;
 disk-readonly)
@@ -326,6 +419,32 @@ bench-disk)
         *) echo "@@bench disk rc=$rc mode=${spec%:*}"; sed 's/^/[disk-pattern] /' /tmp/disk-bench.out ;;
         esac
     done
+    echo "@@bench done"
+    sleep 600
+    poweroff -f
+    ;;
+bench-net)
+    # scripts/bench.sh: TCP throughput for `seconds=S` each way (guest to host, host to guest)
+    # and `count=N` one-byte TCP round trips with the host's `guest-agent serve-bench` on
+    # host=ADDR, and N vsock round trips to the host's port 5300 when there is a virtio-vsock
+    # device; each as guest-agent's `@@bench net test=NAME rc=0 ...` line (`rc=1 error=...`
+    # when it failed). The guest-agent from the initramfs retries connecting for 30 s: the
+    # host starts its server after `@@guest net-up`. The runner stops the VM after `@@bench done`.
+    echo "@@bench init"
+    seconds=5
+    count=2000
+    for word in $(cat /proc/cmdline); do
+        case "$word" in
+        seconds=*) seconds=${word#seconds=} ;;
+        count=*) count=${word#count=} ;;
+        esac
+    done
+    guest-agent tcp-send "$host" "$seconds"
+    guest-agent tcp-recv "$host" "$seconds"
+    guest-agent rr "$host" "$count"
+    if ls /sys/bus/virtio/drivers/vmw_vsock_virtio_transport/ 2>/dev/null | grep -q virtio; then
+        guest-agent vsock-rr 5300 "$count"
+    fi
     echo "@@bench done"
     sleep 600
     poweroff -f

@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::seccomp::SeccompMode;
 
+mod net;
+
+pub use net::{MacAddress, NetConfig, NetConfigError, VsockConfig, valid_tap_name};
+
 const MIB: u64 = 1 << 20;
 /// The largest config file read: far more than any VM needs.
 pub const CONFIG_MAX_SIZE: u64 = MIB;
@@ -57,15 +61,16 @@ pub enum ConfigError {
         /// The size given.
         mib: u64,
     },
+    /// Invalid network or vsock settings.
+    #[error(transparent)]
+    Net(#[from] NetConfigError),
     /// More virtio devices than virtio-mmio slots.
-    #[error("Too many disks: {disks} given, at most {max} fit (one virtio-mmio slot each{rng})", rng = if *rng { ", and virtio-rng takes one" } else { "" })]
-    TooManyDisks {
-        /// Disks given.
-        disks: usize,
-        /// Disks that fit.
-        max: usize,
-        /// Whether virtio-rng takes a slot.
-        rng: bool,
+    #[error(
+        "Too many virtio devices: {given} given (disks, network devices, vsock and rng), at most {VIRTIO_MMIO_SLOTS} fit"
+    )]
+    TooManyDevices {
+        /// Devices given.
+        given: usize,
     },
     /// A disk without a path.
     #[error("Disk {index} has no path")]
@@ -194,6 +199,12 @@ pub struct VmConfig {
     /// Give the guest a virtio-rng entropy device (`/dev/hwrng`).
     #[serde(default = "default_rng")]
     pub rng: bool,
+    /// virtio-net devices on host taps, in the order the guest enumerates them (`eth0`, ...).
+    #[serde(default)]
+    pub nets: Vec<NetConfig>,
+    /// A virtio-vsock device (a guest has at most one).
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
     /// The seccomp filters of the VMM's threads: `on` (a system call outside a thread's list
     /// kills the process), `log`, `trap` or `off`.
     #[serde(default)]
@@ -233,6 +244,8 @@ impl VmConfig {
             suspend: default_suspend(),
             disks: Vec::new(),
             rng: default_rng(),
+            nets: Vec::new(),
+            vsock: None,
             seccomp: SeccompMode::default(),
         }
     }
@@ -283,14 +296,14 @@ impl VmConfig {
         if self.cmdline.contains('\0') {
             return Err(ConfigError::CmdlineNul);
         }
-        let max = VIRTIO_MMIO_SLOTS as usize - usize::from(self.rng);
-        if self.disks.len() > max {
-            return Err(ConfigError::TooManyDisks {
-                disks: self.disks.len(),
-                max,
-                rng: self.rng,
-            });
+        let given = self.disks.len()
+            + self.nets.len()
+            + usize::from(self.vsock.is_some())
+            + usize::from(self.rng);
+        if given > VIRTIO_MMIO_SLOTS as usize {
+            return Err(ConfigError::TooManyDevices { given });
         }
+        net::validate(&self.nets, self.vsock.as_ref())?;
         let mut ids = std::collections::HashSet::new();
         for (index, disk) in self.disks.iter().enumerate() {
             if disk.path.as_os_str().is_empty() {
@@ -394,7 +407,7 @@ mod tests {
         assert!(with_disks(many(31), true).is_ok());
         assert_eq!(
             with_disks(many(32), true).unwrap_err(),
-            "Too many disks: 32 given, at most 31 fit (one virtio-mmio slot each, and virtio-rng takes one)"
+            "Too many virtio devices: 33 given (disks, network devices, vsock and rng), at most 32 fit"
         );
         assert!(with_disks(many(32), false).is_ok());
         let named = |id: &str| DiskConfig {
@@ -464,6 +477,10 @@ mod tests {
             include_str!("../../resources/examples/initramfs.json"),
         ),
         (
+            "network.json",
+            include_str!("../../resources/examples/network.json"),
+        ),
+        (
             "no-suspend.json",
             include_str!("../../resources/examples/no-suspend.json"),
         ),
@@ -494,6 +511,9 @@ mod tests {
             ]
         );
         assert!(root.cmdline.contains("root=/dev/vda") && root.rng);
+        let network: VmConfig = serde_json::from_str(EXAMPLES[2].1).unwrap();
+        assert_eq!(network.nets[0].mac().to_string(), "52:54:00:12:34:56");
+        assert_eq!(network.vsock.map(|vsock| vsock.cid), Some(3));
 
         // Every example in the directory is listed above (checked where the sources are; not
         // in the emulated arm64 host, which runs this test executable without them).

@@ -30,7 +30,9 @@ pub mod vm;
 use std::path::PathBuf;
 
 pub use boot_images::{BootImageError, BootImages};
-pub use config::{ConfigError, DiskConfig, VmConfig};
+pub use config::{
+    ConfigError, DiskConfig, MacAddress, NetConfig, NetConfigError, VmConfig, VsockConfig,
+};
 pub use console::Console;
 pub use control::{ControlError, ExitReason};
 pub use devices::virtio::DiskImageError;
@@ -59,6 +61,12 @@ pub enum VmmError {
     /// A disk image cannot be used.
     #[error(transparent)]
     Disk(#[from] DiskImageError),
+    /// A tap cannot be opened, created or configured.
+    #[error(transparent)]
+    Tap(#[from] devices::virtio::tap::TapError),
+    /// The vsock device cannot listen on its socket.
+    #[error(transparent)]
+    Vsock(#[from] devices::virtio::VsockError),
     /// The host cannot run the VM.
     #[error(transparent)]
     Hypervisor(#[from] HypervisorError),
@@ -149,18 +157,18 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, std::sync::Arc<VmmError>> {
 /// Runs one VM on the calling thread.
 pub(crate) fn run_with(
     config: &VmConfig,
-    disks: &[virtio_devices::OpenedDisk],
+    backends: &virtio_devices::HostBackends,
     kvm_path: &std::path::Path,
     console: &Console,
     shared: &vm::HandleShared,
 ) -> Result<ExitReason, VmmError> {
     #[cfg(target_arch = "aarch64")]
     {
-        runner::run(config, disks, kvm_path, console, shared)
+        runner::run(config, backends, kvm_path, console, shared)
     }
     #[cfg(not(target_arch = "aarch64"))]
     {
-        let _ = (config, disks, console, shared);
+        let _ = (config, backends, console, shared);
         Err(hypervisor::check_kvm_device(kvm_path)
             .err()
             .unwrap_or(HypervisorError::WrongArchitecture {

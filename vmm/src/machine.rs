@@ -17,7 +17,9 @@ use arch_aarch64::regs::{MPIDR_AFFINITY_MASK, MPIDR_EL1};
 use devices::bus::MmioBus;
 use devices::irq::{IrqError, IrqLine};
 use devices::rtc_pl031::{SystemClock, TimerFdAlarm};
-use devices::virtio::{BlockDevice, MmioTransport, RngDevice, ThreadStartHook, VirtioDevice};
+use devices::virtio::{
+    BlockDevice, DeviceKind, MmioTransport, NetDevice, RngDevice, ThreadStartHook, VirtioDevice,
+};
 use devices::{BootTimer, Pl061Gpio, Serial16550};
 use hypervisor::kvm::{GicV3, Hypervisor, KvmVcpu, Vm, VmOptions};
 use hypervisor::{Vcpu, VcpuError};
@@ -31,7 +33,7 @@ use crate::boot_images::BootImages;
 use crate::config::VmConfig;
 use crate::event_loop::Rtc;
 use crate::events::{WakeSource, WakeSourceIrqLine, WakeSourceTracker};
-use crate::virtio_devices::{AttachedDevice, DeviceInfo, OpenedDisk};
+use crate::virtio_devices::{AttachedDevice, DeviceInfo, HostBackends};
 use crate::vm::{POWER_BUTTON_PIN, WAKE_BUTTON_PIN};
 
 /// Failures building the machine.
@@ -176,7 +178,7 @@ pub fn build(
     hypervisor: &Hypervisor,
     config: &VmConfig,
     images: BootImages,
-    disks: &[OpenedDisk],
+    backends: &HostBackends,
     console_output: devices::SerialOutput,
     wake: Arc<WakeSourceTracker>,
     worker_hook: Option<ThreadStartHook>,
@@ -246,7 +248,7 @@ pub fn build(
         layout::GIC_NR_SPIS,
     )?;
 
-    let virtio = attach_virtio(&vm, disks, config.rng, worker_hook)?;
+    let virtio = attach_virtio(&vm, backends, config.rng, worker_hook)?;
     let fdt = create_fdt(&FdtConfig {
         vcpu_mpidrs: mpidrs,
         ram: layout.ram,
@@ -341,13 +343,14 @@ struct VirtioSlot {
     attached: AttachedDevice,
 }
 
-/// Creates the disks' virtio-blk devices (in order) and virtio-rng, each in a window and on
+/// Creates the disks' virtio-blk devices (in order), the taps' virtio-net devices (in order),
+/// the virtio-vsock device and virtio-rng, each in a window and on
 /// an SPI from the virtio area; QueueNotify writes become ioeventfds and interrupts irqfds,
 /// so queue work never runs on a vCPU thread. Each device's worker threads run `worker_hook`
 /// first (their seccomp filter).
 fn attach_virtio(
     vm: &Arc<Vm>,
-    disks: &[OpenedDisk],
+    backends: &HostBackends,
     rng: bool,
     worker_hook: Option<ThreadStartHook>,
 ) -> Result<Vec<VirtioSlot>, MachineError> {
@@ -356,35 +359,48 @@ fn attach_virtio(
     let mut spis = IdAllocator::new(VIRTIO_SPI_BASE, VIRTIO_SPI_BASE + VIRTIO_MMIO_SLOTS - 1)
         .map_err(device_error("virtio"))?;
     let mut devices: Vec<(Box<dyn VirtioDevice>, DeviceInfo)> = Vec::new();
-    for disk in disks {
+    for disk in &backends.disks {
         devices.push((
             Box::new(
                 BlockDevice::new(Arc::clone(&disk.image), &disk.id)
                     .with_worker_hook(worker_hook.clone()),
             ),
             DeviceInfo {
-                kind: devices::virtio::DeviceKind::Block,
                 id: Some(disk.id.clone()),
                 path: Some(disk.image.path().to_owned()),
                 readonly: disk.image.readonly(),
-                mmio_base: 0,
-                spi: 0,
-                stats: Default::default(),
+                ..DeviceInfo::new(DeviceKind::Block)
+            },
+        ));
+    }
+    for net in &backends.nets {
+        devices.push((
+            Box::new(
+                NetDevice::new(Arc::clone(&net.tap), net.mac.0)
+                    .with_worker_hook(worker_hook.clone()),
+            ),
+            DeviceInfo {
+                tap: Some(net.tap.name().to_owned()),
+                mac: Some(net.mac),
+                ..DeviceInfo::new(DeviceKind::Net)
+            },
+        ));
+    }
+    if let Some(vsock) = &backends.vsock {
+        let device = vsock.device().map_err(device_error("virtio-vsock"))?;
+        devices.push((
+            Box::new(device.with_worker_hook(worker_hook.clone())),
+            DeviceInfo {
+                cid: Some(vsock.config.cid),
+                socket: Some(vsock.config.socket.clone()),
+                ..DeviceInfo::new(DeviceKind::Vsock)
             },
         ));
     }
     if rng {
         devices.push((
             Box::new(RngDevice::new().with_worker_hook(worker_hook)),
-            DeviceInfo {
-                kind: devices::virtio::DeviceKind::Rng,
-                id: None,
-                path: None,
-                readonly: false,
-                mmio_base: 0,
-                spi: 0,
-                stats: Default::default(),
-            },
+            DeviceInfo::new(DeviceKind::Rng),
         ));
     }
     let mut slots = Vec::with_capacity(devices.len());

@@ -22,14 +22,14 @@ use crate::seccomp::{Thread, VmFilters};
 use crate::suspend::SuspendCoordinator;
 use crate::terminal::RawTerminal;
 use crate::vcpu::{VcpuContext, run_vcpu_guarded};
-use crate::virtio_devices::OpenedDisk;
+use crate::virtio_devices::HostBackends;
 use crate::vm::{BootControls, HandleShared};
 use crate::{VmmError, signals};
 
 /// Boots `config` on the KVM device at `kvm_path` until it stops for good.
 pub(crate) fn run(
     config: &VmConfig,
-    disks: &[OpenedDisk],
+    backends: &HostBackends,
     kvm_path: &Path,
     console: &Console,
     shared: &HandleShared,
@@ -63,7 +63,7 @@ pub(crate) fn run(
             &hypervisor,
             config,
             images,
-            disks,
+            backends,
             Box::new(QueueWriter(Arc::clone(&output))),
             Arc::clone(&wake),
             filters.hook(Thread::VirtioWorker),

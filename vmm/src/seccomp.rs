@@ -248,6 +248,7 @@ aarch64_syscalls! {
     SYS_gettid = 178,
     SYS_socket = 198,
     SYS_bind = 200,
+    SYS_listen = 201,
     SYS_connect = 203,
     SYS_sendto = 206,
     SYS_recvfrom = 207,
@@ -361,6 +362,10 @@ pub mod ioctl {
     pub const TCSETSF: u32 = 0x5404;
     /// `FIONBIO` (what `set_nonblocking` does on a socket)
     pub const FIONBIO: u32 = 0x5421;
+    // Taps (linux/if_tun.h).
+    /// `TUNSETOFFLOAD` (`_IOW('T', 208, unsigned int)`): a virtio-net device probes it when
+    /// built and sets the guest's offloads when its driver activates it.
+    pub const TUNSETOFFLOAD: u32 = ioc(WRITE, b'T' as u32, 208, 4);
 
     #[cfg(target_arch = "aarch64")]
     const _: () = {
@@ -369,6 +374,7 @@ pub mod ioctl {
         assert!(TCSETSW as libc::Ioctl == libc::TCSETSW);
         assert!(TCSETSF as libc::Ioctl == libc::TCSETSF);
         assert!(FIONBIO as libc::Ioctl == libc::FIONBIO);
+        assert!(TUNSETOFFLOAD as libc::Ioctl == libc::TUNSETOFFLOAD as libc::Ioctl);
     };
 }
 
@@ -377,6 +383,7 @@ use nr::*;
 // Argument values (the same on every Linux architecture).
 const PROT_EXEC: u64 = 0x4;
 const PR_SET_NAME: u64 = 15;
+const AF_UNIX: u64 = 1;
 const PR_SET_NO_NEW_PRIVS: u64 = 38;
 const SECCOMP_SET_MODE_FILTER: u64 = 1;
 const F_GETFD: u64 = 1;
@@ -557,11 +564,16 @@ pub fn main_rules() -> Rules {
 /// ioeventfds, and the terminal goes raw; then it spawns the vCPU threads (the console thread
 /// once), runs the event loop (console input, the RTC's timerfd, signals), and kicks and joins
 /// the vCPUs at the end. Its threads inherit this filter, so it also allows what they do.
+/// A reboot listens on the vsock socket again (`bind`, `listen`, `FIONBIO`, after a `connect`
+/// that tells a socket in use from a stale one), and the VM's end removes it (`unlinkat`).
 pub fn vmm_rules() -> Rules {
     use ioctl::*;
     common()
         .and(spawning().0)
         .allow(&[
+            SYS_bind,
+            SYS_listen,
+            SYS_unlinkat,
             SYS_dup,
             SYS_epoll_create1,
             SYS_epoll_ctl,
@@ -599,6 +611,7 @@ pub fn vmm_rules() -> Rules {
             KVM_SET_ONE_REG,
             KVM_SET_DEVICE_ATTR,
             KVM_HAS_DEVICE_ATTR,
+            FIONBIO,
         ])
         // Raw mode for the console on stdin, and back.
         .stdin_ioctls(&[TCGETS, TCSETS, TCSETSW, TCSETSF])
@@ -634,6 +647,7 @@ pub fn vcpu_rules() -> Rules {
             KVM_SET_MP_STATE,
             KVM_ARM_VCPU_INIT,
             KVM_IRQ_LINE,
+            TUNSETOFFLOAD,
         ])
         .and(virtio_worker_rules())
         .0
@@ -665,17 +679,28 @@ pub fn console_rules() -> Rules {
 }
 
 /// A virtio device's worker: waits on its queues' eventfds, serves disk requests
-/// (`preadv`, `pwritev`, `fdatasync`) and entropy (`getrandom`), interrupts the guest through
-/// an eventfd.
+/// (`preadv`, `pwritev`, `fdatasync`), entropy (`getrandom`) and frames (`read` from and
+/// `writev` to a tap), interrupts the guest through an eventfd.
 pub fn virtio_worker_rules() -> Rules {
     common()
         .allow(&[
+            // virtio-vsock: host programs connect to its Unix socket, it connects to theirs
+            // for the guest, and ends streams; it writes with MSG_NOSIGNAL.
+            SYS_accept4,
+            SYS_connect,
+            SYS_sendto,
+            SYS_shutdown,
+            // virtio-net watches its tap only while the guest has receive buffers, and
+            // virtio-vsock each host stream while it can move bytes.
+            SYS_epoll_ctl,
             SYS_epoll_pwait,
             SYS_fdatasync,
             SYS_preadv,
             SYS_pwritev,
             SYS_read,
         ])
+        // Unix sockets only: a worker never opens a network socket.
+        .allow_when(SYS_socket, one_of(0, &[AF_UNIX]))
         .0
 }
 

@@ -14,7 +14,7 @@ use crate::control::{ExitReason, VmControl};
 use crate::events::WakeSource;
 use crate::events::{EventBus, EventReceiver};
 use crate::suspend::{PauseError, SuspendCoordinator, SuspendState, SuspendStats};
-use crate::virtio_devices::{AttachedDevice, DeviceInfo, OpenedDisk, open_disks};
+use crate::virtio_devices::{AttachedDevice, DeviceInfo, HostBackends};
 use crate::{VmConfig, VmmError};
 use hypervisor::MpState;
 
@@ -98,7 +98,7 @@ pub struct VmInfo {
 #[derive(Debug)]
 pub struct Vm {
     config: VmConfig,
-    disks: Vec<OpenedDisk>,
+    backends: HostBackends,
     console: Console,
     kvm_path: PathBuf,
     shared: Arc<HandleShared>,
@@ -109,13 +109,13 @@ impl Vm {
     pub fn new(config: VmConfig) -> Result<Self, VmmError> {
         config.validate()?;
         drop(BootImages::open(&config)?);
-        // Opened and locked for the VM's whole life, so another process cannot take them
-        // between two boots.
-        let disks = open_disks(&config)?;
+        // Opened (disks locked, taps and sockets claimed) for the VM's whole life, so another
+        // process cannot take them between two boots.
+        let backends = HostBackends::open(&config)?;
         let kvm_path = crate::kvm_path();
         hypervisor::check_kvm_device(&kvm_path)?;
         Ok(Self {
-            disks,
+            backends,
             shared: Arc::new(HandleShared::new(config.cpus, config.memory_mib)),
             config,
             console: Console::Terminal,
@@ -153,7 +153,7 @@ impl Vm {
                 run_to_the_end(&thread_shared, || {
                     crate::run_with(
                         &self.config,
-                        &self.disks,
+                        &self.backends,
                         &self.kvm_path,
                         &self.console,
                         &thread_shared,

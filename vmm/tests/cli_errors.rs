@@ -276,6 +276,14 @@ fn malformed_flags_are_usage_errors() {
             && stderr.contains("[possible values: on, off, log, trap]"),
         "{stderr}"
     );
+    // A guest has at most one vsock device (Linux drives one).
+    let output = Command::new(vmm_binary())
+        .args(["--kernel", "Image", "--vsock", "cid=3,socket=/tmp/a"])
+        .args(["--vsock", "cid=4,socket=/tmp/b"])
+        .output()
+        .expect("run vmm");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot be used multiple times"));
 }
 
 #[test]
@@ -331,7 +339,7 @@ fn bad_disks_are_refused_before_kvm_is_touched() {
     let many: Vec<String> = (0..32)
         .map(|_| format!("path={},readonly=on", path(&good)))
         .collect();
-    run(&many, "Too many disks: 32 given, at most 31 fit");
+    run(&many, "Too many virtio devices: 33 given");
     // The same writable image twice: the second open finds the first one's lock.
     run(
         &[
@@ -496,4 +504,91 @@ fn ctl_whose_reader_went_away_ends_without_a_panic() {
     server.join().unwrap();
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(status.signal(), Some(libc::SIGPIPE), "{status:?}: {stderr}");
+}
+
+#[test]
+fn bad_network_and_vsock_settings_are_refused_before_kvm_is_touched() {
+    let scratch = Scratch::new();
+    let kernel = scratch.fake_image(8 << 20);
+    let run = |flags: &[&str], expected: &str| {
+        let mut args = vec!["--kernel", path(&kernel)];
+        args.extend_from_slice(flags);
+        fails_with(&args, Some(Path::new("/nonexistent/kvm")), expected);
+    };
+    run(
+        &["--net", "tap=a-very-long-tap0"],
+        "Invalid tap name \"a-very-long-tap0\": must be 1 to 15 bytes",
+    );
+    run(
+        &["--net", "tap=t0,mac=01:00:5e:00:00:01"],
+        "Invalid MAC address \"01:00:5e:00:00:01\"",
+    );
+    run(
+        &["--net", "tap=t0,ip=169.254.0.1"],
+        "Tap t0: ip and mask go together",
+    );
+    run(
+        &["--net", "tap=t0", "--net", "tap=t0"],
+        "Duplicate tap \"t0\"",
+    );
+    for cid in ["0", "1", "2"] {
+        run(
+            &["--vsock", &format!("cid={cid},socket=/tmp/x.vsock")],
+            &format!("Invalid vsock CID {cid}"),
+        );
+    }
+    run(
+        &["--vsock", "cid=3"],
+        "Invalid --vsock \"cid=3\": no socket=PATH",
+    );
+
+    // A socket another process listens on, and a path that is not a socket.
+    let busy = scratch.0.as_path().join("busy.vsock");
+    let _listener = std::os::unix::net::UnixListener::bind(&busy).unwrap();
+    let vsock = format!("cid=3,socket={}", path(&busy));
+    run(&["--vsock", &vsock], "is in use by another process");
+    let file = scratch.file("plain.vsock", b"");
+    let vsock = format!("cid=3,socket={}", path(&file));
+    run(&["--vsock", &vsock], "exists and is not a socket");
+    assert!(file.exists(), "vmm removed a file that was not its socket");
+}
+
+#[test]
+fn a_tap_vmm_may_not_create_is_refused() {
+    use std::os::unix::process::CommandExt;
+    let scratch = Scratch::new();
+    let kernel = scratch.fake_image(8 << 20);
+    let mut command = Command::new(vmm_binary());
+    command.env("VMM_KVM_PATH", "/nonexistent/kvm");
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        // root without CAP_NET_ADMIN (dropped from the bounding set before exec, so the new
+        // program's permitted set lacks it), as in a container.
+        // SAFETY: prctl in the child between fork and exec, on its own capabilities only.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_CAPBSET_DROP, 12 /* CAP_NET_ADMIN */, 0, 0, 0) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+    }
+    let expected = if root {
+        "Cannot attach to tap vmmnocap0 (creating a tap needs CAP_NET_ADMIN"
+    } else {
+        // Without root, /dev/net/tun itself may be closed to this user.
+        "Cannot "
+    };
+    command_fails_with(
+        command,
+        &["--kernel", path(&kernel), "--net", "tap=vmmnocap0"],
+        expected,
+    );
+    assert!(
+        !Path::new("/sys/class/net/vmmnocap0").exists(),
+        "a tap was left behind"
+    );
 }

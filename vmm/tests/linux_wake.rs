@@ -10,112 +10,14 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use devices::virtio::DeviceKind;
-use vmm::events::{EventReceiver, VmEventKind, WakeSource};
+use vmm::events::{VmEventKind, WakeSource};
 use vmm::virtio_devices::DeviceInfo;
-use vmm::{Console, DiskConfig, ExitReason, Vm, VmConfig, VmHandle, VmState};
-use vmm_sys_util::tempdir::TempDir;
+use vmm::{ExitReason, VmHandle, VmState};
 
-use common::guest_file;
-
-struct Guest {
-    handle: VmHandle,
-    events: EventReceiver,
-    console: Arc<Mutex<Vec<u8>>>,
-    /// Holds the root disk's copy, if it has one.
-    _scratch: TempDir,
-}
-
-impl Guest {
-    /// Boots the guest with `cpus` vCPUs: from a copy of the root disk (with virtio-rng) when
-    /// `root_disk`, else from the initramfs alone with no virtio device.
-    fn boot(cpus: u32, root_disk: bool) -> Self {
-        let scratch = TempDir::new_with_prefix(std::env::temp_dir().join("linux-wake-")).unwrap();
-        let mut config = VmConfig::new(guest_file("VMM_TEST_KERNEL"));
-        config.initramfs = Some(guest_file("VMM_TEST_INITRD"));
-        config.cmdline = "console=ttyS0 quiet panic=-1 vmmtest=suspend-wait".into();
-        if root_disk {
-            let root = scratch.as_path().join("rootfs.ext4");
-            std::fs::copy(guest_file("VMM_TEST_ROOTFS"), &root).unwrap();
-            config.disks = vec![DiskConfig {
-                id: Some("root".into()),
-                ..DiskConfig::new(root)
-            }];
-            config.cmdline.push_str(" root=/dev/vda rw");
-        } else {
-            config.rng = false;
-        }
-        config.cpus = cpus;
-        config.memory_mib = 256;
-        let console: Arc<Mutex<Vec<u8>>> = Arc::new(Mutex::new(Vec::new()));
-        let vm = Vm::new(config)
-            .unwrap()
-            .with_console(Console::Writer(console.clone()));
-        let events = vm.subscribe();
-        let handle = vm.start().unwrap();
-        Self {
-            handle,
-            events,
-            console,
-            _scratch: scratch,
-        }
-    }
-
-    fn console_text(&self) -> String {
-        String::from_utf8_lossy(&self.console.lock().unwrap()).into_owned()
-    }
-
-    /// Waits for the first event `pick` accepts.
-    fn wait_event<T>(&self, limit: Duration, pick: impl Fn(&VmEventKind) -> Option<T>) -> T {
-        let deadline = Instant::now() + limit;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.events.recv_timeout(left) {
-                Ok(event) => {
-                    if let Some(value) = pick(&event.kind) {
-                        return value;
-                    }
-                }
-                Err(_) => panic!(
-                    "no such event within {limit:?}; console:\n{}",
-                    self.console_text()
-                ),
-            }
-        }
-    }
-
-    fn wait_console(&self, text: &str, limit: Duration) -> String {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            let console = self.console_text();
-            // Only whole lines: the guest may be in the middle of writing one.
-            let complete = console.rsplit_once('\n').map_or("", |(whole, _)| whole);
-            if let Some(line) = complete.lines().find(|line| line.contains(text)) {
-                return line.to_owned();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "{text:?} not on the console within {limit:?}:\n{}",
-            self.console_text()
-        );
-    }
-}
-
-/// User plus system CPU time of this process, which is the VMM.
-fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    // Fields after the command name, which is in parentheses and may contain spaces.
-    let fields: Vec<u64> = stat[stat.rfind(')').unwrap() + 2..]
-        .split_whitespace()
-        .map(|field| field.parse().unwrap_or(0))
-        .collect();
-    // utime and stime are fields 14 and 15 of the line, in clock ticks (USER_HZ = 100).
-    Duration::from_millis((fields[11] + fields[12]) * 10)
-}
+use common::guest::{self, Guest, cpu_time};
 
 /// Threads of this process whose name says they serve a virtio device.
 fn device_threads() -> Vec<String> {
@@ -135,7 +37,11 @@ fn kinds(devices: &[DeviceInfo]) -> Vec<DeviceKind> {
 /// it with `wake`, and checks it resumed from that source and came back. With `root_disk`, also
 /// checks that the guest reset its devices before it slept and set them up again after.
 fn suspend_then_wake(cpus: u32, root_disk: bool, source: WakeSource, wake: impl Fn(&VmHandle)) {
-    let guest = Guest::boot(cpus, root_disk);
+    let scratch = guest::scratch("linux-wake-");
+    let guest = Guest::start(
+        guest::config(&scratch, "suspend-wait", "", cpus, root_disk),
+        scratch,
+    );
     let latency = guest.wait_event(Duration::from_secs(120), |kind| match kind {
         VmEventKind::Suspended { latency_us, .. } => Some(*latency_us),
         _ => None,

@@ -1,16 +1,20 @@
 #!/bin/sh
 # Benchmarks our vmm against QEMU (with KVM) on this arm64 host, for `testbed bench`. Both boot
 # the same kernel, initramfs and command line (no console=: each VMM's device tree names its
-# UART as stdout-path), with the guest's `vmmtest=bench` mode, or `vmmtest=bench-disk` for disk
-# throughput. Runs alternate between the VMMs in each round. Every figure is one
-# `@@bench KIND run=... vmm=... cpus=... round=... disks=N rng=on|off key=value` line; the
-# runner on the other side aggregates them. The plan comes from bench.env; PARTS says which
+# UART as stdout-path), with the guest's `vmmtest=bench` mode, `vmmtest=bench-disk` for disk
+# throughput or `vmmtest=bench-net` for the network. Runs alternate between the VMMs in each
+# round. Every figure is one `@@bench KIND run=... vmm=... cpus=... round=... disks=N
+# rng=on|off key=value` line; the runner on the other side aggregates them. The plan comes from bench.env; PARTS says which
 # measurements run (testbed bench --only).
 #
 # Devices: runs without disks are device-less on both sides (ours with --no-rng, QEMU with
 # -nodefaults). The disk-throughput runs give both the same one disk and no rng. The `devices`
 # part runs ours with disks and its default virtio-rng: suspend cycles with 1 and 2 disks, and
-# the idle measurement with 1 disk.
+# the idle measurement with 1 disk. The network runs give both the same virtio-net device
+# (fixed MAC) on the tap benchtap0, whose host end is 169.254.200.1/24 (ours sets it with
+# --net ip=; QEMU's tap gets it from here), and no rng; ours also has a virtio-vsock device
+# for the vsock round trips (ours only: QEMU's vhost-vsock needs a host module). Once the guest
+# says its network is up, `guest-agent serve-bench` serves it from this host.
 . "$ROOT/testbed/lib.sh"
 . "$ROOT/testbed/bench.env"
 
@@ -19,6 +23,15 @@ INITRD="$ROOT/guest/initrd.cpio"
 # The same initramfs with disk-pattern in it, for the disk-throughput runs.
 DISK_INITRD="$ROOT/guest/initrd-disk.cpio"
 DISK_IMAGE=/tmp/bench-disk.img
+# The same initramfs with guest-agent in it, for the network runs.
+NET_INITRD="$ROOT/guest/initrd-net.cpio"
+NET_TAP=benchtap0
+NET_HOST=169.254.200.1
+NET_GUEST=169.254.200.2/24
+NET_MAC=52:54:00:12:34:56
+VSOCK_SOCKET=/tmp/bench.vsock
+# Guest connections to the host's vsock port 5300 reach this socket (hybrid vsock).
+VSOCK_ECHO=${VSOCK_SOCKET}_5300
 QEMU_CACHE=none
 CMDLINE="quiet panic=-1"
 QEMU_LIBS="$ROOT/qemu/lib"
@@ -62,7 +75,7 @@ idle() {
     echo "@@bench idle $tag cpu_ns=$((c1 - c0)) window_ms=$((w1 - w0)) asleep=$asleep"
 }
 
-# wants PART: whether the plan runs PART (boot, idle, suspend, floor, disk, devices).
+# wants PART: whether the plan runs PART (boot, idle, suspend, floor, disk, net, devices).
 wants() {
     case " $PARTS " in *" $1 "*) return 0 ;; esac
     return 1
@@ -92,7 +105,8 @@ qemu_cache_probe() {
 # with EXTRA on its command line and DEVICES attached: `rng` and `ID=IMAGE` disks (ours
 # without `rng` gets --no-rng). Times it from process start to the init marker and measures
 # its memory there; a `boot` run ends there, the others follow the guest to `@@bench done`.
-# A `disk` run boots the initramfs with disk-pattern.
+# A `disk` run boots the initramfs with disk-pattern; a `net` run the one with guest-agent, on
+# the tap (and, ours, with vsock), and serves the guest from here once its network is up.
 run_vm() {
     run=$1 vmm=$2 cpus=$3 extra=$4 devices=${5:-}
     disks=0 rng=off initrd=$INITRD
@@ -101,6 +115,7 @@ run_vm() {
     done
     mode=bench
     [ "$run" = disk ] && mode=bench-disk initrd=$DISK_INITRD
+    [ "$run" = net ] && mode=bench-net initrd=$NET_INITRD
     tag="run=$run vmm=$vmm cpus=$cpus round=$round disks=$disks rng=$rng"
     name=$run-$vmm-${cpus}cpu
     [ "$disks" = 0 ] || name=$name-${disks}disk
@@ -111,11 +126,17 @@ run_vm() {
             -display none -nodefaults -serial stdio -no-reboot -smp "$cpus" -m "$MEMORY" \
             -kernel "$KERNEL" -initrd "$initrd" -append "$CMDLINE vmmtest=$mode $extra"
         [ "$rng" = on ] && set -- "$@" -device virtio-rng-device
+        [ "$run" = net ] && set -- "$@" \
+            -netdev "tap,id=n0,ifname=$NET_TAP,script=no,downscript=no,vhost=off" \
+            -device "virtio-net-device,netdev=n0,mac=$NET_MAC"
     else
         set -- "$VMM" -v --cpus "$cpus" --memory "$MEMORY" --kernel "$KERNEL" \
             --initramfs "$initrd" --cmdline "$CMDLINE vmmtest=$mode $extra"
         [ "$vmm" = ours-s2idle ] && set -- "$@" --no-suspend
         [ "$rng" = on ] || set -- "$@" --no-rng
+        [ "$run" = net ] && set -- "$@" \
+            --net "tap=$NET_TAP,ip=$NET_HOST,mask=255.255.255.0,mac=$NET_MAC" \
+            --vsock "cid=3,socket=$VSOCK_SOCKET"
     fi
     for device in $devices; do
         case $device in *=*) ;; *) continue ;; esac
@@ -127,7 +148,8 @@ run_vm() {
             set -- "$@" --disk "path=$image,id=$id"
         fi
     done
-    disk_failed=no
+    disk_failed=no net_failed=no net_seen= net_missing= server=
+    [ "$run" = net ] && rm -f "$VSOCK_SOCKET" "$VSOCK_ECHO"
     rm -f "$FIFO"
     mkfifo "$FIFO"
     : >"$out"
@@ -154,12 +176,36 @@ run_vm() {
             echo "@@bench disk $tag ${line#*@@bench disk }"
             case "$line " in *" rc=0 "*) ;; *) disk_failed=yes ;; esac
             ;;
+        *"@@bench net "*)
+            echo "@@bench net $tag ${line#*@@bench net }"
+            case "$line " in *" rc=0 "*) ;; *) net_failed=yes ;; esac
+            net_test=${line#*test=}
+            net_seen="$net_seen ${net_test%% *}"
+            ;;
+        *"@@guest net-up"*)
+            [ "$run" = net ] && [ -z "$server" ] && serve_net
+            ;;
         *"@@bench sleep "*) idle "$pid" ;;
         *"@@bench done"*) reached=done; break ;;
         esac
     done <"$FIFO"
     kill "$pid" "$watchdog" 2>/dev/null
     wait "$pid" 2>/dev/null
+    if [ "$run" = net ]; then
+        [ -n "$server" ] && { kill "$server" 2>/dev/null; wait "$server" 2>/dev/null; }
+        rm -f "$VSOCK_SOCKET" "$VSOCK_ECHO"
+        # Every test must have reported; the vsock round trip only on ours.
+        net_missing=
+        tests="tcp-guest-to-host tcp-host-to-guest tcp-rr"
+        [ "$vmm" = qemu ] || tests="$tests vsock-rr"
+        for net_test in $tests; do
+            case " $net_seen " in
+            *" $net_test "*) ;;
+            *) net_missing="$net_missing,$net_test" ;;
+            esac
+        done
+        [ -n "$net_missing" ] && net_failed=yes
+    fi
     if [ "$vmm" = ours ]; then
         sed -n 's/.*\] suspended (in \([0-9]*\) us).*/suspend_us=\1/p;
                 s/.*\] resumed ([^)]*) (in \([0-9]*\) us).*/resume_us=\1/p' "$err" |
@@ -170,16 +216,30 @@ run_vm() {
         echo "@@bench vmm-log $tag suspend_requested=$requested suspend_denied=$denied"
         grep -m 3 '] suspend denied to ' "$err" | sed 's/^/[vmm stderr] /'
     fi
-    if [ "$disk_failed" = no ] && { [ "$reached" = done ] ||
+    if [ "$disk_failed" = no ] && [ "$net_failed" = no ] && { [ "$reached" = done ] ||
         { [ "$run" = boot ] && [ "$reached" = init ]; }; }; then
         verdict=pass
     else
         verdict=fail; failures=$((failures + 1))
-        echo "@@bench fail $tag reached=$reached disk_failed=$disk_failed"
+        echo "@@bench fail $tag reached=$reached disk_failed=$disk_failed net_failed=$net_failed" \
+            "net_missing=${net_missing#,}"
         tail -n 20 "$out" | sed 's/^/[guest] /'
         tail -n 10 "$err" | sed 's/^/[vmm stderr] /'
+        [ -n "$server" ] && tail -n 5 /tmp/bench-net-server.out | sed 's/^/[serve-bench] /'
     fi
     echo "@@result bench-$name-r$round $verdict reached=$reached"
+}
+
+# serve_net: once a net run's guest is up, gives QEMU's tap (ours set its own) the host
+# address and starts the host's end of the measurements in the background (sets server).
+serve_net() {
+    if [ "$vmm" = qemu ]; then
+        ip addr add "$NET_HOST/24" dev "$NET_TAP"
+        ip link set "$NET_TAP" up
+    fi
+    rm -f "$VSOCK_ECHO"
+    "$ROOT/bin/guest-agent" serve-bench "$NET_HOST" "$VSOCK_ECHO" >/tmp/bench-net-server.out 2>&1 &
+    server=$!
 }
 
 # floor: the bare ioctl sequence of a suspend cycle, at each vCPU count.
@@ -204,6 +264,7 @@ echo "@@bench plan rounds=$ROUNDS parts=$(echo $PARTS | tr ' ' ,) memory_mib=$ME
     "idle_cpus=$IDLE_CPUS idle_trips=$IDLE_TRIPS idle_settle_s=$IDLE_SETTLE" \
     "idle_window_s=$IDLE_WINDOW floor_cycles=$FLOOR_CYCLES disk_cpus=$DISK_CPUS" \
     "disk_image_mib=$DISK_IMAGE_MIB disk_seconds=$DISK_SECONDS" \
+    "net_cpus=$NET_CPUS net_seconds=$NET_SECONDS net_rr_count=$NET_RR_COUNT" \
     "device_disk_mib=$DEVICE_DISK_MIB device_suspend_cpus=$(echo $DEVICE_SUSPEND_CPUS | tr ' ' ,)" \
     "device_disks=$(echo $DEVICE_DISKS | tr ' ' ,)"
 # The images live in the host's RAM (tmpfs), written in full so that no read hits a hole.
@@ -231,6 +292,12 @@ while [ "$round" -le "$ROUNDS" ]; do
     if wants disk; then
         for vmm in $pair; do
             run_vm disk "$vmm" "$DISK_CPUS" "seconds=$DISK_SECONDS" "bench=$DISK_IMAGE"
+        done
+    fi
+    if wants net; then
+        for vmm in $pair; do
+            run_vm net "$vmm" "$NET_CPUS" \
+                "net=$NET_GUEST host=$NET_HOST seconds=$NET_SECONDS count=$NET_RR_COUNT"
         done
     fi
     if wants idle; then

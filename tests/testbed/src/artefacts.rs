@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 /// The modules the nested guest loads, by module name (the kernel treats `-` and `_` alike):
 /// the wake and power buttons (gpio-keys on the PL061) and evdev for the power-key handler,
-/// the virtio-mmio transport, virtio-blk disks, the virtio-rng entropy source, and ext4 for the
-/// root disk. Their dependencies come from `modules.dep`, and from `modules.softdep` (ext4 and
+/// the virtio-mmio transport, virtio-blk disks, the virtio-rng entropy source, ext4 for the
+/// root disk, virtio-net, and vsock over virtio. Their dependencies come from `modules.dep`, and from `modules.softdep` (ext4 and
 /// jbd2 want the crc32c crypto module, which no hard dependency pulls in).
 pub const GUEST_MODULES: &[&str] = &[
     "gpio_keys",
@@ -17,7 +17,12 @@ pub const GUEST_MODULES: &[&str] = &[
     "virtio_blk",
     "virtio-rng",
     "ext4",
+    "virtio_net",
+    "vmw_vsock_virtio_transport",
 ];
+
+/// The modules the emulated host loads: `tun`, for the taps of the virtio-net tests.
+pub const HOST_MODULES: &[&str] = &["tun"];
 
 /// Missing or unreadable artefacts.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +83,9 @@ pub struct Artefacts {
     /// order: dependencies first, each once. Plain `.ko` files, or compressed as the kernel
     /// package ships them (`.ko.xz`, `.ko.zst`, `.ko.gz`).
     pub guest_modules: Vec<PathBuf>,
+    /// The modules the emulated host loads ([`HOST_MODULES`] and every dependency), in load
+    /// order; it runs the same kernel.
+    pub host_modules: Vec<PathBuf>,
     /// util-linux's `rtcwake` for arm64 and the glibc it needs (`libc.so.6` and the loader).
     pub rtcwake: [PathBuf; 3],
     /// A static arm64 busybox.
@@ -86,6 +94,8 @@ pub struct Artefacts {
     pub e2fsck: PathBuf,
     /// The cross-built `disk-pattern` (tests/disk-pattern), once built.
     pub disk_pattern: Option<PathBuf>,
+    /// The cross-built `guest-agent` (tests/guest-agent), once built.
+    pub guest_agent: Option<PathBuf>,
     /// The cross-built `vmm` binary, once the workspace has one.
     pub vmm: Option<PathBuf>,
     /// The cross-built library example `suspend_wake`, once built.
@@ -131,8 +141,10 @@ impl Artefacts {
                 )?,
             ],
             guest_modules: guest_modules(&dir.join("modules"), GUEST_MODULES)?,
+            host_modules: guest_modules(&dir.join("modules"), HOST_MODULES)?,
             vmm: Some(build.join("vmm")).filter(|path| path.exists()),
             disk_pattern: Some(build.join("disk-pattern")).filter(|path| path.exists()),
+            guest_agent: Some(build.join("guest-agent")).filter(|path| path.exists()),
             example: Some(build.join("examples/suspend_wake")).filter(|path| path.exists()),
             tests: test_executables(&messages)?,
         })

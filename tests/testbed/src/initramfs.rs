@@ -115,6 +115,12 @@ pub fn stage(
     }
     copy(&artefacts.busybox, &root.join("bin/busybox"))?;
     copy(&artefacts.e2fsck, &root.join("bin/e2fsck.static"))?;
+    let host_modules = root.join("lib/modules");
+    let mut load_order = String::new();
+    for module in &artefacts.host_modules {
+        let _ = writeln!(load_order, "{}", stage_module(module, &host_modules)?);
+    }
+    write(&host_modules.join("load-order"), &load_order, false)?;
     if let Some(disk_pattern) = &artefacts.disk_pattern {
         copy(disk_pattern, &root.join("bin/disk-pattern"))?;
     }
@@ -240,6 +246,9 @@ fn stage_guest(work_dir: &Path, artefacts: &Artefacts, root: &Path) -> Result<()
     write(&rootfs.join("on-rootfs"), "", false)?;
     if let Some(disk_pattern) = &artefacts.disk_pattern {
         copy(disk_pattern, &rootfs.join("bin/disk-pattern"))?;
+    }
+    if let Some(guest_agent) = &artefacts.guest_agent {
+        copy(guest_agent, &rootfs.join("bin/guest-agent"))?;
     }
     mke2fs(&rootfs, &root.join("guest/rootfs.ext4"))
 }
@@ -403,6 +412,10 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /tmp
+# Modules of the host's own (the same Debian kernel as the guest's): tun, for the tests' taps.
+while read -r module; do
+    insmod "/lib/modules/$module" || echo "@@testbed insmod-failed module=$module"
+done </lib/modules/load-order
 "#;
 
 /// The rest of the emulated host's init for scenarios: report readiness, run, power off.
@@ -421,12 +434,15 @@ poweroff -f
 
 /// Adds what only the benchmark needs to a staged tree: QEMU under `qemu/` (run through its
 /// own loader, `qemu/lib/ld-linux-aarch64.so.1 --library-path qemu/lib`), the floor program
-/// as `bin/suspend_floor`, the plan as `testbed/bench.env`, and `guest/initrd-disk.cpio`: the
-/// nested guest's initramfs with the optimised `bin/disk-pattern` in it, for the disk
-/// throughput runs (the other runs keep booting the initramfs without it).
+/// as `bin/suspend_floor`, the optimised `guest_agent` as `bin/guest-agent` (the host's end of
+/// the network runs), the plan as `testbed/bench.env`, `guest/initrd-disk.cpio`: the nested
+/// guest's initramfs with the optimised `bin/disk-pattern` in it, for the disk throughput runs,
+/// and `guest/initrd-net.cpio`: the same with `bin/guest-agent`, for the network runs (the
+/// other runs keep booting the initramfs without either).
 pub fn stage_bench(
     staged: &Staged,
     bench: &BenchArtefacts,
+    guest_agent: &Path,
     plan_env: &str,
 ) -> Result<(), InitramfsError> {
     let root = &staged.root;
@@ -443,6 +459,11 @@ pub fn stage_bench(
     copy(&bench.disk_pattern, &disk_pattern)?;
     cpio(&guest_root, &root.join("guest/initrd-disk.cpio"))?;
     std::fs::remove_file(&disk_pattern).map_err(io_err(&disk_pattern))?;
+    copy(guest_agent, &root.join("bin/guest-agent"))?;
+    let staged_agent = guest_root.join("bin/guest-agent");
+    copy(guest_agent, &staged_agent)?;
+    cpio(&guest_root, &root.join("guest/initrd-net.cpio"))?;
+    std::fs::remove_file(&staged_agent).map_err(io_err(&staged_agent))?;
     write(&root.join("testbed/bench.env"), plan_env, false)
 }
 

@@ -74,6 +74,9 @@ pub struct Outcome {
     current: Option<usize>,
     /// The libtest output block being read (`---- NAME stdout ----`), and its lines.
     block: Option<(String, Vec<String>)>,
+    /// A test whose `test NAME ... ` line was cut by output the test wrote meanwhile (a live
+    /// guest console, a log): its verdict comes later on a line of its own.
+    pending: Option<String>,
 }
 
 /// A marker the watcher acts on.
@@ -112,6 +115,7 @@ impl Outcome {
             aborted: None,
             current: None,
             block: None,
+            pending: None,
         }
     }
 
@@ -143,15 +147,26 @@ impl Outcome {
             }
             case
         } else {
-            let rest = line.strip_prefix("test ")?;
-            let (name, verdict) = rest.rsplit_once(" ... ")?;
-            let passed = match verdict {
-                "ok" => Some(true),
-                "FAILED" => Some(false),
-                "ignored" => None,
-                _ => return None,
+            let verdict = |word: &str| match word {
+                "ok" => Some(Some(true)),
+                "FAILED" => Some(Some(false)),
+                "ignored" => Some(None),
+                _ => None,
             };
-            CaseResult::new(name, passed)
+            if let Some(passed) = verdict(line) {
+                let name = self.pending.take()?;
+                CaseResult::new(&name, passed)
+            } else {
+                let rest = line.strip_prefix("test ")?;
+                let (name, rest) = rest.split_once(" ... ")?;
+                match verdict(rest) {
+                    Some(passed) => CaseResult::new(name, passed),
+                    None => {
+                        self.pending = Some(name.to_owned());
+                        return None;
+                    }
+                }
+            }
         };
         self.scenarios[current].cases.push(case);
         None
@@ -368,6 +383,30 @@ mod tests {
         let linux = &out.scenarios[1];
         assert_eq!(linux.status, ScenarioStatus::Passed);
         assert_eq!(linux.cases, [CaseResult::new("linux-boot", Some(true))]);
+    }
+
+    #[test]
+    fn a_verdict_cut_off_by_what_the_test_printed_still_counts() {
+        let mut out = outcome();
+        for line in [
+            "@@testbed begin kvm limit=60",
+            "test a_guest_on_a_tap ... [guest] @@guest net-up rc=0",
+            "[guest] @@guest cycle=1 rc=0",
+            "ok",
+            "test next ... [2026-11-30T07:30:30.976Z INFO  vmm::runner] Booting",
+            "FAILED",
+            "ok",
+            "@@testbed end kvm rc=1",
+        ] {
+            out.feed(line, Duration::ZERO);
+        }
+        assert_eq!(
+            out.scenarios[0].cases,
+            [
+                CaseResult::new("a_guest_on_a_tap", Some(true)),
+                CaseResult::new("next", Some(false)),
+            ]
+        );
     }
 
     #[test]

@@ -97,6 +97,13 @@ pub fn all() -> Vec<Scenario> {
             default: false,
         },
         Scenario {
+            name: "linux-net",
+            description: "virtio-net on a tap and virtio-vsock: ping, a TCP stream through 10 suspends, a vsock agent",
+            timeout: Duration::from_secs(900),
+            steps: Steps::CargoTests(&[("vmm", "linux_net"), ("vmm", "linux_vsock")]),
+            default: false,
+        },
+        Scenario {
             name: "linux-s2idle",
             description: "--no-suspend: no deep in mem_sleep, echo mem still returns (s2idle)",
             timeout: Duration::from_secs(300),
@@ -134,7 +141,7 @@ pub fn all() -> Vec<Scenario> {
         Scenario {
             name: "aarch64-tests",
             description: "every crate's test executables on arm64, the KVM ones included",
-            timeout: Duration::from_secs(600),
+            timeout: Duration::from_secs(900),
             steps: Steps::CargoTests(&[]),
             default: true,
         },

@@ -123,15 +123,25 @@ fn a_call_outside_the_list_kills_logs_or_traps_as_the_mode_says() {
 }
 
 #[test]
-fn no_thread_may_run_programs_open_sockets_or_touch_other_processes() {
+fn no_thread_may_run_programs_open_network_sockets_or_touch_other_processes() {
     for thread in Thread::ALL {
         let program = on(thread);
+        // AF_INET, AF_INET6, AF_NETLINK, AF_PACKET, AF_VSOCK: only Unix sockets, for vsock.
+        for domain in [2, 10, 16, 17, 40] {
+            assert_eq!(
+                run(&program, SYS_socket, &[domain]),
+                RET_KILL_PROCESS,
+                "{thread} may open a socket of domain {domain}"
+            );
+        }
+        if matches!(thread, Thread::Main | Thread::Api | Thread::Console) {
+            for syscall in [SYS_socket, SYS_connect, SYS_bind] {
+                assert_eq!(run(&program, syscall, &[1]), RET_KILL_PROCESS, "{thread}");
+            }
+        }
         for syscall in [
             SYS_execve,
             SYS_execveat,
-            SYS_socket,
-            SYS_connect,
-            SYS_bind,
             SYS_ptrace,
             SYS_process_vm_readv,
             SYS_process_vm_writev,
@@ -203,13 +213,20 @@ fn vcpu_threads_get_their_kvm_ioctls_and_no_others() {
     }
     for syscall in [
         SYS_openat,
-        SYS_accept4,
+        SYS_bind,
+        SYS_listen,
         SYS_rt_sigaction,
         SYS_unlinkat,
         SYS_dup,
     ] {
         assert_eq!(run(&vcpu, syscall, &[]), RET_KILL_PROCESS);
     }
+    // What the device workers it starts do (they inherit this filter), vsock's included.
+    assert_eq!(run(&vcpu, SYS_accept4, &[]), RET_ALLOW);
+    assert_eq!(
+        run(&vcpu, SYS_ioctl, &[7, u64::from(TUNSETOFFLOAD)]),
+        RET_ALLOW
+    );
     assert_eq!(run(&vcpu, SYS_fcntl, &[5, F_DUPFD_CLOEXEC]), RET_ALLOW);
     assert_eq!(run(&vcpu, SYS_fcntl, &[5, F_SETFL]), RET_KILL_PROCESS);
     // Threads, not processes.
@@ -226,7 +243,7 @@ fn vcpu_threads_get_their_kvm_ioctls_and_no_others() {
 }
 
 #[test]
-fn device_workers_do_disk_io_and_nothing_of_kvm() {
+fn device_workers_do_disk_and_tap_io_and_nothing_of_kvm() {
     let worker = on(Thread::VirtioWorker);
     for syscall in [
         SYS_preadv,
@@ -234,10 +251,29 @@ fn device_workers_do_disk_io_and_nothing_of_kvm() {
         SYS_fdatasync,
         SYS_getrandom,
         SYS_epoll_pwait,
+        SYS_epoll_ctl,
+        SYS_read,
+        SYS_writev,
+        SYS_accept4,
+        SYS_connect,
+        SYS_sendto,
+        SYS_shutdown,
     ] {
         assert_eq!(run(&worker, syscall, &[]), RET_ALLOW);
     }
-    for syscall in [SYS_ioctl, SYS_openat, SYS_clone3, SYS_eventfd2, SYS_accept4] {
+    // Unix sockets for vsock, never an AF_INET (2) or AF_PACKET (17) one.
+    assert_eq!(run(&worker, SYS_socket, &[1]), RET_ALLOW);
+    for domain in [2, 10, 16, 17] {
+        assert_eq!(run(&worker, SYS_socket, &[domain]), RET_KILL_PROCESS);
+    }
+    for syscall in [
+        SYS_ioctl,
+        SYS_openat,
+        SYS_clone3,
+        SYS_eventfd2,
+        SYS_bind,
+        SYS_listen,
+    ] {
         assert_eq!(run(&worker, syscall, &[]), RET_KILL_PROCESS);
     }
     let console = on(Thread::Console);
@@ -295,7 +331,11 @@ fn the_vmm_thread_can_build_a_machine_and_set_the_terminal() {
     assert_eq!(run(&vmm, SYS_openat, &[]), RET_ALLOW);
     assert_eq!(run(&vmm, SYS_fcntl, &[3, F_SETFL]), RET_ALLOW);
     assert_eq!(run(&vmm, SYS_fcntl, &[3, 8]), RET_KILL_PROCESS); // F_SETOWN
-    assert_eq!(run(&vmm, SYS_accept4, &[]), RET_KILL_PROCESS);
+    // The vsock socket: listened on at every boot, its connections served by the worker.
+    for syscall in [SYS_bind, SYS_listen, SYS_accept4, SYS_connect, SYS_unlinkat] {
+        assert_eq!(run(&vmm, syscall, &[1]), RET_ALLOW);
+    }
+    assert_eq!(run(&vmm, SYS_ioctl, &[3, u64::from(FIONBIO)]), RET_ALLOW);
 }
 
 /// Whether `parent` allows every call `child` allows, with the same arguments.

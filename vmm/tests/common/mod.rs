@@ -2,6 +2,9 @@
 // Each test file compiles this module on its own and uses only some of it.
 #![allow(dead_code)]
 
+#[cfg(target_arch = "aarch64")]
+pub mod guest;
+
 use std::path::PathBuf;
 use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};

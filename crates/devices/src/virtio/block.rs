@@ -18,15 +18,15 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
-use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
+use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::worker::{WorkerSlot, drain_queue};
 use super::{
     ActivateError, ActiveQueue, DeviceCounters, DeviceKind, QUEUE_MAX_SIZE, QueueHandler,
-    ThreadStartHook, VIRTIO_F_VERSION_1, WorkerIo, VIRTIO_RING_F_EVENT_IDX, VirtioDevice, VirtioInterrupt,
-    read_config_bytes,
+    ThreadStartHook, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VirtioDevice, VirtioInterrupt,
+    WorkerIo, read_config_bytes,
 };
 
 /// Bytes in a virtio-blk sector, whatever the image's block size.

@@ -18,7 +18,10 @@ pub mod block;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod mmio;
+pub mod net;
 pub mod rng;
+pub mod tap;
+pub mod vsock;
 mod worker;
 
 use std::sync::Arc;
@@ -31,7 +34,9 @@ use vmm_sys_util::eventfd::EventFd;
 
 pub use block::{BlockDevice, DiskImage, DiskImageError};
 pub use mmio::MmioTransport;
+pub use net::NetDevice;
 pub use rng::RngDevice;
+pub use vsock::{VsockDevice, VsockError};
 pub use worker::{QueueHandler, QueueWorker, ThreadStartHook, WorkerError, WorkerIo};
 
 /// `VIRTIO_F_VERSION_1`: every device here is a modern (1.0+) device.

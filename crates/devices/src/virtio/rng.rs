@@ -9,7 +9,7 @@ use vm_memory::{Bytes, GuestMemoryMmap};
 use super::worker::{WorkerSlot, drain_queue};
 use super::{
     ActivateError, ActiveQueue, DeviceCounters, DeviceKind, QUEUE_MAX_SIZE, QueueHandler,
-    ThreadStartHook, VIRTIO_F_VERSION_1, WorkerIo, VirtioDevice, VirtioInterrupt,
+    ThreadStartHook, VIRTIO_F_VERSION_1, VirtioDevice, VirtioInterrupt, WorkerIo,
 };
 
 /// The most bytes one request gets, so a guest cannot make the worker fill gigabytes at once.

@@ -42,13 +42,12 @@ pub trait QueueHandler: Send + 'static {
     }
 
     /// The device is being reset: complete what the driver already made available that can
-    /// be completed without waiting. By default every queue is served once more.
-    fn stopping(&mut self, io: &mut WorkerIo<'_>) -> bool {
-        let mut interrupt = false;
+    /// be completed without waiting. By default every queue is served once more. The guest
+    /// is not interrupted for these.
+    fn stopping(&mut self, io: &mut WorkerIo<'_>) {
         for index in 0..io.queues.len() {
-            interrupt |= self.process(index, io);
+            self.process(index, io);
         }
-        interrupt
     }
 }
 
@@ -90,7 +89,8 @@ impl WorkerIo<'_> {
         let token = key
             .checked_add(self.first_token)
             .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-        self.epoll.ctl(operation, fd, EpollEvent::new(events, token))
+        self.epoll
+            .ctl(operation, fd, EpollEvent::new(events, token))
     }
 }
 
@@ -288,10 +288,14 @@ impl<H: QueueHandler> WorkerState<H> {
                 if token == self.stop_token {
                     let _ = self.stop.read();
                     // A reset takes effect after every chain the driver already made
-                    // available is completed, whether or not its notification was seen.
+                    // available is completed, whether or not its notification was seen. No
+                    // interrupt for those: the driver is resetting the device and reclaims
+                    // every buffer itself (virtio 1.2, 2.4: no notification after a reset).
+                    // Linux's virtio-net detaches its transmit buffers right after the reset;
+                    // an interrupt taken by another vCPU meanwhile made it look for them in
+                    // the used ring afterwards ("output.0:id N is not a head!").
                     let (handler, mut io) = self.split();
-                    let interrupt = handler.stopping(&mut io);
-                    self.raise(interrupt);
+                    handler.stopping(&mut io);
                     return;
                 }
                 if token > self.stop_token {

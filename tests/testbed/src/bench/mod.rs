@@ -21,11 +21,12 @@ use crate::initramfs::{self, InitramfsError};
 use crate::report;
 use crate::scenarios::{Scenario, Steps};
 
-/// The most rounds a run may ask for; each takes about four minutes here.
+/// The most rounds a run may ask for; each takes about five minutes here.
 const MAX_ROUNDS: u32 = 50;
-/// A generous time limit per round inside the host (a full round takes about 250 s on an
-/// idle 2-core machine, and three times as long on a busy one).
-const ROUND_LIMIT: Duration = Duration::from_secs(900);
+/// A generous time limit per round inside the host (a full round took about 250 s on an
+/// idle 2-core machine before the network runs, which add about a minute, and three times as
+/// long on a busy one).
+const ROUND_LIMIT: Duration = Duration::from_secs(1080);
 
 /// The measurements of a round, which `testbed bench --only` picks from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -41,18 +42,22 @@ pub enum Part {
     Floor,
     /// Disk throughput in the guest, ours and QEMU (virtio-blk on a raw image).
     Disk,
+    /// Network in the guest, ours and QEMU (virtio-net on a tap): TCP throughput both ways
+    /// and TCP round trips; and ours' vsock round trips.
+    Net,
     /// Ours with disks and the rng attached: suspend and resume latencies, and the idle cost.
     Devices,
 }
 
 impl Part {
     /// Every part.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Boot,
         Self::Idle,
         Self::Suspend,
         Self::Floor,
         Self::Disk,
+        Self::Net,
         Self::Devices,
     ];
 
@@ -64,6 +69,7 @@ impl Part {
             Self::Suspend => "suspend",
             Self::Floor => "floor",
             Self::Disk => "disk",
+            Self::Net => "net",
             Self::Devices => "devices",
         }
     }
@@ -138,7 +144,8 @@ pub struct BenchOptions {
 ///
 /// The disk-throughput image (raw, 256 MiB, in the emulated host's tmpfs /tmp, next to up to
 /// two 16 MiB images for the `devices` runs) is sized to leave the 3 GiB host room for the
-/// staged initramfs (about 0.3 GiB, in RAM too) and a 256 MiB guest with its VMM.
+/// staged initramfs (about 0.3 GiB, in RAM too) and a 256 MiB guest with its VMM. The network
+/// runs measure `NET_SECONDS` of TCP each way and `NET_RR_COUNT` round trips at 1 vCPU.
 fn plan_env(rounds: u32, time_scale: f64, parts: &[Part]) -> String {
     let run_limit = (240.0 * time_scale).ceil() as u64;
     let parts = if parts.is_empty() {
@@ -168,6 +175,9 @@ fn plan_env(rounds: u32, time_scale: f64, parts: &[Part]) -> String {
          DISK_CPUS=1\n\
          DISK_IMAGE_MIB=256\n\
          DISK_SECONDS=4\n\
+         NET_CPUS=1\n\
+         NET_SECONDS=5\n\
+         NET_RR_COUNT=2000\n\
          DEVICE_DISK_MIB=16\n\
          DEVICE_SUSPEND_CPUS=\"1 2\"\n\
          DEVICE_DISKS=\"1 2\"\n\
@@ -178,7 +188,7 @@ fn plan_env(rounds: u32, time_scale: f64, parts: &[Part]) -> String {
 fn scenario(rounds: u32) -> Scenario {
     Scenario {
         name: "bench",
-        description: "vmm and QEMU side by side: boot, memory, suspend/resume, idle cost, disk",
+        description: "vmm and QEMU side by side: boot, memory, suspend/resume, idle cost, disk, net",
         timeout: ROUND_LIMIT * rounds + Duration::from_secs(60),
         steps: Steps::Script(include_str!("../../scenarios/bench.sh")),
         default: false,
@@ -261,6 +271,16 @@ pub fn run(options: BenchOptions) -> Result<bool, BenchError> {
 fn execute(options: &BenchOptions) -> Result<bool, BenchError> {
     let artefacts = Artefacts::locate(options.artefacts.clone())?;
     let bench = BenchArtefacts::locate(options.artefacts.clone())?;
+    // The optimised guest-agent is built next to the optimised vmm (build-aarch64.sh builds
+    // both): the host serves the network runs with it, their guest measures with it.
+    let guest_agent = bench.vmm.with_file_name("guest-agent");
+    if !guest_agent.exists() {
+        return Err(ArtefactError::MissingBench {
+            what: "optimised guest-agent",
+            path: guest_agent,
+        }
+        .into());
+    }
     let artefacts = Artefacts {
         vmm: Some(bench.vmm.clone()),
         ..artefacts
@@ -280,6 +300,7 @@ fn execute(options: &BenchOptions) -> Result<bool, BenchError> {
     initramfs::stage_bench(
         &staged,
         &bench,
+        &guest_agent,
         &plan_env(options.rounds, options.time_scale, &options.only),
     )?;
     let outcome = if !options.emulate && console::native_kvm_host() {
@@ -317,13 +338,16 @@ mod tests {
     fn the_plan_is_shell_assignments_with_scaled_limits() {
         let env = plan_env(5, 1.5, &[]);
         assert!(env.contains("ROUNDS=5\n"));
-        assert!(env.contains("PARTS=\"boot idle suspend floor disk devices\"\n"));
+        assert!(env.contains("PARTS=\"boot idle suspend floor disk net devices\"\n"));
+        assert!(env.contains("NET_CPUS=1\nNET_SECONDS=5\nNET_RR_COUNT=2000\n"));
         assert!(env.contains("SUSPEND_CPUS=\"1 2 4 8\"\n"));
         assert!(env.contains("RUN_LIMIT=360\n"));
-        assert_eq!(scenario(5).timeout, Duration::from_secs(5 * 900 + 60));
+        assert_eq!(scenario(5).timeout, Duration::from_secs(5 * 1080 + 60));
         // --only keeps the round's order, whatever order it was given in.
-        let env = plan_env(1, 1.0, &[Part::Devices, Part::Disk]);
-        assert!(env.contains("PARTS=\"disk devices\"\n"));
+        let env = plan_env(1, 1.0, &[Part::Devices, Part::Net, Part::Disk]);
+        assert!(env.contains("PARTS=\"disk net devices\"\n"));
+        let env = plan_env(1, 1.0, &[Part::Net]);
+        assert!(env.contains("PARTS=\"net\"\n"));
     }
 
     #[test]

@@ -70,4 +70,21 @@ mod tests {
         assert_eq!(records[1].number("t1"), Some(14.31));
         assert_eq!(records[1].get("stray"), None);
     }
+
+    #[test]
+    fn reads_network_lines_with_an_error_message_last() {
+        let log = "@@bench net run=net vmm=ours cpus=1 round=1 disks=0 rng=off test=tcp-rr rc=0 count=2000 mean_us=150 p50_us=140 p99_us=400\n\
+                   @@bench net run=net vmm=qemu cpus=1 round=1 disks=0 rng=off test=vsock-rr rc=1 error=Connection reset by peer (os error 104)\n\
+                   @@bench net-server ready address=169.254.200.1\n";
+        let records = records(log);
+        assert_eq!(records.len(), 3);
+        assert_eq!(records[0].kind, "net");
+        assert!(records[0].is("test", "tcp-rr"));
+        assert_eq!(records[0].number("p99_us"), Some(400.0));
+        // The error's words after the first carry no `=`: they are no fields.
+        assert!(records[1].is("rc", "1"));
+        assert_eq!(records[1].get("error"), Some("Connection"));
+        assert_eq!(records[1].fields.len(), 9);
+        assert_eq!(records[2].kind, "net-server");
+    }
 }

@@ -1,4 +1,4 @@
-//! Draws the benchmark's SVG: six panels of medians with min-max whiskers.
+//! Draws the benchmark's SVG: eight panels of medians with min-max whiskers.
 
 use std::path::{Path, PathBuf};
 
@@ -20,7 +20,7 @@ pub enum PlotError {
     },
 }
 
-const SIZE: (u32, u32) = (1200, 1290);
+const SIZE: (u32, u32) = (1200, 1720);
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
 
@@ -80,7 +80,7 @@ fn draw_panels(summary: &Summary, path: &Path) -> Result<(), String> {
             ("sans-serif", 22),
         )
         .map_err(|e| e.to_string())?;
-    let panels = root.split_evenly((3, 2));
+    let panels = root.split_evenly((4, 2));
 
     let boot_cpus = summary.cpus(Metric::BootToInit, Subject::Ours);
     let per_cpu = |metric, subject, scale: f64| -> Series {
@@ -243,6 +243,51 @@ fn draw_panels(summary: &Summary, path: &Path) -> Result<(), String> {
         ),
         &["suspend".to_owned(), "resume".to_owned()],
         &with_devices,
+    )?;
+
+    // The network: TCP throughput both ways, and the round trips (vsock: ours only).
+    let net_cpus = summary
+        .cpus_with(Metric::NetTcpGuestToHost, Subject::Ours, Devices::NET_RUN)
+        .first()
+        .copied()
+        .unwrap_or(1);
+    let net_series = |metrics: &[(Metric, &str)]| -> Vec<Series> {
+        [Subject::Ours, Subject::Qemu]
+            .into_iter()
+            .map(|subject| {
+                let stats = metrics
+                    .iter()
+                    .map(|&(metric, _)| {
+                        summary.stats_with(metric, subject, net_cpus, Devices::NET_RUN)
+                    })
+                    .collect();
+                Series::of(subject, stats)
+            })
+            .collect()
+    };
+    bars(
+        &panels[6],
+        &format!(
+            "Network throughput, {}, MB/s (higher is better)",
+            vcpus(net_cpus)
+        ),
+        &names(&Metric::NET_THROUGHPUT),
+        &net_series(&Metric::NET_THROUGHPUT),
+    )?;
+    let round_trips = [
+        (Metric::NetTcpRrMean, "TCP mean"),
+        (Metric::NetTcpRrP99, "TCP p99"),
+        (Metric::VsockRrMean, "vsock mean"),
+        (Metric::VsockRrP99, "vsock p99"),
+    ];
+    bars(
+        &panels[7],
+        &format!(
+            "1-byte round trips, {}, us (vsock: vmm only)",
+            vcpus(net_cpus)
+        ),
+        &names(&round_trips),
+        &net_series(&round_trips),
     )?;
     root.present().map_err(|e| e.to_string())
 }
@@ -438,7 +483,9 @@ mod tests {
                    @@bench suspend run=suspend vmm=ours cpus=1 round=1 disks=2 rng=on suspend_us=9\n\
                    @@bench idle run=idle vmm=qemu cpus=2 round=1 cpu_ns=4000000 window_ms=10000\n\
                    @@bench idle run=idle vmm=ours cpus=2 round=1 disks=1 rng=on cpu_ns=0 window_ms=10000\n\
-                   @@bench disk run=disk vmm=qemu cpus=1 round=1 disks=1 rng=off rc=0 mode=randread ops=9 ns=9\n";
+                   @@bench disk run=disk vmm=qemu cpus=1 round=1 disks=1 rng=off rc=0 mode=randread ops=9 ns=9\n\
+                   @@bench net run=net vmm=ours cpus=1 round=1 disks=0 rng=off test=vsock-rr rc=0 mean_us=90 p99_us=300\n\
+                   @@bench net run=net vmm=qemu cpus=1 round=1 disks=0 rng=off test=tcp-guest-to-host rc=0 bytes=9 ns=9\n";
         draw(&Summary::new(&records(log)), &path).unwrap();
         let svg = std::fs::read_to_string(&path).unwrap();
         assert!(svg.starts_with("<svg"));
@@ -446,6 +493,8 @@ mod tests {
         assert!(svg.contains("Disk throughput"));
         assert!(svg.contains("vmm, 1 disk + rng"));
         assert!(svg.contains("vmm, 2 disks + rng"));
+        assert!(svg.contains("Network throughput, 1 vCPU"));
+        assert!(svg.contains("vsock mean"));
         draw(&Summary::default(), &path).unwrap();
         std::fs::remove_dir_all(dir).unwrap();
     }

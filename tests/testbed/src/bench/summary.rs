@@ -75,6 +75,9 @@ impl Devices {
         disks: 1,
         rng: false,
     };
+    /// The network runs: no disk and no rng. Their virtio-net device (and our vsock) is not
+    /// counted here: only the network metrics come from those runs.
+    pub const NET_RUN: Self = Self::NONE;
 
     /// The devices of a record's run (`disks=N rng=on|off`; neither: none).
     fn of(record: &Record) -> Self {
@@ -125,10 +128,22 @@ pub enum Metric {
     DiskSeqWrite,
     /// The guest's random 4 KiB `O_DIRECT` reads from a virtio disk, IOPS.
     DiskRandRead,
+    /// One TCP stream from the guest to the host over virtio-net, MB/s.
+    NetTcpGuestToHost,
+    /// One TCP stream from the host to the guest over virtio-net, MB/s.
+    NetTcpHostToGuest,
+    /// The mean of the guest's one-byte TCP round trips to the host, us.
+    NetTcpRrMean,
+    /// Their 99th percentile, us.
+    NetTcpRrP99,
+    /// The mean of the guest's one-byte vsock round trips to the host, us.
+    VsockRrMean,
+    /// Their 99th percentile, us.
+    VsockRrP99,
 }
 
 impl Metric {
-    const ALL: [Self; 10] = [
+    const ALL: [Self; 16] = [
         Self::BootToInit,
         Self::BootTimer,
         Self::MemoryOverhead,
@@ -139,6 +154,12 @@ impl Metric {
         Self::DiskSeqRead,
         Self::DiskSeqWrite,
         Self::DiskRandRead,
+        Self::NetTcpGuestToHost,
+        Self::NetTcpHostToGuest,
+        Self::NetTcpRrMean,
+        Self::NetTcpRrP99,
+        Self::VsockRrMean,
+        Self::VsockRrP99,
     ];
 
     /// The disk-throughput metrics, with their short names.
@@ -148,12 +169,28 @@ impl Metric {
         (Self::DiskRandRead, "random read 4 KiB"),
     ];
 
+    /// The TCP throughput metrics, with their short names.
+    pub const NET_THROUGHPUT: [(Self, &'static str); 2] = [
+        (Self::NetTcpGuestToHost, "TCP guest to host"),
+        (Self::NetTcpHostToGuest, "TCP host to guest"),
+    ];
+
+    /// The TCP round-trip metrics, with their short names.
+    pub const NET_LATENCY: [(Self, &'static str); 2] = [
+        (Self::NetTcpRrMean, "TCP round trip mean"),
+        (Self::NetTcpRrP99, "TCP round trip p99"),
+    ];
+
     /// Whether a larger figure is the better one (throughput), not a smaller one (time,
     /// memory, CPU).
     pub fn higher_is_better(self) -> bool {
         matches!(
             self,
-            Self::DiskSeqRead | Self::DiskSeqWrite | Self::DiskRandRead
+            Self::DiskSeqRead
+                | Self::DiskSeqWrite
+                | Self::DiskRandRead
+                | Self::NetTcpGuestToHost
+                | Self::NetTcpHostToGuest
         )
     }
 
@@ -170,6 +207,12 @@ impl Metric {
             Self::DiskSeqRead => "disk_seq_read_1m",
             Self::DiskSeqWrite => "disk_seq_write_1m",
             Self::DiskRandRead => "disk_rand_read_4k",
+            Self::NetTcpGuestToHost => "net_tcp_guest_to_host",
+            Self::NetTcpHostToGuest => "net_tcp_host_to_guest",
+            Self::NetTcpRrMean => "net_tcp_rr_mean",
+            Self::NetTcpRrP99 => "net_tcp_rr_p99",
+            Self::VsockRrMean => "vsock_rr_mean",
+            Self::VsockRrP99 => "vsock_rr_p99",
         }
     }
 
@@ -178,8 +221,16 @@ impl Metric {
         match self {
             Self::BootToInit | Self::BootTimer | Self::RtcwakeTrip | Self::IdleCpu => "ms",
             Self::MemoryOverhead => "MiB",
-            Self::Suspend | Self::Resume => "us",
-            Self::DiskSeqRead | Self::DiskSeqWrite => "MB/s",
+            Self::Suspend
+            | Self::Resume
+            | Self::NetTcpRrMean
+            | Self::NetTcpRrP99
+            | Self::VsockRrMean
+            | Self::VsockRrP99 => "us",
+            Self::DiskSeqRead
+            | Self::DiskSeqWrite
+            | Self::NetTcpGuestToHost
+            | Self::NetTcpHostToGuest => "MB/s",
             Self::DiskRandRead => "IOPS",
         }
     }
@@ -190,6 +241,8 @@ impl Metric {
         // A disk figure from a measurement that failed is no figure.
         let disk = |mode| record.kind == "disk" && record.is("rc", "0") && record.is("mode", mode);
         let per_second = |count: f64| Some(count * 1e9 / record.number("ns")?.max(1.0));
+        // The same for a network measurement (`@@bench net test=NAME rc=0 ...`).
+        let net = |test| record.kind == "net" && record.is("rc", "0") && record.is("test", test);
         match self {
             Self::BootToInit if boot_run => record.number("boot_ms"),
             Self::BootTimer if boot_run => Some(record.number("timer_us")? / 1e3),
@@ -214,6 +267,16 @@ impl Metric {
                 Some(per_second(record.number("bytes")?)? / 1e6)
             }
             Self::DiskRandRead if disk("randread") => per_second(record.number("ops")?),
+            Self::NetTcpGuestToHost if net("tcp-guest-to-host") => {
+                Some(per_second(record.number("bytes")?)? / 1e6)
+            }
+            Self::NetTcpHostToGuest if net("tcp-host-to-guest") => {
+                Some(per_second(record.number("bytes")?)? / 1e6)
+            }
+            Self::NetTcpRrMean if net("tcp-rr") => record.number("mean_us"),
+            Self::NetTcpRrP99 if net("tcp-rr") => record.number("p99_us"),
+            Self::VsockRrMean if net("vsock-rr") => record.number("mean_us"),
+            Self::VsockRrP99 if net("vsock-rr") => record.number("p99_us"),
             _ => None,
         }
     }
@@ -500,6 +563,33 @@ impl Summary {
                 Some((Qemu, Devices::DISK_RUN)),
             );
         }
+        for (metric, what) in [
+            (
+                Metric::NetTcpGuestToHost,
+                "TCP guest to host, MB/s, higher is better",
+            ),
+            (
+                Metric::NetTcpHostToGuest,
+                "TCP host to guest, MB/s, higher is better",
+            ),
+            (Metric::NetTcpRrMean, "TCP 1-byte round trip, mean, us"),
+            (Metric::NetTcpRrP99, "TCP 1-byte round trip, p99, us"),
+        ] {
+            add(
+                format!("net: {what} (vs QEMU)"),
+                metric,
+                (Ours, Devices::NET_RUN),
+                Some((Qemu, Devices::NET_RUN)),
+            );
+        }
+        for (metric, what) in [(Metric::VsockRrMean, "mean"), (Metric::VsockRrP99, "p99")] {
+            add(
+                format!("vsock: 1-byte round trip, {what}, us"),
+                metric,
+                (Ours, Devices::NET_RUN),
+                None,
+            );
+        }
         specs
     }
 
@@ -654,6 +744,37 @@ impl Summary {
             }),
             met: judge(&disk, |(_, _, ratio)| *ratio >= 1.0),
         });
+
+        let versus_qemu = |metrics: [(Metric, &'static str); 2]| -> Vec<_> {
+            metrics
+                .into_iter()
+                .flat_map(|(metric, name)| {
+                    self.cpus_with(metric, Ours, Devices::NET_RUN)
+                        .into_iter()
+                        .filter_map(move |cpus| {
+                            let ours = self.stats_with(metric, Ours, cpus, Devices::NET_RUN)?;
+                            let qemu = self.stats_with(metric, Qemu, cpus, Devices::NET_RUN)?;
+                            Some((name, cpus, ours.median / qemu.median))
+                        })
+                })
+                .collect()
+        };
+        let throughput = versus_qemu(Metric::NET_THROUGHPUT);
+        goals.push(Goal {
+            goal: "TCP throughput (higher is better): ours >= 1.0 x QEMU each way",
+            measured: list(&throughput, |(name, cpus, ratio)| {
+                format!("{name} {ratio:.2} x at {cpus} vCPU")
+            }),
+            met: judge(&throughput, |(_, _, ratio)| *ratio >= 1.0),
+        });
+        let latency = versus_qemu(Metric::NET_LATENCY);
+        goals.push(Goal {
+            goal: "TCP round trip: ours <= 1.0 x QEMU, mean and p99",
+            measured: list(&latency, |(name, cpus, ratio)| {
+                format!("{name} {ratio:.2} x at {cpus} vCPU")
+            }),
+            met: judge(&latency, |(_, _, ratio)| *ratio <= 1.0),
+        });
         goals
     }
 
@@ -725,8 +846,21 @@ impl Summary {
         let _ = writeln!(
             text,
             "\nvmm / peer is our median divided by the peer's: below 1 is better for times, \
-             memory and CPU; the disk rows are throughput, where above 1 is better."
+             memory and CPU; for the rows marked higher is better (disk and TCP throughput), \
+             above 1 is better."
         );
+        if self.samples.keys().any(|&(metric, ..)| {
+            Metric::NET_THROUGHPUT
+                .iter()
+                .chain(&Metric::NET_LATENCY)
+                .any(|&(net, _)| net == metric)
+        }) {
+            let _ = writeln!(
+                text,
+                "Network: virtio-net on a host tap, vhost off; ours --net, QEMU -netdev tap. \
+                 The vsock round trips are ours only (hybrid vsock to a Unix socket)."
+            );
+        }
         if let Some(cache) = self.qemu_drive.get("cache") {
             let _ = writeln!(
                 text,
@@ -870,6 +1004,15 @@ mod tests {
 @@bench disk run=disk vmm=ours cpus=1 round=1 disks=1 rng=off rc=0 mode=randread block=4096 ops=3000 bytes=12288000 ns=2000000000
 @@bench disk run=disk vmm=qemu cpus=1 round=1 disks=1 rng=off rc=0 mode=randread block=4096 ops=4000 bytes=16384000 ns=2000000000
 @@bench disk run=disk vmm=qemu cpus=1 round=2 disks=1 rng=off rc=1 mode=randread
+@@bench net run=net vmm=ours cpus=1 round=1 disks=0 rng=off test=tcp-guest-to-host rc=0 bytes=500000000 ns=5000000000 mbps=100.0
+@@bench net run=net vmm=ours cpus=1 round=2 disks=0 rng=off test=tcp-guest-to-host rc=0 bytes=600000000 ns=5000000000 mbps=120.0
+@@bench net run=net vmm=qemu cpus=1 round=1 disks=0 rng=off test=tcp-guest-to-host rc=0 bytes=400000000 ns=5000000000 mbps=80.0
+@@bench net run=net vmm=ours cpus=1 round=1 disks=0 rng=off test=tcp-host-to-guest rc=0 bytes=250000000 ns=5000000000 mbps=50.0
+@@bench net run=net vmm=qemu cpus=1 round=1 disks=0 rng=off test=tcp-host-to-guest rc=0 bytes=500000000 ns=5000000000 mbps=100.0
+@@bench net run=net vmm=ours cpus=1 round=1 disks=0 rng=off test=tcp-rr rc=0 count=2000 mean_us=150 p50_us=140 p99_us=400
+@@bench net run=net vmm=qemu cpus=1 round=1 disks=0 rng=off test=tcp-rr rc=0 count=2000 mean_us=200 p50_us=190 p99_us=500
+@@bench net run=net vmm=qemu cpus=1 round=2 disks=0 rng=off test=tcp-rr rc=1 error=Connection refused (os error 111)
+@@bench net run=net vmm=ours cpus=1 round=1 disks=0 rng=off test=vsock-rr rc=0 count=2000 mean_us=90 p50_us=80 p99_us=300
 ";
 
     #[test]
@@ -977,7 +1120,8 @@ mod tests {
         let met: Vec<_> = goals.iter().map(|goal| goal.met).collect();
         // Boot 0.5 x, memory 3 MiB and 0.03 x, cycles 2 x the floor, 2 x the 1-vCPU cycle at
         // 4 vCPUs, idle 2 ms vs 200 ms, idle with a disk and the rng 0 ms; disk throughput
-        // 1.5 x and 1.0 x QEMU's, but random reads 0.75 x.
+        // 1.5 x and 1.0 x QEMU's, but random reads 0.75 x; TCP 1.38 x guest to host but 0.5 x
+        // host to guest; TCP round trips 0.75 x (mean) and 0.8 x (p99).
         assert_eq!(
             met,
             [
@@ -987,8 +1131,18 @@ mod tests {
                 Some(true),
                 Some(true),
                 Some(true),
-                Some(false)
+                Some(false),
+                Some(false),
+                Some(true)
             ]
+        );
+        assert_eq!(
+            goals[7].measured,
+            "TCP guest to host 1.38 x at 1 vCPU; TCP host to guest 0.50 x at 1 vCPU"
+        );
+        assert_eq!(
+            goals[8].measured,
+            "TCP round trip mean 0.75 x at 1 vCPU; TCP round trip p99 0.80 x at 1 vCPU"
         );
         assert_eq!(
             goals[6].measured,
@@ -1029,7 +1183,15 @@ mod tests {
         assert!(table.contains("| disk: sequential 1 MiB reads, MB/s, higher is better (vs QEMU) | 1 | 157 [157-157] (1) | 105 [105-105] (1) | 1.50 |"));
         assert!(table.contains("| disk: random 4 KiB reads, IOPS, higher is better (vs QEMU) | 1 | 1500 [1500-1500] (1) | 2000 [2000-2000] (1) | 0.75 |"));
         assert!(table.contains("1 disk + rng at 1 vCPU: 170 us vs 150 us (1.13 x)"));
-        assert!(table.contains("the disk rows are throughput, where above 1 is better"));
+        assert!(table.contains("(disk and TCP throughput), above 1 is better"));
+        assert!(table.contains("| net: TCP guest to host, MB/s, higher is better (vs QEMU) | 1 | 110 [100-120] (2) | 80.0 [80.0-80.0] (1) | 1.38 |"));
+        assert!(table.contains("| net: TCP 1-byte round trip, p99, us (vs QEMU) | 1 | 400 [400-400] (1) | 500 [500-500] (1) | 0.80 |"));
+        assert!(
+            table.contains(
+                "| vsock: 1-byte round trip, mean, us | 1 | 90.0 [90.0-90.0] (1) | - | - |"
+            )
+        );
+        assert!(table.contains("Network: virtio-net on a host tap"));
         assert!(table.contains("cache=writeback,aio=threads (cache=none, O_DIRECT, was refused"));
         let json = summary.json("test machine");
         assert_eq!(json["date"], "2026-11-25T03:00:00Z");
@@ -1053,5 +1215,52 @@ mod tests {
                     && figure["unit"] == "IOPS")
         );
         assert_eq!(json["qemu_drive"]["cache_none"], "refused");
+        assert!(
+            figures
+                .iter()
+                .any(|figure| figure["figure"] == "net_tcp_rr_p99"
+                    && figure["vmm"] == "qemu"
+                    && figure["higher_is_better"] == false
+                    && figure["unit"] == "us"
+                    && figure["median"] == 500.0)
+        );
+    }
+
+    #[test]
+    fn net_figures_are_medians_of_the_successful_measurements() {
+        let summary = Summary::new(&records(LOG));
+        let net = |metric, subject| summary.stats_with(metric, subject, 1, Devices::NET_RUN);
+        // 500 and 600 MB in 5 s: 100 and 120 MB/s, from bytes and ns (not the rounded mbps).
+        let ours = net(Metric::NetTcpGuestToHost, Subject::Ours).unwrap();
+        assert_eq!((ours.n, ours.median, ours.min), (2, 110.0, 100.0));
+        assert_eq!(
+            net(Metric::NetTcpHostToGuest, Subject::Qemu)
+                .unwrap()
+                .median,
+            100.0
+        );
+        assert_eq!(
+            net(Metric::NetTcpRrMean, Subject::Ours).unwrap().median,
+            150.0
+        );
+        // QEMU's failed round trips (rc=1) are no sample.
+        assert_eq!(net(Metric::NetTcpRrP99, Subject::Qemu).unwrap().n, 1);
+        assert_eq!(
+            net(Metric::VsockRrP99, Subject::Ours).unwrap().median,
+            300.0
+        );
+        assert_eq!(net(Metric::VsockRrMean, Subject::Qemu), None);
+        // The TCP lines give no disk or boot figure, and vice versa.
+        assert_eq!(net(Metric::NetTcpRrMean, Subject::Floor), None);
+        assert_eq!(summary.stats(Metric::DiskSeqRead, Subject::Ours, 1), None);
+        assert!(Metric::NetTcpHostToGuest.higher_is_better());
+        assert!(!Metric::VsockRrMean.higher_is_better());
+        let rows: Vec<_> = summary
+            .rows()
+            .into_iter()
+            .filter(|row| row.what.starts_with("net: TCP host to guest"))
+            .collect();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].ratio(), Some(0.5));
     }
 }

@@ -12,7 +12,7 @@ use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use vmm::api::{ApiServer, ApiServerOptions};
 use vmm::routes::VmRouter;
 use vmm::seccomp::{SeccompMode, Thread};
-use vmm::{DiskConfig, ExitReason, Vm, VmConfig, VmmError};
+use vmm::{ConfigError, DiskConfig, ExitReason, NetConfig, Vm, VmConfig, VmmError, VsockConfig};
 
 /// Boots an arm64 Linux guest on KVM; its serial console is this terminal.
 #[derive(Debug, Parser)]
@@ -63,6 +63,15 @@ struct RunArgs {
     /// Do not give the guest a virtio-rng entropy device.
     #[arg(long)]
     no_rng: bool,
+    /// A virtio-net device on a host tap, opened or created (CAP_NET_ADMIN); with ip= and
+    /// mask=, vmm gives the host side that address and brings the tap up. Repeat for more
+    /// devices (eth0, eth1, ... in the guest).
+    #[arg(long, value_name = "tap=NAME[,ip=ADDR,mask=MASK][,mac=MAC]")]
+    net: Vec<String>,
+    /// A virtio-vsock device: host programs connect to the Unix socket PATH and send
+    /// "CONNECT <port>\n"; the guest reaches the host's port P at PATH_P.
+    #[arg(long, value_name = "cid=N,socket=PATH")]
+    vsock: Option<String>,
     /// Serve the control API (HTTP/1.1, JSON) on this Unix socket.
     #[arg(long, value_name = "PATH")]
     api_socket: Option<PathBuf>,
@@ -133,6 +142,17 @@ impl RunArgs {
         }
         if self.no_rng {
             config.rng = false;
+        }
+        if !self.net.is_empty() {
+            config.nets = self
+                .net
+                .iter()
+                .map(|text| NetConfig::parse(text))
+                .collect::<Result<_, _>>()
+                .map_err(ConfigError::from)?;
+        }
+        if let Some(vsock) = &self.vsock {
+            config.vsock = Some(VsockConfig::parse(vsock).map_err(ConfigError::from)?);
         }
         if let Some(seccomp) = self.seccomp {
             config.seccomp = seccomp.into();

@@ -1,0 +1,236 @@
+//! A Linux guest of the testbed booted through the library, with its console captured and its
+//! events subscribed to: what the tests that watch a real guest sleep and wake share.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use vmm::events::{EventReceiver, VmEventKind};
+use vmm::{Console, DiskConfig, Vm, VmConfig, VmHandle};
+use vmm_sys_util::tempdir::TempDir;
+
+use super::guest_file;
+
+/// A running guest.
+pub struct Guest {
+    pub handle: VmHandle,
+    pub events: EventReceiver,
+    pub console: Arc<Mutex<Vec<u8>>>,
+    /// Holds the root disk's copy, if it has one.
+    pub scratch: TempDir,
+}
+
+/// The testbed guest's configuration: its kernel and initramfs, `vmmtest=MODE` and `extra` on
+/// the command line, 256 MiB, `cpus` vCPUs; with `root_disk`, a copy of its root disk in
+/// `scratch` as `/dev/vda` (read-write), else no virtio device at all.
+pub fn config(scratch: &TempDir, mode: &str, extra: &str, cpus: u32, root_disk: bool) -> VmConfig {
+    let mut config = VmConfig::new(guest_file("VMM_TEST_KERNEL"));
+    config.initramfs = Some(guest_file("VMM_TEST_INITRD"));
+    config.cmdline = format!("console=ttyS0 quiet panic=-1 vmmtest={mode} {extra}");
+    if root_disk {
+        let root = scratch.as_path().join("rootfs.ext4");
+        std::fs::copy(guest_file("VMM_TEST_ROOTFS"), &root).unwrap();
+        config.disks = vec![DiskConfig {
+            id: Some("root".into()),
+            ..DiskConfig::new(root)
+        }];
+        config.cmdline.push_str(" root=/dev/vda rw");
+    } else {
+        config.rng = false;
+    }
+    config.cpus = cpus;
+    config.memory_mib = 256;
+    config
+}
+
+/// A scratch directory for one guest, named after the test.
+pub fn scratch(prefix: &str) -> TempDir {
+    TempDir::new_with_prefix(std::env::temp_dir().join(prefix)).unwrap()
+}
+
+/// The guest's console: kept whole for the test, and its `@@guest` lines echoed on stderr as
+/// they come, so that a test killed by its time limit still shows how far the guest got.
+struct EchoingConsole {
+    text: Arc<Mutex<Vec<u8>>>,
+    line: Vec<u8>,
+}
+
+impl std::io::Write for EchoingConsole {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.text.lock().unwrap().extend_from_slice(bytes);
+        for &byte in bytes {
+            if byte == b'\n' {
+                let line = String::from_utf8_lossy(&self.line);
+                if line.contains("@@guest") {
+                    // Straight to the descriptor: the test harness captures eprintln!.
+                    let _ = std::io::Write::write_all(
+                        &mut std::io::stderr(),
+                        format!("[guest] {}\n", line.trim_end()).as_bytes(),
+                    );
+                }
+                self.line.clear();
+            } else if self.line.len() < 4096 {
+                self.line.push(byte);
+            }
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Guest {
+    /// Starts `config`, keeping `scratch` (its files) as long as the guest.
+    pub fn start(config: VmConfig, scratch: TempDir) -> Self {
+        // vmm's own log (suspends, resumes, device warnings) on stderr, as the binary has it
+        // with -v: a failure then shows what the VMM saw.
+        // No colours: deciding them asks whether stderr is a terminal, an ioctl the seccomp
+        // filters of the VMM's threads forbid.
+        let _ = env_logger::Builder::new()
+            .filter_level(log::LevelFilter::Info)
+            .write_style(env_logger::WriteStyle::Never)
+            .format_timestamp_millis()
+            .try_init();
+        let console: Arc<Mutex<Vec<u8>>> = Arc::new(Mutex::new(Vec::new()));
+        let writer = EchoingConsole {
+            text: Arc::clone(&console),
+            line: Vec::new(),
+        };
+        let vm = Vm::new(config)
+            .unwrap()
+            .with_console(Console::Writer(Arc::new(Mutex::new(writer))));
+        let events = vm.subscribe();
+        let handle = vm.start().unwrap();
+        Self {
+            handle,
+            events,
+            console,
+            scratch,
+        }
+    }
+
+    pub fn console_text(&self) -> String {
+        String::from_utf8_lossy(&self.console.lock().unwrap()).into_owned()
+    }
+
+    /// Waits for the first event `pick` accepts.
+    pub fn wait_event<T>(&self, limit: Duration, pick: impl Fn(&VmEventKind) -> Option<T>) -> T {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(event) => {
+                    if let Some(value) = pick(&event.kind) {
+                        return value;
+                    }
+                }
+                Err(_) => panic!(
+                    "no such event within {limit:?}; console:\n{}",
+                    self.console_text()
+                ),
+            }
+        }
+    }
+
+    /// Waits for a whole console line containing `text`, and returns it.
+    pub fn wait_console(&self, text: &str, limit: Duration) -> String {
+        self.wait_console_after(0, text, limit).1
+    }
+
+    /// Waits for a whole console line containing `text` after the first `from` bytes; returns
+    /// the position after that line, and the line.
+    pub fn wait_console_after(&self, from: usize, text: &str, limit: Duration) -> (usize, String) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            let console = self.console_text();
+            // Only whole lines: the guest may be in the middle of writing one.
+            let complete = console
+                .get(from..)
+                .and_then(|rest| rest.rsplit_once('\n'))
+                .map_or("", |(whole, _)| whole);
+            let mut offset = from;
+            for line in complete.split('\n') {
+                offset += line.len() + 1;
+                if line.contains(text) {
+                    return (offset, line.trim_end_matches('\r').to_owned());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "{text:?} not on the console within {limit:?}:\n{}",
+            self.console_text()
+        );
+    }
+}
+
+impl Guest {
+    /// What the VMM is doing, for a failure message: the VM's state and info (given 5 s: a
+    /// stuck vCPU may never answer) and every thread of this process with its state and the
+    /// kernel function it waits in.
+    pub fn diagnose(&self) -> String {
+        let handle = self.handle.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(format!("{:?}\n{:#?}", handle.state(), handle.info()));
+        });
+        let mut text = rx
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap_or_else(|_| "vm.info did not answer within 5 s".to_owned());
+        text.push_str("\nthreads (name, state, wchan):\n");
+        for task in std::fs::read_dir("/proc/self/task")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let read = |file: &str| {
+                std::fs::read_to_string(task.path().join(file))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned()
+            };
+            let stat = read("stat");
+            let state = stat
+                .rsplit_once(')')
+                .map_or("", |(_, rest)| rest.trim())
+                .split(' ')
+                .next()
+                .unwrap_or("");
+            text.push_str(&format!(
+                "  {:<16} {state} {}\n",
+                read("comm"),
+                read("wchan")
+            ));
+        }
+        text
+    }
+
+    /// Waits for the guest to power off.
+    pub fn powers_off(&self) {
+        let exit = self
+            .handle
+            .wait_timeout(Duration::from_secs(120))
+            .expect("the guest did not power off")
+            .unwrap();
+        assert_eq!(exit, vmm::ExitReason::PowerOff);
+    }
+}
+
+/// The value of `key=` among the `key=value` words of a guest's `@@guest` line.
+pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// User plus system CPU time of this process, which is the VMM.
+pub fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let fields: Vec<u64> = stat[stat.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .map(|field| field.parse().unwrap_or(0))
+        .collect();
+    // utime and stime are fields 14 and 15 of the line, in clock ticks (USER_HZ = 100).
+    Duration::from_millis((fields[11] + fields[12]) * 10)
+}
