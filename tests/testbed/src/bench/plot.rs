@@ -181,20 +181,8 @@ fn draw_panels(summary: &Summary, path: &Path) -> Result<(), String> {
         .first()
         .copied()
         .unwrap_or(1);
-    let disk_series = |metrics: &[(Metric, &str)]| -> Vec<Series> {
-        [Subject::Ours, Subject::Qemu]
-            .into_iter()
-            .map(|subject| {
-                let stats = metrics
-                    .iter()
-                    .map(|&(metric, _)| {
-                        summary.stats_with(metric, subject, disk_cpus, Devices::DISK_RUN)
-                    })
-                    .collect();
-                Series::of(subject, stats)
-            })
-            .collect()
-    };
+    let disk_series =
+        |metrics: &[(Metric, &str)]| side_by_side(summary, metrics, disk_cpus, Devices::DISK_RUN);
     let names = |metrics: &[(Metric, &str)]| -> Vec<String> {
         metrics.iter().map(|(_, name)| (*name).to_owned()).collect()
     };
@@ -251,20 +239,8 @@ fn draw_panels(summary: &Summary, path: &Path) -> Result<(), String> {
         .first()
         .copied()
         .unwrap_or(1);
-    let net_series = |metrics: &[(Metric, &str)]| -> Vec<Series> {
-        [Subject::Ours, Subject::Qemu]
-            .into_iter()
-            .map(|subject| {
-                let stats = metrics
-                    .iter()
-                    .map(|&(metric, _)| {
-                        summary.stats_with(metric, subject, net_cpus, Devices::NET_RUN)
-                    })
-                    .collect();
-                Series::of(subject, stats)
-            })
-            .collect()
-    };
+    let net_series =
+        |metrics: &[(Metric, &str)]| side_by_side(summary, metrics, net_cpus, Devices::NET_RUN);
     bars(
         &panels[6],
         &format!(
@@ -290,6 +266,25 @@ fn draw_panels(summary: &Summary, path: &Path) -> Result<(), String> {
         &net_series(&round_trips),
     )?;
     root.present().map_err(|e| e.to_string())
+}
+
+/// Ours and QEMU's figures for `metrics`, at `cpus` vCPUs with `devices`.
+fn side_by_side(
+    summary: &Summary,
+    metrics: &[(Metric, &str)],
+    cpus: u32,
+    devices: Devices,
+) -> Vec<Series> {
+    [Subject::Ours, Subject::Qemu]
+        .into_iter()
+        .map(|subject| {
+            let stats = metrics
+                .iter()
+                .map(|&(metric, _)| summary.stats_with(metric, subject, cpus, devices))
+                .collect();
+            Series::of(subject, stats)
+        })
+        .collect()
 }
 
 fn vcpus(cpus: u32) -> String {
