@@ -5,8 +5,8 @@
 # sleeping guest costs, virtio-blk throughput in the guest, and the network: TCP throughput
 # both ways and TCP round trips over virtio-net on a tap, and (ours only) vsock round trips.
 # Prints the table and writes bench/results.json and bench/results.svg. Not part of
-# scripts/test.sh; it took about 22 minutes warm on an idle 2-core x86-64 machine before the
-# network runs, which add about a minute a round (a cold build adds about 5).
+# scripts/test.sh; it takes about 35 minutes warm on an idle 2-core x86-64 machine, 13 of them
+# for the network runs (`--only net`, 5 rounds: 790 s on 2026-11-30); a cold build adds about 5.
 #
 #   scripts/bench.sh                 5 rounds, alternating vmm and QEMU
 #   scripts/bench.sh --rounds 1      a quick look
