@@ -10,7 +10,7 @@ use crate::seccomp::SeccompMode;
 
 mod net;
 
-pub use net::{MacAddress, NetConfig, NetConfigError, VsockConfig, valid_tap_name};
+pub use net::{MacAddress, NetConfig, NetConfigError, VsockConfig};
 
 const MIB: u64 = 1 << 20;
 /// The largest config file read: far more than any VM needs.

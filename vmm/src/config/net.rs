@@ -67,6 +67,11 @@ pub enum NetConfigError {
 pub struct MacAddress(pub [u8; 6]);
 
 impl MacAddress {
+    /// Whether a NIC may have it: not multicast (bit 0 of the first byte), not all zero.
+    pub fn is_nic_address(&self) -> bool {
+        self.0[0] & 1 == 0 && self.0 != [0; 6]
+    }
+
     /// A stable, locally administered unicast address for the tap `name`: the same tap gets
     /// the same address on every run, so the guest's view (and its DHCP leases, ARP caches)
     /// does not change between runs.
@@ -95,8 +100,7 @@ impl FromStr for MacAddress {
             }
             *byte = u8::from_str_radix(part, 16).map_err(|_| invalid())?;
         }
-        // Multicast (bit 0 of the first byte) and all-zero addresses cannot be a NIC's.
-        if parts.next().is_some() || bytes[0] & 1 != 0 || bytes == [0; 6] {
+        if parts.next().is_some() || !MacAddress(bytes).is_nic_address() {
             return Err(invalid());
         }
         Ok(Self(bytes))
@@ -251,22 +255,13 @@ fn key_values(text: &str) -> Result<Vec<(&str, &str)>, String> {
         .collect()
 }
 
-/// Whether Linux accepts `name` as an interface name (`dev_valid_name`), and it fits IFNAMSIZ.
-pub fn valid_tap_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() < 16
-        && name != "."
-        && name != ".."
-        && name
-            .bytes()
-            .all(|byte| byte.is_ascii_graphic() && byte != b'/' && byte != b':')
-}
-
 /// Checks the network devices and the vsock device together.
 pub fn validate(nets: &[NetConfig], vsock: Option<&VsockConfig>) -> Result<(), NetConfigError> {
     let (mut taps, mut macs) = (HashSet::new(), HashSet::new());
     for net in nets {
-        if !valid_tap_name(&net.tap) {
+        // The tap module's own rules (Linux's dev_valid_name, IFNAMSIZ), checked here already
+        // so that a bad name is refused with the rest of the configuration.
+        if devices::virtio::tap::validate_name(&net.tap).is_err() {
             return Err(NetConfigError::TapName(net.tap.clone()));
         }
         if !taps.insert(net.tap.as_str()) {
@@ -293,10 +288,8 @@ pub fn validate(nets: &[NetConfig], vsock: Option<&VsockConfig>) -> Result<(), N
                 });
             }
         }
-        if let Some(mac) = net.mac {
-            if mac.0[0] & 1 != 0 || mac.0 == [0; 6] {
-                return Err(NetConfigError::Mac(mac.to_string()));
-            }
+        if let Some(mac) = net.mac.filter(|mac| !mac.is_nic_address()) {
+            return Err(NetConfigError::Mac(mac.to_string()));
         }
     }
     if let Some(vsock) = vsock {

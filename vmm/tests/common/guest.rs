@@ -13,10 +13,10 @@ use super::guest_file;
 /// A running guest.
 pub struct Guest {
     pub handle: VmHandle,
-    pub events: EventReceiver,
-    pub console: Arc<Mutex<Vec<u8>>>,
+    events: EventReceiver,
+    console: Arc<Mutex<Vec<u8>>>,
     /// Holds the root disk's copy, if it has one.
-    pub scratch: TempDir,
+    _scratch: TempDir,
 }
 
 /// The testbed guest's configuration: its kernel and initramfs, `vmmtest=MODE` and `extra` on
@@ -106,7 +106,7 @@ impl Guest {
             handle,
             events,
             console,
-            scratch,
+            _scratch: scratch,
         }
     }
 
@@ -135,26 +135,13 @@ impl Guest {
 
     /// Waits for a whole console line containing `text`, and returns it.
     pub fn wait_console(&self, text: &str, limit: Duration) -> String {
-        self.wait_console_after(0, text, limit).1
-    }
-
-    /// Waits for a whole console line containing `text` after the first `from` bytes; returns
-    /// the position after that line, and the line.
-    pub fn wait_console_after(&self, from: usize, text: &str, limit: Duration) -> (usize, String) {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             let console = self.console_text();
             // Only whole lines: the guest may be in the middle of writing one.
-            let complete = console
-                .get(from..)
-                .and_then(|rest| rest.rsplit_once('\n'))
-                .map_or("", |(whole, _)| whole);
-            let mut offset = from;
-            for line in complete.split('\n') {
-                offset += line.len() + 1;
-                if line.contains(text) {
-                    return (offset, line.trim_end_matches('\r').to_owned());
-                }
+            let complete = console.rsplit_once('\n').map_or("", |(whole, _)| whole);
+            if let Some(line) = complete.lines().find(|line| line.contains(text)) {
+                return line.to_owned();
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -163,9 +150,7 @@ impl Guest {
             self.console_text()
         );
     }
-}
 
-impl Guest {
     /// What the VMM is doing, for a failure message: the VM's state and info (given 5 s: a
     /// stuck vCPU may never answer) and every thread of this process with its state and the
     /// kernel function it waits in.
