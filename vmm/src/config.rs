@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use arch_aarch64::fdt::CMDLINE_MAX_SIZE;
 use arch_aarch64::layout::{MAX_VCPUS, RAM_ALIGN, RAM_MAX_SIZE, RAM_MIN_SIZE, VIRTIO_MMIO_SLOTS};
+use arch_aarch64::psci::PsciVersion;
 use serde::{Deserialize, Serialize};
 
 use crate::seccomp::SeccompMode;
@@ -101,6 +102,47 @@ pub enum ConfigError {
         /// Its length.
         len: usize,
     },
+    /// A PSCI version below what KVM implements with PSCI 0.2 function ids.
+    #[error("Invalid PSCI version {0}: the lowest is 0.2")]
+    PsciVersion(PsciVersion),
+}
+
+/// Who keeps the vCPUs' PSCI power states (CPU_ON, CPU_OFF, AFFINITY_INFO).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CpuPowerMode {
+    /// The VMM when the host's KVM can forward the calls (the SMCCC filter, Linux 6.4 and
+    /// later), KVM otherwise.
+    #[default]
+    Auto,
+    /// The VMM; a host that cannot forward the calls is an error.
+    Vmm,
+    /// KVM: each SYSTEM_SUSPEND and `vm.info` then stops every vCPU to read its state.
+    Kvm,
+}
+
+/// `PsciVersion` as `"MAJOR.MINOR"` in JSON.
+mod psci_version_text {
+    use arch_aarch64::psci::PsciVersion;
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(
+        version: &Option<PsciVersion>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match version {
+            Some(version) => serializer.collect_str(version),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<PsciVersion>, D::Error> {
+        Option::<String>::deserialize(deserializer)?
+            .map(|text| text.parse().map_err(D::Error::custom))
+            .transpose()
+    }
 }
 
 /// A virtio-blk disk backed by a raw image file.
@@ -209,6 +251,13 @@ pub struct VmConfig {
     /// kills the process), `log`, `trap` or `off`.
     #[serde(default)]
     pub seccomp: SeccompMode,
+    /// Who keeps the vCPUs' power states.
+    #[serde(default)]
+    pub cpu_power: CpuPowerMode,
+    /// Lower the PSCI version the guest sees (KVM's is the default and the ceiling), e.g.
+    /// `"1.1"` to hide SYSTEM_OFF2 from a guest.
+    #[serde(default, with = "psci_version_text")]
+    pub psci_version: Option<PsciVersion>,
 }
 
 fn default_rng() -> bool {
@@ -247,6 +296,8 @@ impl VmConfig {
             nets: Vec::new(),
             vsock: None,
             seccomp: SeccompMode::default(),
+            cpu_power: CpuPowerMode::default(),
+            psci_version: None,
         }
     }
 
@@ -295,6 +346,9 @@ impl VmConfig {
         }
         if self.cmdline.contains('\0') {
             return Err(ConfigError::CmdlineNul);
+        }
+        if let Some(version) = self.psci_version.filter(|&v| v < PsciVersion::V0_2) {
+            return Err(ConfigError::PsciVersion(version));
         }
         let given = self.disks.len()
             + self.nets.len()
@@ -356,6 +410,29 @@ mod tests {
         assert!(err.to_string().contains("unknown variant `yes`"), "{err}");
         let err = serde_json::from_str::<VmConfig>(r#"{"kernel": "/k", "vcpus": 4}"#).unwrap_err();
         assert!(err.to_string().contains("unknown field `vcpus`"), "{err}");
+    }
+
+    #[test]
+    fn psci_version_and_cpu_power_round_trip_through_json() {
+        let config: VmConfig =
+            serde_json::from_str(r#"{"kernel": "/k", "psci_version": "1.1", "cpu_power": "kvm"}"#)
+                .unwrap();
+        assert_eq!(config.psci_version, Some(PsciVersion::new(1, 1)));
+        assert_eq!(config.cpu_power, CpuPowerMode::Kvm);
+        let text = serde_json::to_string(&config).unwrap();
+        assert_eq!(serde_json::from_str::<VmConfig>(&text).unwrap(), config);
+        assert_eq!(VmConfig::new("/k").cpu_power, CpuPowerMode::Auto);
+        let err = serde_json::from_str::<VmConfig>(r#"{"kernel": "/k", "psci_version": "1"}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("Invalid PSCI version"), "{err}");
+        let config = VmConfig {
+            psci_version: Some(PsciVersion::new(0, 1)),
+            ..VmConfig::new("/k")
+        };
+        assert_eq!(
+            config.validate().unwrap_err().to_string(),
+            "Invalid PSCI version 0.1: the lowest is 0.2"
+        );
     }
 
     #[test]

@@ -10,6 +10,9 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 pub enum ExitReason {
     /// The guest powered off (PSCI SYSTEM_OFF).
     PowerOff,
+    /// The guest hibernated: it wrote its memory to its swap disk and called PSCI 1.3
+    /// SYSTEM_OFF2. Booting it again with the same configuration and disks resumes it.
+    Hibernated,
     /// The guest asked for a reboot (PSCI SYSTEM_RESET).
     Reboot,
     /// The VMM received SIGTERM or SIGINT.
@@ -23,11 +26,16 @@ pub enum ExitReason {
 }
 
 impl ExitReason {
+    /// The `vmm` process's exit status for [`ExitReason::Hibernated`]: not an error, but not
+    /// a plain power-off either, for scripts that resume the guest later.
+    pub const HIBERNATED_EXIT_CODE: u8 = 3;
+
     /// The process exit status for this reason.
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::PowerOff | Self::Reboot | Self::Signal(_) | Self::Shutdown => 0,
             Self::GuestCrash | Self::Error(_) => 1,
+            Self::Hibernated => Self::HIBERNATED_EXIT_CODE,
         }
     }
 
@@ -118,6 +126,11 @@ mod tests {
     #[test]
     fn exit_codes() {
         assert_eq!(ExitReason::PowerOff.exit_code(), 0);
+        assert_eq!(ExitReason::Hibernated.exit_code(), 3);
+        assert_eq!(
+            ExitReason::Hibernated.after_boot(false, None),
+            Some(ExitReason::Hibernated)
+        );
         assert_eq!(ExitReason::Signal(15).exit_code(), 0);
         assert_eq!(ExitReason::GuestCrash.exit_code(), 1);
         assert_eq!(ExitReason::Error("x".into()).exit_code(), 1);

@@ -29,9 +29,11 @@ pub mod vm;
 
 use std::path::PathBuf;
 
+pub use arch_aarch64::psci::PsciVersion;
 pub use boot_images::{BootImageError, BootImages};
 pub use config::{
-    ConfigError, DiskConfig, MacAddress, NetConfig, NetConfigError, VmConfig, VsockConfig,
+    ConfigError, CpuPowerMode, DiskConfig, MacAddress, NetConfig, NetConfigError, VmConfig,
+    VsockConfig,
 };
 pub use console::Console;
 pub use control::{ControlError, ExitReason};

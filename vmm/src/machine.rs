@@ -7,13 +7,15 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use arch_aarch64::boot::boot_regs;
+use arch_aarch64::cpu_power::FORWARDED_RANGES;
 use arch_aarch64::fdt::{FdtConfig, GpioKey, VirtioMmioNode, create_fdt};
 use arch_aarch64::layout::{
     self, BOOT_TIMER_BASE, BootLayout, GPIO_BASE, GPIO_SPI, GuestRegion, MMIO_SLOT_SIZE, RAM_START,
     RTC_BASE, RTC_SPI, UART_BASE, UART_SPI, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_SLOTS,
     VIRTIO_MMIO_WINDOW, VIRTIO_SPI_BASE,
 };
-use arch_aarch64::regs::{MPIDR_AFFINITY_MASK, MPIDR_EL1};
+use arch_aarch64::psci::PsciVersion;
+use arch_aarch64::regs::{self, MPIDR_AFFINITY_MASK, MPIDR_EL1};
 use devices::bus::MmioBus;
 use devices::irq::{IrqError, IrqLine};
 use devices::rtc_pl031::{SystemClock, TimerFdAlarm};
@@ -30,7 +32,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::boot_images::BootImages;
-use crate::config::VmConfig;
+use crate::config::{CpuPowerMode, VmConfig};
 use crate::event_loop::Rtc;
 use crate::events::{WakeSource, WakeSourceIrqLine, WakeSourceTracker};
 use crate::virtio_devices::{AttachedDevice, DeviceInfo, HostBackends};
@@ -95,6 +97,19 @@ pub enum MachineError {
     /// The boot registers are invalid.
     #[error("Invalid boot registers")]
     BootRegs(#[source] arch_aarch64::boot::BootRegsError),
+    /// `--cpu-power vmm` on a host whose KVM cannot forward PSCI calls.
+    #[error(
+        "Cannot keep the vCPU power states in vmm: KVM on this host has no SMCCC filter (Linux 6.4 or later); use --cpu-power auto or kvm"
+    )]
+    NoSmcccFilter,
+    /// `--psci-version` above what KVM implements.
+    #[error("Cannot offer PSCI {asked}: KVM on this host implements PSCI {offered} at most")]
+    PsciVersion {
+        /// The version asked for.
+        asked: PsciVersion,
+        /// KVM's version.
+        offered: PsciVersion,
+    },
     /// A device could not be created or mapped.
     #[error("Cannot set up device {what}")]
     Device {
@@ -146,6 +161,13 @@ pub struct Machine {
     pub devices: Vec<AttachedDevice>,
     /// Where the boot images went.
     pub layout: BootLayout,
+    /// `MPIDR_EL1` of each vCPU, by index.
+    pub vcpu_mpidrs: Vec<u64>,
+    /// Whether KVM forwards CPU_ON, CPU_OFF and AFFINITY_INFO, for the VMM to keep the vCPU
+    /// power states.
+    pub power_calls_forwarded: bool,
+    /// The PSCI version the guest gets.
+    pub psci_version: PsciVersion,
 }
 
 /// An SPI driven through `KVM_IRQ_LINE`.
@@ -230,10 +252,23 @@ pub fn build(
         memory,
         VmOptions {
             system_suspend: config.suspend,
+            forward_smccc: match config.cpu_power {
+                CpuPowerMode::Auto | CpuPowerMode::Vmm => &FORWARDED_RANGES,
+                CpuPowerMode::Kvm => &[],
+            },
         },
     )?);
     if config.suspend && !vm.system_suspend_enabled() {
         log::warn!("KVM on this host lacks KVM_CAP_ARM_SYSTEM_SUSPEND: the guest gets s2idle only");
+    }
+    let power_calls_forwarded = vm.smccc_forwarded();
+    match (config.cpu_power, power_calls_forwarded) {
+        (CpuPowerMode::Vmm, false) => return Err(MachineError::NoSmcccFilter),
+        (_, true) => log::info!("vCPU power states kept by vmm (PSCI calls forwarded)"),
+        (CpuPowerMode::Kvm, false) => log::info!("vCPU power states kept by KVM, as asked"),
+        (_, false) => log::info!(
+            "vCPU power states kept by KVM (no SMCCC filter on this host): each SYSTEM_SUSPEND stops every vCPU to read them"
+        ),
     }
     let mut vcpus = Vec::with_capacity(config.cpus as usize);
     let mut mpidrs = Vec::with_capacity(config.cpus as usize);
@@ -241,6 +276,10 @@ pub fn build(
         let vcpu = vm.create_vcpu(index)?;
         mpidrs.push(vcpu.reg(MPIDR_EL1)? & MPIDR_AFFINITY_MASK);
         vcpus.push(vcpu);
+    }
+    let psci_version = set_psci_version(&vcpus[0], config.psci_version)?;
+    if config.suspend && !psci_version.has_system_suspend() {
+        log::warn!("PSCI {psci_version} has no SYSTEM_SUSPEND: the guest gets s2idle only");
     }
     let gic = vm.create_gic(
         layout::GIC_DIST_BASE,
@@ -250,7 +289,7 @@ pub fn build(
 
     let virtio = attach_virtio(&vm, backends, config.rng, worker_hook)?;
     let fdt = create_fdt(&FdtConfig {
-        vcpu_mpidrs: mpidrs,
+        vcpu_mpidrs: mpidrs.clone(),
         ram: layout.ram,
         cmdline: config.cmdline.clone(),
         initrd: layout.initrd,
@@ -262,6 +301,7 @@ pub fn build(
             GpioKey::power(POWER_BUTTON_PIN),
         ],
         virtio_mmio: virtio.iter().map(|device| device.node).collect(),
+        psci_version,
     })
     .map_err(MachineError::Fdt)?;
     vm.memory()
@@ -333,7 +373,31 @@ pub fn build(
         gpio,
         devices: attached,
         layout,
+        vcpu_mpidrs: mpidrs,
+        power_calls_forwarded,
+        psci_version,
     })
+}
+
+/// Reads the PSCI version KVM implements and lowers it to `asked`, which KVM accepts before
+/// the first run (VM-wide, through any vCPU); returns the version the guest gets.
+fn set_psci_version(
+    vcpu: &KvmVcpu,
+    asked: Option<PsciVersion>,
+) -> Result<PsciVersion, MachineError> {
+    let offered = PsciVersion::from_raw(vcpu.reg(regs::PSCI_VERSION)?);
+    let version = match asked {
+        None => offered,
+        Some(asked) if asked > offered => {
+            return Err(MachineError::PsciVersion { asked, offered });
+        }
+        Some(asked) => {
+            vcpu.set_reg(regs::PSCI_VERSION, asked.to_raw())?;
+            asked
+        }
+    };
+    log::info!("PSCI {version} (KVM implements {offered})");
+    Ok(version)
 }
 
 /// A virtio device placed in its window, wired to KVM, not yet on the bus.

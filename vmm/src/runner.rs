@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use arch_aarch64::cpu_power::CpuPowerTable;
 use arch_aarch64::psci::RamRange;
 use hypervisor::kvm::{Hypervisor, VcpuKicker};
 use hypervisor::{Vcpu, VcpuKick};
@@ -112,6 +113,9 @@ fn run_machine(
         gpio,
         devices,
         layout,
+        vcpu_mpidrs,
+        power_calls_forwarded,
+        psci_version,
     } = machine;
     log::debug!("Boot layout: {layout:x?}");
     let control = Arc::new(VmControl::new()?);
@@ -129,7 +133,7 @@ fn run_machine(
         .iter()
         .map(|vcpu| vcpu.kicker() as Arc<dyn VcpuKick>)
         .collect();
-    let suspend = Arc::new(SuspendCoordinator::new(
+    let mut suspend = SuspendCoordinator::new(
         vcpus.len(),
         vec![RamRange {
             start: layout.ram.start,
@@ -139,7 +143,11 @@ fn run_machine(
         shared.events(),
         wake,
         Arc::clone(&control),
-    ));
+    );
+    if power_calls_forwarded {
+        suspend = suspend.with_power_table(CpuPowerTable::new(vcpu_mpidrs));
+    }
+    let suspend = Arc::new(suspend);
     let context = Arc::new(VcpuContext {
         bus,
         control: Arc::clone(&control),
@@ -166,7 +174,7 @@ fn run_machine(
             Ok(handle) => threads.push((kicker, handle)),
             Err(source) => {
                 control.request_exit(ExitReason::Error(format!("vCPU {index} not started")));
-                stop_vcpus(threads);
+                stop_vcpus(threads, &suspend);
                 return Err(VmmError::VcpuThread { index, source });
             }
         }
@@ -176,9 +184,10 @@ fn run_machine(
         control: Arc::clone(&control),
         gpio,
         serial,
-        suspend,
+        suspend: Arc::clone(&suspend),
         devices,
         console: Arc::clone(output),
+        psci_version,
     }));
     if shared.shutdown_requested() {
         control.request_exit(ExitReason::Shutdown);
@@ -188,7 +197,7 @@ fn run_machine(
     if let Err(err) = &result {
         control.request_exit(ExitReason::Error(err.to_string()));
     }
-    stop_vcpus(threads);
+    stop_vcpus(threads, &suspend);
     Ok(result?)
 }
 
@@ -209,11 +218,13 @@ impl Drop for FlushOnExit {
     }
 }
 
-/// Kicks each vCPU until its thread has left the run loop, then joins it.
-fn stop_vcpus(threads: Vec<(Arc<VcpuKicker>, JoinHandle<()>)>) {
+/// Kicks each vCPU (out of the guest, or out of its wait while it is off) until its thread
+/// has left the run loop, then joins it.
+fn stop_vcpus(threads: Vec<(Arc<VcpuKicker>, JoinHandle<()>)>, suspend: &SuspendCoordinator) {
     for (kicker, handle) in threads {
         while !handle.is_finished() {
             kicker.kick();
+            suspend.wake_waiters();
             std::thread::sleep(Duration::from_millis(1));
         }
         if handle.join().is_err() {

@@ -8,6 +8,10 @@
 //! an interrupt is pending. The following `KVM_SYSTEM_EVENT_WAKEUP` exit resets the vCPU to the
 //! guest's entry point with `x0` = context id.
 //!
+//! When KVM forwards CPU_ON, CPU_OFF and AFFINITY_INFO (its SMCCC filter, Linux 6.4+), the
+//! coordinator keeps every vCPU's power state itself ([`power`]): a vCPU that is off waits in
+//! userspace, the suspend decision and the census read the table, and nobody is kicked.
+//!
 //! The host can hold the vCPUs too, with the same park rounds but no caller:
 //! [`SuspendCoordinator::pause`] keeps every vCPU parked until [`SuspendCoordinator::resume`],
 //! and [`SuspendCoordinator::census`] parks them for one round to read their MP states. That
@@ -26,6 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use arch_aarch64::cpu_power::CpuPowerTable;
 use arch_aarch64::psci::{RamRange, ResumeState, SystemSuspendCall, validate_system_suspend};
 use arch_aarch64::regs::{PC, PSTATE, xreg};
 use hypervisor::{MpState, Vcpu, VcpuError, VcpuKick};
@@ -35,6 +40,7 @@ use crate::control::VmControl;
 use crate::events::{Denial, EventBus, VmEvent, VmEventKind, WakeSource, WakeSourceTracker};
 
 mod pause;
+mod power;
 
 use pause::Hold;
 pub use pause::PauseError;
@@ -92,6 +98,11 @@ pub struct SuspendStats {
     pub last_suspend_latency_us: Option<u64>,
     /// From the last wakeup exit to the vCPU being ready to re-enter the guest.
     pub last_resume_latency_us: Option<u64>,
+    /// How many times a suspend decision, a census or a pause kicked a vCPU out of the guest
+    /// to read its power state. Decisions and censuses add none when the VMM keeps the power
+    /// states.
+    #[serde(default)]
+    pub vcpu_kicks: u64,
 }
 
 /// What [`SuspendCoordinator::on_suspend_exit`] did.
@@ -133,6 +144,30 @@ pub enum SuspendError {
     /// A vCPU woken without a suspend could not be made runnable.
     #[error("Cannot make the woken vCPU runnable")]
     Runnable(#[source] VcpuError),
+    /// The arguments of a forwarded PSCI power call could not be read.
+    #[error("Cannot read the arguments of PSCI call {function_id:#x}")]
+    ReadPowerCall {
+        /// The function id.
+        function_id: u64,
+        /// The register error.
+        #[source]
+        source: VcpuError,
+    },
+    /// The result of a forwarded PSCI power call could not be returned to the guest.
+    #[error("Cannot return the result of PSCI call {function_id:#x} to the guest")]
+    WritePowerCall {
+        /// The function id.
+        function_id: u64,
+        /// The register error.
+        #[source]
+        source: VcpuError,
+    },
+    /// A vCPU could not be started at its CPU_ON entry point.
+    #[error("Cannot start the vCPU at its CPU_ON entry point")]
+    Start(#[source] VcpuError),
+    /// A vCPU could not be marked powered off after its CPU_OFF.
+    #[error("Cannot power off the vCPU")]
+    PowerOff(#[source] VcpuError),
 }
 
 /// Where each vCPU is in a park round.
@@ -192,6 +227,8 @@ struct Inner {
     next_round: u64,
     accepted: Option<Accepted>,
     stats: SuspendStats,
+    /// Every vCPU's power state, when the VMM keeps them; `None` when KVM does.
+    power: Option<CpuPowerTable>,
 }
 
 /// The VM-wide SYSTEM_SUSPEND state machine; one per VM, shared by the vCPU threads.
@@ -240,6 +277,7 @@ impl SuspendCoordinator {
                 next_round: 0,
                 accepted: None,
                 stats: SuspendStats::default(),
+                power: None,
             }),
             changed: Condvar::new(),
             parked: Condvar::new(),
@@ -291,29 +329,37 @@ impl SuspendCoordinator {
             return self.refuse(vcpu, Denial::NotSystemSuspend { function_id: x0 });
         };
 
-        let round = {
-            let mut inner = self.lock();
-            if inner.state != SuspendState::Running || inner.park.is_some() {
-                drop(inner);
-                return self.refuse(vcpu, Denial::Busy);
-            }
-            self.go(&mut inner, SuspendState::Suspending);
-            // Only interrupts raised from now on can be the wakeup.
-            self.wake.arm();
-            self.start_round(&mut inner, Some(index as usize))
-        };
+        let mut inner = self.lock();
+        if inner.state != SuspendState::Running || inner.park.is_some() {
+            drop(inner);
+            return self.refuse(vcpu, Denial::Busy);
+        }
+        self.go(&mut inner, SuspendState::Suspending);
+        // Only interrupts raised from now on can be the wakeup.
+        self.wake.arm();
         // Stamped now, published with the decision: logging it here would be timed too.
         let requested = VmEvent::now(VmEventKind::SuspendRequested {
             vcpu: index,
             entry: call.entry,
             context_id: call.context_id,
         });
-        self.kick_pending();
-
-        let (mut inner, parked) = self.await_round(self.lock(), round);
-        let others_on = match &inner.park {
-            Some(park) if parked => Some(park.others_on()),
-            _ => None,
+        let (mut inner, others_on) = match inner.power.as_ref() {
+            // Under the lock no CPU_ON can slip in: the table is the truth.
+            Some(power) => {
+                let on = power.others_on(index as usize);
+                (inner, Some(on))
+            }
+            None => {
+                let round = self.start_round(&mut inner, Some(index as usize));
+                drop(inner);
+                self.kick_pending();
+                let (inner, parked) = self.await_round(self.lock(), round);
+                let on = match &inner.park {
+                    Some(park) if parked => Some(park.others_on()),
+                    _ => None,
+                };
+                (inner, on)
+            }
         };
 
         let denial = match others_on {
@@ -492,6 +538,8 @@ impl SuspendCoordinator {
         inner.park = Some(ParkRound { id, slots });
         // Before the kicks: a kicked thread must see it at the top of its loop.
         self.park_requested.store(true, Ordering::SeqCst);
+        // vCPUs that are off wait on this condvar, not in the guest: a kick does not reach them.
+        self.changed.notify_all();
         id
     }
 
@@ -534,9 +582,14 @@ impl SuspendCoordinator {
 
     /// Kicks the vCPUs of the current round that have not parked yet.
     fn kick_pending(&self) {
-        let pending: Vec<usize> = match self.lock().park.as_ref() {
-            Some(park) => park.pending().collect(),
-            None => return,
+        let pending: Vec<usize> = {
+            let mut inner = self.lock();
+            let Some(park) = inner.park.as_ref() else {
+                return;
+            };
+            let pending: Vec<usize> = park.pending().collect();
+            inner.stats.vcpu_kicks += pending.len() as u64;
+            pending
         };
         for index in pending {
             if let Some(kicker) = self.kickers.get(index) {

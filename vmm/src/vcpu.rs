@@ -8,6 +8,7 @@ use hypervisor::{SystemEvent, Vcpu, VcpuKick, VmExit};
 
 use crate::control::{ExitReason, VmControl};
 use crate::error_chain;
+use crate::events::VmEventKind;
 use crate::suspend::SuspendCoordinator;
 
 /// What a vCPU thread shares with the rest of the VM.
@@ -46,6 +47,17 @@ pub fn run_vcpu<V: Vcpu>(mut vcpu: V, kick: &dyn VcpuKick, context: &VcpuContext
                 .request_exit(ExitReason::Error(error_chain(&err)));
             continue;
         }
+        // A vCPU that is off (when the VMM keeps the power states) waits here for its CPU_ON.
+        match context.suspend.wait_until_on(&mut vcpu) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(err) => {
+                context
+                    .control
+                    .request_exit(ExitReason::Error(error_chain(&err)));
+                continue;
+            }
+        }
         if let Some(reason) = step(&mut vcpu, context) {
             context.control.request_exit(reason);
         }
@@ -77,6 +89,13 @@ fn step<V: Vcpu>(vcpu: &mut V, context: &VcpuContext) -> Option<ExitReason> {
                 log::debug!("vCPU {index}: {err}");
             }
         }
+        VmExit::SystemEvent(event @ SystemEvent::Shutdown { .. }) if event.is_hibernation() => {
+            context
+                .suspend
+                .events()
+                .emit(VmEventKind::Hibernated { vcpu: index });
+            return Some(ExitReason::Hibernated);
+        }
         VmExit::SystemEvent(SystemEvent::Shutdown { .. }) => return Some(ExitReason::PowerOff),
         VmExit::SystemEvent(SystemEvent::Reset { .. }) => return Some(ExitReason::Reboot),
         VmExit::SystemEvent(SystemEvent::Crash) => return Some(ExitReason::GuestCrash),
@@ -87,6 +106,11 @@ fn step<V: Vcpu>(vcpu: &mut V, context: &VcpuContext) -> Option<ExitReason> {
         }
         VmExit::SystemEvent(SystemEvent::Wakeup) => {
             if let Err(err) = context.suspend.on_wakeup_exit(vcpu) {
+                return Some(ExitReason::Error(error_chain(&err)));
+            }
+        }
+        VmExit::Hypercall { function_id, .. } => {
+            if let Err(err) = context.suspend.on_power_call(vcpu, function_id) {
                 return Some(ExitReason::Error(error_chain(&err)));
             }
         }

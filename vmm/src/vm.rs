@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use devices::{Pl061Gpio, Serial16550};
 
 use crate::boot_images::BootImages;
+use crate::config::CpuPowerMode;
 use crate::console::Console;
 use crate::control::{ExitReason, VmControl};
 use crate::events::WakeSource;
@@ -92,6 +93,14 @@ pub struct VmInfo {
     pub devices: Vec<DeviceInfo>,
     /// Guest console bytes dropped because the console's reader did not keep up.
     pub console_dropped_bytes: u64,
+    /// Who keeps the vCPU power states in this boot: `vmm` (KVM forwards the PSCI calls) or
+    /// `kvm` (each suspend decision stops every vCPU to read them); `null` when not running.
+    pub cpu_power: Option<CpuPowerMode>,
+    /// The PSCI version the guest gets, `"1.3"`; `null` when not running.
+    pub psci_version: Option<String>,
+    /// vCPU kicks by suspend decisions, censuses (this very request's included) and pauses
+    /// since the boot started.
+    pub vcpu_kicks: u64,
 }
 
 /// A VM that was checked and is ready to start.
@@ -190,6 +199,8 @@ pub(crate) struct BootControls {
     pub devices: Vec<AttachedDevice>,
     #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
     pub console: Arc<crate::console::OutputQueue>,
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    pub psci_version: arch_aarch64::psci::PsciVersion,
 }
 
 /// The VM's state as the host sees it.
@@ -415,10 +426,19 @@ impl VmHandle {
     /// A snapshot of the VM: state, vCPU power states, memory, uptime and suspend figures.
     /// Reading the vCPU power states parks the vCPUs for a moment.
     pub fn info(&self) -> VmInfo {
-        let census = self
-            .running_boot(|boot| Arc::clone(&boot.suspend))
-            .ok()
-            .and_then(|suspend| suspend.census().ok());
+        let suspend = self.running_boot(|boot| Arc::clone(&boot.suspend)).ok();
+        let census = suspend.as_ref().and_then(|suspend| suspend.census().ok());
+        let cpu_power = suspend.as_ref().map(|suspend| {
+            if suspend.keeps_power_states() {
+                CpuPowerMode::Vmm
+            } else {
+                CpuPowerMode::Kvm
+            }
+        });
+        let psci_version = self
+            .shared
+            .with_boot(|boot| boot.psci_version.to_string())
+            .ok();
         let vcpus = (0..self.shared.vcpu_count)
             .map(|index| {
                 let state = census
@@ -455,6 +475,9 @@ impl VmHandle {
                 .shared
                 .with_boot(|boot| boot.console.dropped())
                 .unwrap_or_default(),
+            cpu_power,
+            psci_version,
+            vcpu_kicks: stats.vcpu_kicks,
         }
     }
 

@@ -13,17 +13,23 @@ use arch_aarch64::a64::{
 use arch_aarch64::image::ImageHeader;
 use arch_aarch64::layout::{GIC_DIST_BASE, RAM_START, RTC_BASE, UART_BASE, VIRTIO_MMIO_BASE};
 use arch_aarch64::psci::{
-    CPU_ON_64, PSCI_FEATURES, PsciReturn, SYSTEM_OFF, SYSTEM_SUSPEND_32, SYSTEM_SUSPEND_64,
+    AFFINITY_INFO_64, CPU_OFF, CPU_ON_64, PSCI_FEATURES, PsciReturn, SYSTEM_OFF, SYSTEM_SUSPEND_32,
+    SYSTEM_SUSPEND_64,
 };
 use vmm::events::{VmEventKind, WakeSource};
-use vmm::{Console, DiskConfig, ExitReason, Vm, VmConfig};
+use vmm::{Console, CpuPowerMode, DiskConfig, ExitReason, Vm, VmConfig};
 use vmm_sys_util::tempdir::TempDir;
 
 /// Where the kernel Image is loaded: RAM + 2 MiB.
 const LOAD: u64 = RAM_START + 0x20_0000;
-/// Offsets in the image of the resume entry point and the secondary's spin loop.
+/// Offsets in the image of the resume entry point, the secondary's spin loop, and a secondary
+/// entry that calls CPU_OFF at once.
 const RESUME_OFFSET: u64 = 0x800;
 const SPIN_OFFSET: u64 = 0xC00;
+const OFF_OFFSET: u64 = 0xD00;
+/// Both ways of keeping the vCPU power states: every PSCI test passes in each. `Auto` is the
+/// VMM on a host with the SMCCC filter (Linux 6.4+), KVM before.
+const MODES: [CpuPowerMode; 2] = [CpuPowerMode::Auto, CpuPowerMode::Kvm];
 const CONTEXT_ID: u64 = 0x0DEC_AF00_1234_5678;
 const UART: u32 = 9;
 
@@ -81,6 +87,13 @@ fn image(main: &Assembler) -> Vec<u8> {
     resume.psci_call(SYSTEM_OFF, &[]);
     let mut spin = Assembler::new();
     spin.b_to(0);
+    let mut off = Assembler::new();
+    off.psci_call(CPU_OFF, &[]);
+    // CPU_OFF does not return; if it did, say so on the UART.
+    off.mov_imm(UART, UART_BASE);
+    report(&mut off, b'X', 0);
+    let here = off.offset();
+    off.b_to(here);
 
     let header = ImageHeader {
         text_offset: 0,
@@ -95,6 +108,8 @@ fn image(main: &Assembler) -> Vec<u8> {
     bytes[RESUME_OFFSET as usize..][..code.len()].copy_from_slice(&code);
     let code = spin.to_bytes();
     bytes[SPIN_OFFSET as usize..][..code.len()].copy_from_slice(&code);
+    let code = off.to_bytes();
+    bytes[OFF_OFFSET as usize..][..code.len()].copy_from_slice(&code);
     bytes
 }
 
@@ -109,6 +124,26 @@ struct Run {
     reports: Vec<(u8, u64)>,
     events: Vec<VmEventKind>,
     exit: ExitReason,
+    /// The suspend figures' vCPU kick count, last read while the VM ran.
+    kicks: u64,
+}
+
+/// The host kernel's `major.minor`, from `/proc/sys/kernel/osrelease`.
+fn host_kernel() -> (u32, u32) {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|part| part.parse().unwrap_or(0));
+    (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0))
+}
+
+/// Whether `mode` has the VMM keep the power states on this host.
+fn vmm_keeps_power(mode: CpuPowerMode) -> bool {
+    match mode {
+        CpuPowerMode::Kvm => false,
+        CpuPowerMode::Vmm => true,
+        CpuPowerMode::Auto => host_kernel() >= (6, 4),
+    }
 }
 
 impl Run {
@@ -121,7 +156,11 @@ impl Run {
 }
 
 fn boot(name: &str, main: &Assembler, cpus: u32, suspend: bool) -> Run {
-    let prefix = std::env::temp_dir().join(format!("psci-suspend-{name}-"));
+    boot_with(name, main, cpus, suspend, CpuPowerMode::Auto)
+}
+
+fn boot_with(name: &str, main: &Assembler, cpus: u32, suspend: bool, mode: CpuPowerMode) -> Run {
+    let prefix = std::env::temp_dir().join(format!("psci-suspend-{name}-{mode:?}-"));
     let dir = TempDir::new_with_prefix(prefix).unwrap();
     let kernel = dir.as_path().join("Image");
     std::fs::write(&kernel, image(main)).unwrap();
@@ -129,16 +168,28 @@ fn boot(name: &str, main: &Assembler, cpus: u32, suspend: bool) -> Run {
     config.cpus = cpus;
     config.memory_mib = 64;
     config.suspend = suspend;
+    config.cpu_power = mode;
     let output: Arc<Mutex<Vec<u8>>> = Arc::new(Mutex::new(Vec::new()));
     let vm = Vm::new(config)
         .expect("check the VM")
         .with_console(Console::Writer(output.clone()));
     let events = vm.subscribe();
     let handle = vm.start().expect("start the VM");
-    let exit = handle
-        .wait_timeout(Duration::from_secs(60))
-        .expect("the guest did not power off within 60 s")
-        .expect("the VM failed");
+    // The figures only, never `info`: its census would itself kick the vCPUs on the KVM path.
+    let mut kicks = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let exit = loop {
+        if let Some(stats) = handle.suspend_stats() {
+            kicks = stats.vcpu_kicks;
+        }
+        if let Some(exit) = handle.wait_timeout(Duration::from_millis(20)) {
+            break exit.expect("the VM failed");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guest did not power off within 60 s"
+        );
+    };
     let bytes = output.lock().unwrap().clone();
     assert_eq!(bytes.len() % 9, 0, "torn reports: {bytes:x?}");
     let reports = bytes
@@ -154,6 +205,7 @@ fn boot(name: &str, main: &Assembler, cpus: u32, suspend: bool) -> Run {
         reports,
         events: events.try_iter().map(|event| event.kind).collect(),
         exit,
+        kicks,
     }
 }
 
@@ -166,44 +218,46 @@ fn suspend_and_wake_by_rtc(name: &str, function: u32, context_id: u64) {
     asm.psci_call(function, &[LOAD + RESUME_OFFSET, context_id]);
     report(&mut asm, b'S', 0); // only reached if the call returned
     asm.psci_call(SYSTEM_OFF, &[]);
-    let run = boot(name, &asm, 1, true);
+    for mode in MODES {
+        let run = boot_with(name, &asm, 1, true, mode);
 
-    assert_eq!(run.exit, ExitReason::PowerOff);
-    assert_eq!(
-        run.report(b'S'),
-        None,
-        "SYSTEM_SUSPEND returned: {:?}",
-        run.reports
-    );
-    assert_eq!(run.report(b'R'), Some(context_id), "x0 at the entry point");
-    assert_eq!(
-        run.report(b'C').map(|el| (el >> 2) & 3),
-        Some(1),
-        "CurrentEL"
-    );
-    assert_eq!(
-        run.report(b'M').map(|sctlr| sctlr & 1),
-        Some(0),
-        "SCTLR_EL1.M"
-    );
-    assert!(
-        run.events
-            .iter()
-            .any(|e| matches!(e, VmEventKind::Suspended { .. })),
-        "{:?}",
-        run.events
-    );
-    assert!(
-        run.events.iter().any(|e| matches!(
-            e,
-            VmEventKind::Resumed {
-                source: WakeSource::Rtc,
-                ..
-            }
-        )),
-        "{:?}",
-        run.events
-    );
+        assert_eq!(run.exit, ExitReason::PowerOff);
+        assert_eq!(
+            run.report(b'S'),
+            None,
+            "SYSTEM_SUSPEND returned: {:?}",
+            run.reports
+        );
+        assert_eq!(run.report(b'R'), Some(context_id), "x0 at the entry point");
+        assert_eq!(
+            run.report(b'C').map(|el| (el >> 2) & 3),
+            Some(1),
+            "CurrentEL"
+        );
+        assert_eq!(
+            run.report(b'M').map(|sctlr| sctlr & 1),
+            Some(0),
+            "SCTLR_EL1.M"
+        );
+        assert!(
+            run.events
+                .iter()
+                .any(|e| matches!(e, VmEventKind::Suspended { .. })),
+            "{:?}",
+            run.events
+        );
+        assert!(
+            run.events.iter().any(|e| matches!(
+                e,
+                VmEventKind::Resumed {
+                    source: WakeSource::Rtc,
+                    ..
+                }
+            )),
+            "{:?}",
+            run.events
+        );
+    }
 }
 
 #[test]
@@ -252,9 +306,11 @@ fn suspend_32_uses_w1_and_w2() {
     );
     report(&mut asm, b'S', 0);
     asm.psci_call(SYSTEM_OFF, &[]);
-    let run = boot("rtc32", &asm, 1, true);
-    assert_eq!(run.report(b'S'), None, "{:?}", run.reports);
-    assert_eq!(run.report(b'R'), Some(0x1234_5678));
+    for mode in MODES {
+        let run = boot_with("rtc32", &asm, 1, true, mode);
+        assert_eq!(run.report(b'S'), None, "{:?}", run.reports);
+        assert_eq!(run.report(b'R'), Some(0x1234_5678));
+    }
 }
 
 #[test]
@@ -265,24 +321,123 @@ fn denied_while_a_secondary_started_with_cpu_on_is_on() {
     asm.psci_call(SYSTEM_SUSPEND_64, &[LOAD + RESUME_OFFSET, CONTEXT_ID]);
     report(&mut asm, b'S', 0);
     asm.psci_call(SYSTEM_OFF, &[]);
-    let run = boot("denied", &asm, 2, true);
-    assert_eq!(run.exit, ExitReason::PowerOff);
-    assert_eq!(
-        run.report(b'O').and_then(PsciReturn::from_x0),
-        Some(PsciReturn::Success)
-    );
-    assert_eq!(
-        run.report(b'S').and_then(PsciReturn::from_x0),
-        Some(PsciReturn::Denied)
-    );
-    assert_eq!(run.report(b'R'), None, "must not resume");
-    assert!(
-        run.events
+    for mode in MODES {
+        let run = boot_with("denied", &asm, 2, true, mode);
+        assert_eq!(run.exit, ExitReason::PowerOff);
+        assert_eq!(
+            run.report(b'O').and_then(PsciReturn::from_x0),
+            Some(PsciReturn::Success)
+        );
+        assert_eq!(
+            run.report(b'S').and_then(PsciReturn::from_x0),
+            Some(PsciReturn::Denied)
+        );
+        assert_eq!(run.report(b'R'), None, "must not resume");
+        assert!(
+            run.events
+                .iter()
+                .any(|e| matches!(e, VmEventKind::SuspendDenied { .. })),
+            "{:?}",
+            run.events
+        );
+        let started = VmEventKind::CpuOn { vcpu: 0, target: 1 };
+        assert_eq!(
+            run.events.contains(&started),
+            vmm_keeps_power(mode),
+            "{mode:?}: {:?}",
+            run.events
+        );
+    }
+}
+
+/// Acceptance of the VMM keeping the power states: 8 vCPUs, 7 started and then OFF again by
+/// CPU_OFF (as Linux's suspend takes its secondaries down), and the suspend is decided
+/// without kicking any vCPU. On the KVM path the same guest suspends too, but the decision
+/// kicks the 7 secondaries out of `KVM_RUN` to read their MP states.
+#[test]
+fn seven_secondaries_off_again_and_the_suspend_is_decided_without_a_kick() {
+    let mut asm = program();
+    enable_spi(&mut asm, 32 + 2);
+    // CPU_ON vCPUs 1..=7 at the CPU_OFF entry, reporting each result.
+    asm.mov_imm(19, 1);
+    let start_next = asm.offset();
+    asm.mov_imm(0, u64::from(CPU_ON_64));
+    asm.mov(1, 19);
+    asm.mov_imm(2, LOAD + OFF_OFFSET);
+    asm.mov_imm(3, 0);
+    asm.hvc(0);
+    report(&mut asm, b'O', 0);
+    asm.add_imm(19, 19, 1);
+    asm.sub_imm(20, 19, 8);
+    asm.cbnz_to(20, start_next);
+    // Wait for each to be OFF (AFFINITY_INFO = 1), as Linux's cpu_kill does.
+    asm.mov_imm(19, 1);
+    let poll = asm.offset();
+    asm.mov_imm(0, u64::from(AFFINITY_INFO_64));
+    asm.mov(1, 19);
+    asm.mov_imm(2, 0);
+    asm.hvc(0);
+    asm.sub_imm(0, 0, 1);
+    asm.cbnz_to(0, poll);
+    asm.add_imm(19, 19, 1);
+    asm.sub_imm(20, 19, 8);
+    asm.cbnz_to(20, poll);
+    arm_rtc_alarm(&mut asm);
+    asm.psci_call(SYSTEM_SUSPEND_64, &[LOAD + RESUME_OFFSET, CONTEXT_ID]);
+    report(&mut asm, b'S', 0);
+    asm.psci_call(SYSTEM_OFF, &[]);
+
+    for mode in MODES {
+        let run = boot_with("eight", &asm, 8, true, mode);
+        assert_eq!(run.exit, ExitReason::PowerOff);
+        let started: Vec<_> = run
+            .reports
             .iter()
-            .any(|e| matches!(e, VmEventKind::SuspendDenied { .. })),
-        "{:?}",
-        run.events
-    );
+            .filter(|(tag, _)| *tag == b'O')
+            .map(|(_, x0)| PsciReturn::from_x0(*x0))
+            .collect();
+        assert_eq!(started, [Some(PsciReturn::Success); 7], "{mode:?}");
+        assert_eq!(run.report(b'X'), None, "a CPU_OFF returned");
+        assert_eq!(run.report(b'S'), None, "{mode:?}: {:?}", run.reports);
+        assert_eq!(run.report(b'R'), Some(CONTEXT_ID), "{mode:?}");
+        let count =
+            |wanted: fn(&VmEventKind) -> bool| run.events.iter().filter(|e| wanted(e)).count();
+        let suspended = run
+            .events
+            .iter()
+            .position(|e| matches!(e, VmEventKind::Suspended { .. }))
+            .unwrap_or_else(|| panic!("{mode:?}: not suspended: {:?}", run.events));
+        if vmm_keeps_power(mode) {
+            assert_eq!(count(|e| matches!(e, VmEventKind::CpuOn { .. })), 7);
+            assert_eq!(count(|e| matches!(e, VmEventKind::CpuOff { .. })), 7);
+            let last_off = run
+                .events
+                .iter()
+                .rposition(|e| matches!(e, VmEventKind::CpuOff { .. }))
+                .unwrap();
+            assert!(last_off < suspended, "{:?}", run.events);
+            assert_eq!(run.kicks, 0, "the VMM kicked a vCPU to decide");
+        } else {
+            assert_eq!(count(|e| matches!(e, VmEventKind::CpuOn { .. })), 0);
+            assert!(run.kicks >= 7, "KVM path: {} kicks", run.kicks);
+        }
+    }
+}
+
+#[test]
+fn cpu_on_answers_already_on_and_invalid_parameters() {
+    let mut asm = program();
+    asm.psci_call(CPU_ON_64, &[0, LOAD + SPIN_OFFSET, 0]);
+    report(&mut asm, b'A', 0);
+    asm.psci_call(CPU_ON_64, &[9, LOAD + SPIN_OFFSET, 0]);
+    report(&mut asm, b'I', 0);
+    asm.psci_call(SYSTEM_OFF, &[]);
+    for mode in MODES {
+        let run = boot_with("cpu-on", &asm, 2, true, mode);
+        let code = |tag| run.report(tag).and_then(PsciReturn::from_x0);
+        assert_eq!(code(b'A'), Some(PsciReturn::AlreadyOn), "{mode:?}");
+        assert_eq!(code(b'I'), Some(PsciReturn::InvalidParameters), "{mode:?}");
+    }
 }
 
 #[test]
@@ -291,11 +446,13 @@ fn invalid_address_for_an_entry_outside_ram() {
     asm.psci_call(SYSTEM_SUSPEND_64, &[0x1000, CONTEXT_ID]);
     report(&mut asm, b'S', 0);
     asm.psci_call(SYSTEM_OFF, &[]);
-    let run = boot("invalid", &asm, 1, true);
-    assert_eq!(
-        run.report(b'S').and_then(PsciReturn::from_x0),
-        Some(PsciReturn::InvalidAddress)
-    );
+    for mode in MODES {
+        let run = boot_with("invalid", &asm, 1, true, mode);
+        assert_eq!(
+            run.report(b'S').and_then(PsciReturn::from_x0),
+            Some(PsciReturn::InvalidAddress)
+        );
+    }
 }
 
 /// A hostile virtio driver on real KVM: a looping chain, a buffer beyond RAM and one in the

@@ -17,6 +17,7 @@ use crate::layout::{
     TIMER_HYP_PPI, TIMER_PHYS_PPI, TIMER_SEC_PHYS_PPI, TIMER_VIRT_PPI, UART_BASE, UART_SPI,
     gic_redist_size,
 };
+use crate::psci::PsciVersion;
 use crate::regs::MPIDR_AFFINITY_MASK;
 
 /// Linux input event code `KEY_POWER`: the guest powers off (or suspends, per logind).
@@ -99,6 +100,8 @@ pub struct FdtConfig {
     pub gpio_keys: Vec<GpioKey>,
     /// virtio-mmio devices, one `virtio,mmio` node each.
     pub virtio_mmio: Vec<VirtioMmioNode>,
+    /// The PSCI version the guest gets, for the `psci` node's `compatible`.
+    pub psci_version: PsciVersion,
 }
 
 /// A virtio-mmio device: its register window and its (edge-triggered) SPI.
@@ -165,8 +168,8 @@ pub fn create_fdt(config: &FdtConfig) -> Result<Vec<u8>, FdtError> {
 
     write_cpus(&mut fdt, &config.vcpu_mpidrs)?;
     let psci = fdt.begin_node("psci")?;
-    // Linux probes the version over HVC anyway; listing 1.0 documents SYSTEM_SUSPEND.
-    fdt.property_string_list("compatible", strings(&["arm,psci-1.0", "arm,psci-0.2"]))?;
+    // Linux probes the version over HVC anyway; the compatible must not promise more.
+    fdt.property_string_list("compatible", strings(config.psci_version.fdt_compatible()))?;
     fdt.property_string("method", "hvc")?;
     fdt.end_node(psci)?;
     let memory = fdt.begin_node(&format!("memory@{:x}", config.ram.start))?;

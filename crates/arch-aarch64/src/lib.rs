@@ -5,6 +5,7 @@
 
 pub mod a64;
 pub mod boot;
+pub mod cpu_power;
 pub mod fdt;
 pub mod image;
 pub mod layout;

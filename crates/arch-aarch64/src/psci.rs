@@ -25,6 +25,84 @@ pub const SYSTEM_SUSPEND_32: u32 = 0x8400_000E;
 /// `SYSTEM_SUSPEND`, SMC64 calling convention (PSCI 1.0).
 pub const SYSTEM_SUSPEND_64: u32 = 0xC400_000E;
 
+/// A PSCI version, as `PSCI_VERSION` and KVM's `KVM_REG_ARM_PSCI_VERSION` give it: the major
+/// number in bits 31:16, the minor in bits 15:0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PsciVersion {
+    /// The major number.
+    pub major: u16,
+    /// The minor number.
+    pub minor: u16,
+}
+
+impl PsciVersion {
+    /// PSCI 0.2, the first with function ids and SYSTEM_OFF; KVM's floor with `PSCI_0_2`.
+    pub const V0_2: Self = Self::new(0, 2);
+    /// PSCI 1.0, which added SYSTEM_SUSPEND and PSCI_FEATURES.
+    pub const V1_0: Self = Self::new(1, 0);
+    /// PSCI 1.3, which added SYSTEM_OFF2 (hibernation), KVM's default since Linux 6.13.
+    pub const V1_3: Self = Self::new(1, 3);
+
+    /// `major.minor`.
+    pub const fn new(major: u16, minor: u16) -> Self {
+        Self { major, minor }
+    }
+
+    /// Decodes the register value.
+    pub fn from_raw(raw: u64) -> Self {
+        Self::new((raw >> 16) as u16, raw as u16)
+    }
+
+    /// The register value.
+    pub fn to_raw(self) -> u64 {
+        (u64::from(self.major) << 16) | u64::from(self.minor)
+    }
+
+    /// Whether the guest may call SYSTEM_SUSPEND (KVM answers NOT_SUPPORTED below 1.0).
+    pub fn has_system_suspend(self) -> bool {
+        self >= Self::V1_0
+    }
+
+    /// Whether the guest may call SYSTEM_OFF2 to hibernate.
+    pub fn has_system_off2(self) -> bool {
+        self >= Self::V1_3
+    }
+
+    /// The device tree's `compatible` for the `psci` node: Linux's binding knows
+    /// `arm,psci-1.0` for every 1.x and `arm,psci-0.2` before, and probes the minor itself.
+    pub fn fdt_compatible(self) -> &'static [&'static str] {
+        if self >= Self::V1_0 {
+            &["arm,psci-1.0", "arm,psci-0.2"]
+        } else {
+            &["arm,psci-0.2"]
+        }
+    }
+}
+
+impl std::fmt::Display for PsciVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+/// A PSCI version that is not `MAJOR.MINOR`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("Invalid PSCI version {0:?}: expected MAJOR.MINOR, such as 1.0")]
+pub struct PsciVersionError(pub String);
+
+impl std::str::FromStr for PsciVersion {
+    type Err = PsciVersionError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let invalid = || PsciVersionError(text.to_owned());
+        let (major, minor) = text.split_once('.').ok_or_else(invalid)?;
+        Ok(Self::new(
+            major.parse().map_err(|_| invalid())?,
+            minor.parse().map_err(|_| invalid())?,
+        ))
+    }
+}
+
 /// PSCI return codes, as the guest sees them in `x0` (sign-extended to 64 bits).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(i32)]
@@ -127,7 +205,7 @@ pub struct RamRange {
 }
 
 impl RamRange {
-    fn contains(&self, addr: u64) -> bool {
+    pub(crate) fn contains(&self, addr: u64) -> bool {
         addr >= self.start && addr - self.start < self.size
     }
 }
@@ -210,6 +288,24 @@ mod tests {
         start: 0x4000_0000,
         size: 0x1000_0000,
     }];
+
+    #[test]
+    fn psci_versions_parse_order_and_encode() {
+        let v: PsciVersion = "1.3".parse().unwrap();
+        assert_eq!(v, PsciVersion::V1_3);
+        assert_eq!(v.to_raw(), 0x1_0003);
+        assert_eq!(PsciVersion::from_raw(0x1_0001).to_string(), "1.1");
+        assert!(PsciVersion::V0_2 < PsciVersion::V1_0);
+        assert!(PsciVersion::new(1, 1) < PsciVersion::V1_3);
+        assert!(!PsciVersion::V0_2.has_system_suspend());
+        assert!(PsciVersion::new(1, 1).has_system_suspend());
+        assert!(!PsciVersion::new(1, 2).has_system_off2());
+        assert_eq!(PsciVersion::V0_2.fdt_compatible(), ["arm,psci-0.2"]);
+        assert_eq!(PsciVersion::V1_3.fdt_compatible()[0], "arm,psci-1.0");
+        for bad in ["1", "one.two", "1.", "1.0.0", "70000.0"] {
+            assert!(bad.parse::<PsciVersion>().is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn return_codes_are_sign_extended_in_x0() {

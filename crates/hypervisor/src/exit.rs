@@ -55,6 +55,15 @@ pub enum SystemEvent {
 }
 
 impl SystemEvent {
+    /// `KVM_SYSTEM_EVENT_SHUTDOWN_FLAG_PSCI_OFF2`: the shutdown came from PSCI 1.3 SYSTEM_OFF2,
+    /// which a guest calls after writing its hibernation image (Linux 6.13 and later).
+    pub const SHUTDOWN_FLAG_PSCI_OFF2: u64 = 1 << 0;
+
+    /// Whether this is a shutdown by SYSTEM_OFF2: the guest hibernated.
+    pub fn is_hibernation(&self) -> bool {
+        matches!(self, Self::Shutdown { flags } if flags & Self::SHUTDOWN_FLAG_PSCI_OFF2 != 0)
+    }
+
     /// Decodes `system_event.type` and its data words.
     pub fn decode(kind: u32, data: &[u64]) -> Self {
         let flags = data.first().copied().unwrap_or(0);
@@ -96,6 +105,14 @@ pub enum VmExit {
     },
     /// A system event: power off, reset, suspend, wakeup.
     SystemEvent(SystemEvent),
+    /// An SMCCC call (PSCI is one) that the VM forwards to userspace. The PC is already past
+    /// the HVC or SMC; the arguments are in `x1` and up, and the result goes into `x0`.
+    Hypercall {
+        /// The SMCCC function id.
+        function_id: u64,
+        /// The guest used SMC rather than HVC.
+        smc: bool,
+    },
     /// `KVM_RUN` was interrupted by a signal or `immediate_exit` before or while running.
     Interrupted,
     /// KVM could not enter the guest.
@@ -125,6 +142,9 @@ mod tests {
             SystemEvent::decode(1, &[1]),
             SystemEvent::Shutdown { flags: 1 }
         );
+        assert!(SystemEvent::decode(1, &[1]).is_hibernation());
+        assert!(!SystemEvent::decode(1, &[]).is_hibernation());
+        assert!(!SystemEvent::decode(2, &[1]).is_hibernation());
         assert_eq!(
             SystemEvent::decode(2, &[1]),
             SystemEvent::Reset { flags: 1 }

@@ -28,13 +28,23 @@ struct Guest {
 
 impl Guest {
     fn new(system_suspend: bool, program: &Assembler) -> Self {
+        Self::with_options(
+            VmOptions {
+                system_suspend,
+                ..Default::default()
+            },
+            program,
+        )
+    }
+
+    fn with_options(options: VmOptions, program: &Assembler) -> Self {
         let hypervisor = Hypervisor::new().expect("open /dev/kvm");
         let memory =
             GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(RAM_BASE), RAM_SIZE)]).unwrap();
         memory
             .write_slice(&program.to_bytes(), GuestAddress(RAM_BASE))
             .unwrap();
-        let vm = Vm::new(&hypervisor, memory, VmOptions { system_suspend }).expect("create VM");
+        let vm = Vm::new(&hypervisor, memory, options).expect("create VM");
         let vcpu = vm.create_vcpu(0).expect("create vCPU 0");
         vcpu.set_reg(regs::PC, RAM_BASE).unwrap();
         vcpu.set_reg(regs::PSTATE, regs::PSTATE_EL1H_DAIF_MASKED)
@@ -54,6 +64,22 @@ impl Guest {
                 other => return other,
             }
         }
+    }
+}
+
+impl Guest {
+    /// Runs until `count` values are reported in all (`None`), or another exit comes first.
+    fn run_for_reports(&mut self, count: usize, reports: &mut Vec<u64>) -> Option<VmExit> {
+        while reports.len() < count {
+            match self.vcpu.run().expect("KVM_RUN") {
+                VmExit::MmioWrite { addr, data } if addr == REPORT_ADDR => {
+                    reports.push(data.value())
+                }
+                VmExit::Interrupted => {}
+                other => return Some(other),
+            }
+        }
+        None
     }
 }
 
@@ -151,4 +177,119 @@ fn without_the_cap_features_and_the_call_return_not_supported() {
         matches!(exit, VmExit::SystemEvent(SystemEvent::Shutdown { .. })),
         "{exit:?}"
     );
+}
+
+/// The host kernel's `major.minor`, from `/proc/sys/kernel/osrelease` ("7.3.4+deb13-arm64").
+fn host_kernel() -> (u32, u32) {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|part| part.parse().unwrap_or(0));
+    (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0))
+}
+
+const CPU_ON_64: u32 = 0xC400_0003;
+const PSCI_VERSION: u32 = 0x8400_0000;
+const SYSTEM_OFF2_64: u32 = 0xC400_0015;
+
+#[test]
+fn cpu_on_exits_to_userspace_when_forwarded_on_hosts_with_the_smccc_filter() {
+    // CPU_ON for this very vCPU (MPIDR affinity 0): KVM itself would say ALREADY_ON.
+    let mut asm = program();
+    asm.psci_call(CPU_ON_64, &[0, ENTRY, CONTEXT_ID]);
+    asm.str_x(0, REPORT_REG, 0);
+    halt(&mut asm);
+    let forward = &arch_aarch64::cpu_power::FORWARDED_RANGES;
+    let mut guest = Guest::with_options(
+        VmOptions {
+            system_suspend: true,
+            forward_smccc: forward,
+        },
+        &asm,
+    );
+    let mut reports = Vec::new();
+    if host_kernel() < (6, 4) {
+        // No filter before Linux 6.4: KVM answers, and the VM says so.
+        assert!(!guest.vm.smccc_forwarded());
+        assert_eq!(guest.run_for_reports(1, &mut reports), None);
+        assert_eq!(PsciReturn::from_x0(reports[0]), Some(PsciReturn::AlreadyOn));
+        return;
+    }
+    assert!(guest.vm.smccc_forwarded(), "a 6.4+ host must forward");
+    let exit = guest.run_for_reports(1, &mut reports);
+    assert_eq!(
+        exit,
+        Some(VmExit::Hypercall {
+            function_id: u64::from(CPU_ON_64),
+            smc: false
+        })
+    );
+    assert!(reports.is_empty());
+    assert_eq!(guest.vcpu.reg(regs::xreg(2)).unwrap(), ENTRY);
+    assert_eq!(guest.vcpu.reg(regs::xreg(3)).unwrap(), CONTEXT_ID);
+    // The VMM's answer is what the guest sees: the PC is already past the HVC.
+    guest
+        .vcpu
+        .set_reg(regs::xreg(0), PsciReturn::OnPending.to_x0())
+        .unwrap();
+    assert_eq!(guest.run_for_reports(1, &mut reports), None);
+    assert_eq!(
+        reports.first().copied().and_then(PsciReturn::from_x0),
+        Some(PsciReturn::OnPending)
+    );
+}
+
+#[test]
+fn the_psci_version_can_be_read_and_lowered_before_the_first_run() {
+    let mut asm = program();
+    asm.psci_call(PSCI_VERSION, &[]);
+    asm.str_x(0, REPORT_REG, 0);
+    asm.psci_call(SYSTEM_OFF2_64, &[0, 0]);
+    asm.str_x(0, REPORT_REG, 0);
+    halt(&mut asm);
+
+    let mut guest = Guest::new(true, &asm);
+    let offered = guest.vcpu.reg(regs::PSCI_VERSION).unwrap();
+    let expected = if host_kernel() >= (6, 13) {
+        0x1_0003
+    } else {
+        0x1_0001
+    };
+    assert_eq!(offered, expected, "KVM's default PSCI version on this host");
+    guest.vcpu.set_reg(regs::PSCI_VERSION, 0x1_0000).unwrap();
+    let mut reports = Vec::new();
+    assert_eq!(guest.run_for_reports(2, &mut reports), None);
+    // PSCI 1.0 has no SYSTEM_OFF2: KVM answers NOT_SUPPORTED instead of shutting down.
+    assert_eq!(reports[0], 0x1_0000);
+    assert_eq!(
+        PsciReturn::from_x0(reports[1]),
+        Some(PsciReturn::NotSupported)
+    );
+    // Above KVM's version: refused.
+    let guest = Guest::new(true, &program());
+    assert!(guest.vcpu.set_reg(regs::PSCI_VERSION, 0x1_0009).is_err());
+}
+
+#[test]
+fn system_off2_is_a_shutdown_with_the_hibernation_flag_on_6_13_hosts() {
+    let mut asm = program();
+    // Type 0: what Linux passes, and what the PSCI 1.3 F.b spec allows for HIBERNATE_OFF.
+    asm.psci_call(SYSTEM_OFF2_64, &[0, 0]);
+    asm.str_x(0, REPORT_REG, 0);
+    halt(&mut asm);
+    let mut guest = Guest::new(true, &asm);
+    let mut reports = Vec::new();
+    let exit = guest.run_for_reports(1, &mut reports);
+    if host_kernel() < (6, 13) {
+        assert_eq!(exit, None);
+        assert_eq!(
+            PsciReturn::from_x0(reports[0]),
+            Some(PsciReturn::NotSupported)
+        );
+        return;
+    }
+    match exit {
+        Some(VmExit::SystemEvent(event)) => assert!(event.is_hibernation(), "{event:?}"),
+        other => panic!("expected SYSTEM_OFF2's shutdown, got {other:?}"),
+    }
 }

@@ -110,7 +110,15 @@ impl SuspendCoordinator {
     /// Every vCPU's MP state, by index, read by its own thread while parked (`None`: it could
     /// not be read). Parks the vCPUs for one round, waiting for a suspend decision or a pause
     /// in progress to end first; a paused VM stays paused and its vCPUs read their state anew.
+    ///
+    /// When the VMM keeps the power states, reads them from its table and parks nobody.
     pub fn census(&self) -> Result<Vec<Option<MpState>>, PauseError> {
+        if self.control.stopping() {
+            return Err(PauseError::Stopping);
+        }
+        if let Some(states) = self.table_census() {
+            return Ok(states);
+        }
         let mut inner = self.lock();
         loop {
             if self.control.stopping() {

@@ -195,6 +195,18 @@ struct Other {
 impl Rig {
     /// vCPU `i` starts in `mp[i]`; vCPU 0 is the caller.
     fn new(mp: &[MpState]) -> Self {
+        Self::build(mp, false)
+    }
+
+    /// `count` vCPUs whose power states the coordinator keeps, as KVM numbers them (MPIDR
+    /// Aff0 = index): vCPU 0 on, the others off.
+    fn keeping_power(count: usize) -> Self {
+        let mut mp = vec![MpState::Stopped; count];
+        mp[0] = MpState::Runnable;
+        Self::build(&mp, true)
+    }
+
+    fn build(mp: &[MpState], keep_power: bool) -> Self {
         let control = Arc::new(VmControl::new().unwrap());
         let bus = Arc::new(EventBus::new());
         let events = bus.subscribe();
@@ -204,14 +216,21 @@ impl Rig {
             .iter()
             .map(|k| k.clone() as Arc<dyn VcpuKick>)
             .collect();
-        let coordinator = Arc::new(SuspendCoordinator::new(
+        let mut coordinator = SuspendCoordinator::new(
             mp.len(),
             vec![RAM],
             kickers,
             bus,
             tracker.clone(),
             control.clone(),
-        ));
+        );
+        if keep_power {
+            let mpidrs = (0..mp.len() as u64)
+                .map(|index| 0x8000_0000 | index)
+                .collect();
+            coordinator = coordinator.with_power_table(CpuPowerTable::new(mpidrs));
+        }
+        let coordinator = Arc::new(coordinator);
         Self {
             coordinator,
             control,
@@ -688,8 +707,10 @@ fn stats_serialise_for_the_api() {
             "last_wake_source": "rtc",
             "last_suspend_latency_us": null,
             "last_resume_latency_us": null,
+            "vcpu_kicks": 0,
         })
     );
 }
 
 mod pause;
+mod power;

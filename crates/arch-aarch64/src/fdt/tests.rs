@@ -27,6 +27,7 @@ fn config() -> FdtConfig {
         gpio: true,
         gpio_keys: vec![GpioKey::wake(0), GpioKey::power(1)],
         virtio_mmio: Vec::new(),
+        psci_version: PsciVersion::new(1, 1),
     }
 }
 
@@ -354,6 +355,29 @@ fn rejects_bad_configs() {
             ..config()
         },
         "Duplicate GPIO pin 3",
+    );
+}
+
+#[test]
+fn the_psci_compatible_follows_the_version() {
+    let dtb = create_fdt(&FdtConfig {
+        psci_version: PsciVersion::V0_2,
+        ..config()
+    })
+    .unwrap();
+    let fdt = Fdt::new(&dtb).unwrap();
+    assert_eq!(
+        string_list(node(&fdt, "/psci"), "compatible"),
+        ["arm,psci-0.2"]
+    );
+}
+
+#[test]
+fn the_same_config_gives_the_same_bytes() {
+    // A hibernated guest resumes only on the machine it left: nothing may vary between boots.
+    assert_eq!(
+        create_fdt(&config()).unwrap(),
+        create_fdt(&config()).unwrap()
     );
 }
 

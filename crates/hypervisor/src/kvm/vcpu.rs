@@ -1,6 +1,8 @@
 //! A KVM vCPU and the decoding of its exits.
 
-use kvm_bindings::{KVM_ARM_VCPU_POWER_OFF, KVM_EXIT_MMIO, kvm_mp_state, kvm_vcpu_init};
+use kvm_bindings::{
+    KVM_ARM_VCPU_POWER_OFF, KVM_EXIT_MMIO, KVM_HYPERCALL_EXIT_SMC, kvm_mp_state, kvm_vcpu_init,
+};
 use std::sync::Arc;
 
 use kvm_ioctls::{VcpuExit, VcpuFd};
@@ -69,6 +71,11 @@ impl Vcpu for KvmVcpu {
             Ok(VcpuExit::SystemEvent(kind, data)) => {
                 VmExit::SystemEvent(SystemEvent::decode(kind, data))
             }
+            Ok(VcpuExit::Hypercall(call)) => VmExit::Hypercall {
+                function_id: call.nr,
+                // kvm-ioctls names the low word of `flags` after x86's field.
+                smc: call.longmode & KVM_HYPERCALL_EXIT_SMC != 0,
+            },
             Ok(VcpuExit::FailEntry(reason, cpu)) => VmExit::FailEntry { reason, cpu },
             Ok(VcpuExit::InternalError) => VmExit::InternalError,
             Ok(VcpuExit::Intr) => VmExit::Interrupted,

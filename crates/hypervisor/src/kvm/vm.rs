@@ -2,7 +2,9 @@
 
 use kvm_bindings::{
     KVM_ARM_IRQ_TYPE_SHIFT, KVM_ARM_IRQ_TYPE_SPI, KVM_ARM_VCPU_POWER_OFF, KVM_ARM_VCPU_PSCI_0_2,
-    KVM_CAP_ARM_SYSTEM_SUSPEND, kvm_enable_cap, kvm_userspace_memory_region, kvm_vcpu_init,
+    KVM_ARM_VM_SMCCC_CTRL, KVM_ARM_VM_SMCCC_FILTER, KVM_CAP_ARM_SYSTEM_SUSPEND, kvm_device_attr,
+    kvm_enable_cap, kvm_smccc_filter, kvm_smccc_filter_action_KVM_SMCCC_FILTER_FWD_TO_USER,
+    kvm_userspace_memory_region, kvm_vcpu_init,
 };
 use kvm_ioctls::{IoEventAddress, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
@@ -31,6 +33,17 @@ pub enum VmError {
     /// Enabling `KVM_CAP_ARM_SYSTEM_SUSPEND` failed although KVM reported it.
     #[error("Failed to enable KVM_CAP_ARM_SYSTEM_SUSPEND")]
     EnableSystemSuspend(#[source] std::io::Error),
+    /// Installing the SMCCC filter failed although KVM reported it.
+    #[error("Cannot forward SMCCC functions {first:#x}..{end:#x} to the VMM")]
+    SmcccFilter {
+        /// The first function id of the range.
+        first: u32,
+        /// One past the last.
+        end: u32,
+        /// The errno.
+        #[source]
+        source: std::io::Error,
+    },
     /// `KVM_CREATE_VCPU` or `KVM_ARM_VCPU_INIT` failed.
     #[error("Failed to create vCPU {index}")]
     CreateVcpu {
@@ -77,6 +90,10 @@ pub enum VmError {
 pub struct VmOptions {
     /// Enable `KVM_CAP_ARM_SYSTEM_SUSPEND` if the host has it.
     pub system_suspend: bool,
+    /// SMCCC function ranges `(first id, count)` to forward to the VMM as
+    /// [`VmExit::Hypercall`](crate::VmExit::Hypercall) exits, if the host has the SMCCC filter
+    /// (Linux 6.4 and later).
+    pub forward_smccc: &'static [(u32, u32)],
 }
 
 /// A KVM VM with its guest memory registered.
@@ -87,6 +104,7 @@ pub struct Vm {
     memory: GuestMemoryMmap,
     vcpu_init: kvm_vcpu_init,
     system_suspend: bool,
+    smccc_forwarded: bool,
 }
 
 impl Vm {
@@ -140,17 +158,30 @@ impl Vm {
                 .map_err(|err| VmError::EnableSystemSuspend(err.into()))?;
             system_suspend = true;
         }
+        let smccc_forwarded = !options.forward_smccc.is_empty() && has_smccc_filter(&fd);
+        if smccc_forwarded {
+            for &(first, count) in options.forward_smccc {
+                forward_smccc(&fd, first, count)?;
+            }
+        }
         Ok(Self {
             fd,
             memory,
             vcpu_init,
             system_suspend,
+            smccc_forwarded,
         })
     }
 
     /// Whether the guest can use PSCI SYSTEM_SUSPEND.
     pub fn system_suspend_enabled(&self) -> bool {
         self.system_suspend
+    }
+
+    /// Whether the ranges of [`VmOptions::forward_smccc`] exit to the VMM; false when none were
+    /// asked for or the host has no SMCCC filter, and KVM handles those calls itself.
+    pub fn smccc_forwarded(&self) -> bool {
+        self.smccc_forwarded
     }
 
     /// The guest memory.
@@ -234,4 +265,36 @@ impl Vm {
                 source: err.into(),
             })
     }
+}
+
+/// The SMCCC filter attribute of the VM, pointing at `filter` when one is given.
+fn smccc_filter_attr(filter: Option<&kvm_smccc_filter>) -> kvm_device_attr {
+    kvm_device_attr {
+        group: KVM_ARM_VM_SMCCC_CTRL,
+        attr: u64::from(KVM_ARM_VM_SMCCC_FILTER),
+        addr: filter.map_or(0, |filter| filter as *const kvm_smccc_filter as u64),
+        flags: 0,
+    }
+}
+
+/// Whether KVM has the SMCCC filter (Linux 6.4 and later).
+fn has_smccc_filter(fd: &VmFd) -> bool {
+    fd.has_device_attr(&smccc_filter_attr(None)).is_ok()
+}
+
+/// Makes the SMCCC functions `first..first + count` exit to userspace. KVM only accepts it
+/// before any vCPU has run.
+fn forward_smccc(fd: &VmFd, first: u32, count: u32) -> Result<(), VmError> {
+    let filter = kvm_smccc_filter {
+        base: first,
+        nr_functions: count,
+        action: kvm_smccc_filter_action_KVM_SMCCC_FILTER_FWD_TO_USER as u8,
+        pad: [0; 15],
+    };
+    fd.set_device_attr(&smccc_filter_attr(Some(&filter)))
+        .map_err(|err| VmError::SmcccFilter {
+            first,
+            end: first + count,
+            source: err.into(),
+        })
 }

@@ -163,6 +163,12 @@ fn print_info(info: &Value) {
     println!("last wake:    {}", text("last_wake_source"));
     println!("last suspend: {} us", text("last_suspend_latency_us"));
     println!("last resume:  {} us", text("last_resume_latency_us"));
+    println!("psci:         {}", text("psci_version"));
+    println!(
+        "cpu power:    kept by {} ({} vCPU kicks)",
+        text("cpu_power"),
+        text("vcpu_kicks")
+    );
     for device in info["devices"].as_array().into_iter().flatten() {
         let kind = device["kind"].as_str().unwrap_or("?");
         let what = match (device["id"].as_str(), device["path"].as_str()) {

@@ -12,11 +12,20 @@ use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use vmm::api::{ApiServer, ApiServerOptions};
 use vmm::routes::VmRouter;
 use vmm::seccomp::{SeccompMode, Thread};
-use vmm::{ConfigError, DiskConfig, ExitReason, NetConfig, Vm, VmConfig, VmmError, VsockConfig};
+use vmm::{
+    ConfigError, CpuPowerMode, DiskConfig, ExitReason, NetConfig, PsciVersion, Vm, VmConfig,
+    VmmError, VsockConfig,
+};
 
 /// Boots an arm64 Linux guest on KVM; its serial console is this terminal.
 #[derive(Debug, Parser)]
-#[command(name = "vmm", version, about, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "vmm",
+    version,
+    about,
+    args_conflicts_with_subcommands = true,
+    after_help = "Exit status: 0 when the guest powered off (or vmm was stopped), 1 on an error or a guest crash, 2 on bad usage, 3 when the guest hibernated."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -82,6 +91,36 @@ struct RunArgs {
     /// [default: on].
     #[arg(long, value_name = "MODE")]
     seccomp: Option<SeccompArg>,
+    /// Who keeps the vCPUs' PSCI power states [default: auto]: vmm needs a host whose KVM
+    /// forwards PSCI calls (Linux 6.4+), so that a suspend decision stops no vCPU; kvm is the
+    /// fallback; auto picks vmm when the host allows.
+    #[arg(long, value_name = "KEEPER")]
+    cpu_power: Option<CpuPowerArg>,
+    /// Lower the PSCI version the guest sees, e.g. 1.1 (below 1.3 the guest cannot hibernate
+    /// through SYSTEM_OFF2; below 1.0 it has no SYSTEM_SUSPEND). Default: what KVM offers.
+    #[arg(long, value_name = "MAJOR.MINOR")]
+    psci_version: Option<PsciVersion>,
+}
+
+/// The values of `--cpu-power`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum CpuPowerArg {
+    /// vmm when the host's KVM can forward PSCI calls, KVM otherwise.
+    Auto,
+    /// vmm; an error on a host that cannot forward PSCI calls.
+    Vmm,
+    /// KVM.
+    Kvm,
+}
+
+impl From<CpuPowerArg> for CpuPowerMode {
+    fn from(arg: CpuPowerArg) -> Self {
+        match arg {
+            CpuPowerArg::Auto => Self::Auto,
+            CpuPowerArg::Vmm => Self::Vmm,
+            CpuPowerArg::Kvm => Self::Kvm,
+        }
+    }
 }
 
 /// The values of `--seccomp`.
@@ -157,6 +196,12 @@ impl RunArgs {
         if let Some(seccomp) = self.seccomp {
             config.seccomp = seccomp.into();
         }
+        if let Some(cpu_power) = self.cpu_power {
+            config.cpu_power = cpu_power.into();
+        }
+        if self.psci_version.is_some() {
+            config.psci_version = self.psci_version;
+        }
         Ok(config)
     }
 }
@@ -186,6 +231,11 @@ fn main() -> ExitCode {
         Ok(ExitReason::GuestCrash) => {
             eprintln!("vmm: the guest crashed");
             ExitCode::FAILURE
+        }
+        Ok(ExitReason::Hibernated) => {
+            // Not an error, but the next step is the user's: boot it again to resume it.
+            eprintln!("vmm: the guest hibernated; boot it again with the same disks to resume it");
+            ExitCode::from(ExitReason::HIBERNATED_EXIT_CODE)
         }
         Ok(reason) => {
             log::info!("VM stopped: {reason:?}");

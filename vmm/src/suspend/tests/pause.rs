@@ -9,7 +9,7 @@ use super::*;
 use crate::vcpu::{VcpuContext, run_vcpu};
 
 /// Long enough for a vCPU thread that could run to do so a few times (it loops every 20 ms).
-const QUIET: Duration = Duration::from_millis(100);
+pub(super) const QUIET: Duration = Duration::from_millis(100);
 
 /// Runs `f` on a thread; [`done`] collects its result.
 fn start<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Receiver<T> {
@@ -32,45 +32,45 @@ fn still_blocked<T>(result: &Receiver<T>) -> bool {
 }
 
 impl Rig {
-    fn pause(&self) -> Result<(), PauseError> {
+    pub(super) fn pause(&self) -> Result<(), PauseError> {
         let coordinator = self.coordinator.clone();
         within(move || coordinator.pause())
     }
 
-    fn resume(&self) -> Result<(), PauseError> {
+    pub(super) fn resume(&self) -> Result<(), PauseError> {
         let coordinator = self.coordinator.clone();
         within(move || coordinator.resume())
     }
 
-    fn census(&self) -> Result<Vec<Option<MpState>>, PauseError> {
+    pub(super) fn census(&self) -> Result<Vec<Option<MpState>>, PauseError> {
         let coordinator = self.coordinator.clone();
         within(move || coordinator.census())
     }
 
-    fn runs(&self) -> Vec<usize> {
+    pub(super) fn runs(&self) -> Vec<usize> {
         let runs = |state: &Arc<FakeState>| state.runs.load(Ordering::SeqCst);
         self.states.iter().map(runs).collect()
     }
 
-    fn mp_reads(&self) -> Vec<usize> {
+    pub(super) fn mp_reads(&self) -> Vec<usize> {
         let reads = |state: &Arc<FakeState>| state.mp_reads.load(Ordering::SeqCst);
         self.states.iter().map(reads).collect()
     }
 
     /// Checks that no vCPU enters the guest for a while.
-    fn assert_none_runs(&self) {
+    pub(super) fn assert_none_runs(&self) {
         let before = self.runs();
         thread::sleep(QUIET);
         assert_eq!(self.runs(), before, "a paused vCPU entered KVM_RUN");
     }
 
     /// Waits until every vCPU has entered the guest again since `before`.
-    fn wait_all_run_since(&self, before: &[usize]) {
+    pub(super) fn wait_all_run_since(&self, before: &[usize]) {
         wait_for(|| self.runs().iter().zip(before).all(|(now, then)| now > then));
     }
 
     /// Runs vCPU `index` in the real [`run_vcpu`] loop on a thread.
-    fn spawn_run_vcpu(&self, index: u32) -> JoinHandle<()> {
+    pub(super) fn spawn_run_vcpu(&self, index: u32) -> JoinHandle<()> {
         let context = VcpuContext {
             bus: Arc::new(MmioBus::new()),
             control: self.control.clone(),
