@@ -40,6 +40,8 @@ net=
 host=
 peer=
 udp=
+# resume=/dev/vdXN: the swap partition a hibernated guest resumes from (and hibernates to).
+resume=
 for word in $(cat /proc/cmdline); do
     case "$word" in
     vmmtest=*) mode=${word#vmmtest=} ;;
@@ -55,6 +57,7 @@ for word in $(cat /proc/cmdline); do
     host=*) host=${word#host=} ;;
     peer=*) peer=${word#peer=} ;;
     udp=*) udp=${word#udp=} ;;
+    resume=/dev/vd*) resume=${word#resume=} ;;
     esac
 done
 
@@ -67,6 +70,19 @@ if [ "$on_rootfs" = no ]; then
         [ -d "/sys/module/$name" ] || insmod "/lib/modules/$module" \
             || echo "@@guest insmod-failed module=$module"
     done </lib/modules/load-order
+fi
+
+if [ "$on_rootfs" = no ] && [ -n "$resume" ]; then
+    # virtio-blk is a module, so the kernel cannot resume by itself at boot: once the disk is
+    # there, name it in /sys/power/resume. With an image on it the kernel restores the
+    # hibernated guest and this write never returns here; without one boot goes on.
+    i=0
+    while [ ! -b "$resume" ] && [ "$i" -lt 100 ]; do
+        sleep 0.1
+        i=$((i + 1))
+    done
+    cat "/sys/class/block/${resume#/dev/}/dev" >/sys/power/resume
+    echo "@@guest resume-image none rc=$? dev=$resume"
 fi
 
 if [ "$on_rootfs" = no ] && [ -n "$root" ]; then
@@ -340,6 +356,29 @@ suspend-wait)
     echo mem > /sys/power/state
     rc=$?
     echo "@@guest resumed rc=$rc success_before=$before success_after=$(cat /sys/power/suspend_stats/success) online=$(cat /sys/devices/system/cpu/online)"
+    poweroff -f
+    ;;
+hibernate)
+    # Swap on the `resume=` partition, then a process and a tmpfs file that only live in
+    # memory, then `echo disk`: the guest writes itself to the swap and powers off (PSCI
+    # SYSTEM_OFF2 on a 6.13+ host). The next boot with the same disks resumes it here, and it
+    # reports whether the process still runs and the file still holds its token.
+    mkswap "$resume" >/dev/null && swapon "$resume"
+    echo "@@guest swap rc=$? dev=$resume"
+    mkdir -p /mnt/memory && mount -t tmpfs tmpfs /mnt/memory
+    echo "$seed-$(cat /proc/sys/kernel/random/uuid)" >/mnt/memory/token
+    (n=0; while :; do n=$((n + 1)); echo "$n" >/mnt/memory/ticks; sleep 0.2; done) &
+    ticker=$!
+    sleep 1
+    echo "@@guest hibernating pid=$ticker token=$(cat /mnt/memory/token) ticks=$(cat /mnt/memory/ticks)"
+    echo disk >/sys/power/state
+    rc=$?
+    # A resumed guest goes on here; so does one whose hibernation failed (rc != 0).
+    ticks=$(cat /mnt/memory/ticks)
+    sleep 1
+    alive=no
+    kill -0 "$ticker" 2>/dev/null && alive=yes
+    echo "@@guest thawed rc=$rc pid=$ticker alive=$alive ticks=$ticks ticks_later=$(cat /mnt/memory/ticks) token=$(cat /mnt/memory/token)"
     poweroff -f
     ;;
 ticker)

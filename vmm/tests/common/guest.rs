@@ -133,6 +133,11 @@ impl Guest {
         }
     }
 
+    /// The events not taken by [`wait_event`](Self::wait_event) yet, without waiting.
+    pub fn events_so_far(&self) -> Vec<VmEventKind> {
+        self.events.try_iter().map(|event| event.kind).collect()
+    }
+
     /// Waits for a whole console line containing `text`, and returns it.
     pub fn wait_console(&self, text: &str, limit: Duration) -> String {
         let deadline = Instant::now() + limit;

@@ -1,0 +1,118 @@
+//! `vm.info` polled every 10 ms while a 4-vCPU Linux guest runs 20 `rtcwake -m mem` cycles.
+//!
+//! When the VMM keeps the vCPU power states (a host with the SMCCC filter, Linux 6.4+), no
+//! cycle may fail and no vCPU may be kicked: neither the polls nor the suspend decisions stop
+//! the guest. When KVM keeps them (Linux 6.1), every poll parks every vCPU for a census, and a
+//! SYSTEM_SUSPEND arriving during one is refused with DENIED (`busy`): the documented
+//! behaviour, which the test checks holds and is the only way a cycle fails.
+#![cfg(target_arch = "aarch64")]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::guest::{self, Guest, field};
+use vmm::events::{Denial, VmEventKind};
+use vmm::{CpuPowerMode, VcpuPower};
+
+const CYCLES: usize = 20;
+
+#[test]
+fn vm_info_every_10_ms_does_not_disturb_20_suspend_cycles() {
+    let scratch = guest::scratch("linux-power-");
+    let config = guest::config(
+        &scratch,
+        "suspend-rtc",
+        &format!("cycles={CYCLES} wake=3"),
+        4,
+        false,
+    );
+    let guest = Guest::start(config, scratch);
+    guest.wait_console("@@guest mem_sleep", Duration::from_secs(120));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (polls, last_kicks, unknown) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let handle = guest.handle.clone();
+    let keeper = handle.info().cpu_power;
+    let poller = {
+        let (stop, polls, last_kicks, unknown) = (
+            stop.clone(),
+            polls.clone(),
+            last_kicks.clone(),
+            unknown.clone(),
+        );
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let info = handle.info();
+                if info.cpu_power.is_some() {
+                    polls.fetch_add(1, Ordering::SeqCst);
+                    last_kicks.store(info.vcpu_kicks, Ordering::SeqCst);
+                    let lost = info.vcpus.iter().any(|v| v.power == VcpuPower::Unknown);
+                    unknown.fetch_add(u64::from(lost), Ordering::SeqCst);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+
+    let mut failed = 0;
+    for cycle in 1..=CYCLES {
+        let line = guest.wait_console(&format!("@@guest cycle={cycle} "), Duration::from_secs(120));
+        if field(&line, "rc") != Some("0") {
+            failed += 1;
+        }
+        assert_eq!(field(&line, "online"), Some("0-3"), "{line}");
+    }
+    stop.store(true, Ordering::SeqCst);
+    poller.join().unwrap();
+    guest.powers_off();
+
+    let events = guest.events_so_far();
+    let suspended = events
+        .iter()
+        .filter(|e| matches!(e, VmEventKind::Suspended { .. }))
+        .count();
+    let busy = events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                VmEventKind::SuspendDenied {
+                    reason: Denial::Busy,
+                    ..
+                }
+            )
+        })
+        .count();
+    let polls = polls.load(Ordering::SeqCst);
+    let kicks = last_kicks.load(Ordering::SeqCst);
+    eprintln!(
+        "cpu power kept by {keeper:?}: {polls} polls, {kicks} kicks, {suspended} suspends, {failed} failed cycles, {busy} busy denials"
+    );
+    assert!(polls > 1000, "only {polls} polls");
+    assert_eq!(unknown.load(Ordering::SeqCst), 0, "a census lost a vCPU");
+    match keeper {
+        Some(CpuPowerMode::Vmm) => {
+            assert_eq!(failed, 0, "a cycle failed");
+            assert_eq!(suspended, CYCLES);
+            assert_eq!(busy, 0);
+            assert_eq!(kicks, 0, "a poll or a decision kicked a vCPU");
+        }
+        Some(CpuPowerMode::Kvm) => {
+            // Each cycle that failed met a census: nothing else refuses the guest here.
+            assert!(
+                failed <= busy,
+                "{failed} failed cycles, {busy} busy denials"
+            );
+            assert_eq!(suspended + failed, CYCLES);
+            assert!(kicks > polls, "every census kicks the vCPUs");
+        }
+        other => panic!("the VM was not running: {other:?}"),
+    }
+}
