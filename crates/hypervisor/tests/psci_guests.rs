@@ -293,3 +293,60 @@ fn system_off2_is_a_shutdown_with_the_hibernation_flag_on_6_13_hosts() {
         other => panic!("expected SYSTEM_OFF2's shutdown, got {other:?}"),
     }
 }
+
+/// A guest that makes no exit for `limit` is kicked out of `KVM_RUN`; the panic then says
+/// where it was (PC, and the instruction there) instead of hanging the test.
+fn run_or_explain(guest: &mut Guest, limit: std::time::Duration, reports: &mut Vec<u64>) -> VmExit {
+    use hypervisor::VcpuKick;
+    let kicker = guest.vcpu.kicker();
+    kicker.bind_current_thread();
+    let (cancel, cancelled) = std::sync::mpsc::channel::<()>();
+    let watchdog = {
+        let kicker = kicker.clone();
+        std::thread::spawn(move || {
+            if cancelled.recv_timeout(limit).is_err() {
+                kicker.kick();
+            }
+        })
+    };
+    let exit = loop {
+        match guest.vcpu.run().expect("KVM_RUN") {
+            VmExit::MmioWrite { addr, data } if addr == REPORT_ADDR => reports.push(data.value()),
+            VmExit::Interrupted => {
+                let pc = guest.vcpu.reg(regs::PC).unwrap();
+                let mut word = [0u8; 4];
+                let _ = guest.vm.memory().read_slice(&mut word, GuestAddress(pc));
+                panic!(
+                    "no exit within {limit:?}: PC {pc:#x} ({:#010x}), PSTATE {:#x}, reports {reports:x?}",
+                    u32::from_le_bytes(word),
+                    guest.vcpu.reg(regs::PSTATE).unwrap()
+                );
+            }
+            other => break other,
+        }
+    };
+    let _ = cancel.send(());
+    watchdog.join().unwrap();
+    kicker.unbind_thread();
+    exit
+}
+
+#[test]
+fn vm_after_vm_in_one_process_each_runs_its_own_program() {
+    // vmm builds a new VM at every guest reboot, in the same process.
+    for round in 1..=4u64 {
+        let mut asm = program();
+        asm.mov_imm(0, round);
+        asm.str_x(0, REPORT_REG, 0);
+        asm.psci_call(SYSTEM_OFF, &[]);
+        halt(&mut asm);
+        let mut guest = Guest::new(true, &asm);
+        let mut reports = Vec::new();
+        let exit = run_or_explain(&mut guest, std::time::Duration::from_secs(20), &mut reports);
+        assert_eq!(reports, [round], "round {round}");
+        assert!(
+            matches!(exit, VmExit::SystemEvent(SystemEvent::Shutdown { .. })),
+            "round {round}: {exit:?}"
+        );
+    }
+}
