@@ -15,6 +15,9 @@
 #                                    disk (throughput), net (TCP and vsock), devices
 #                                    (suspend and idle with disks)
 #   scripts/bench.sh --profile       ftrace of the suspend and resume paths instead
+#   scripts/bench.sh --host-kernel 6.1
+#                                    the emulated host on another pinned kernel (default 7;
+#                                    resources/kernels.pin); the guests run 6.1 either way
 #
 # Other arguments go to `testbed bench` (see `cargo run -p testbed -- bench --help`).
 set -euo pipefail
@@ -24,7 +27,8 @@ step() { printf '\n==> %s\n' "$*"; }
 started=$SECONDS
 
 step "setup"
-eval "$(scripts/setup.sh | tail -1)"
+# setup.sh fetches a kernel named with --host-kernel too.
+eval "$(scripts/setup.sh "$@" | tail -1)"
 scripts/setup-bench.sh >/dev/null
 export VMM_ARTEFACTS
 

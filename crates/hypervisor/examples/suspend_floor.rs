@@ -277,7 +277,10 @@ mod floor {
     /// Builds the VM, runs the cycles and prints them.
     pub fn run(options: &Options) -> Result<(), FloorError> {
         let kvm_fd = Kvm::new().map_err(kvm("open /dev/kvm"))?;
-        let vm = kvm_fd.create_vm().map_err(kvm("KVM_CREATE_VM"))?;
+        // The 40-bit default, as the VMM: see hypervisor::kvm::VM_TYPE_40_BIT_IPA.
+        let vm = kvm_fd
+            .create_vm_with_type(0)
+            .map_err(kvm("KVM_CREATE_VM"))?;
         if vm.check_extension_raw(KVM_CAP_ARM_SYSTEM_SUSPEND.into()) <= 0 {
             return Err(FloorError::NoSystemSuspend);
         }

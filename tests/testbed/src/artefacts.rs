@@ -1,6 +1,6 @@
-//! Finds what the emulated host needs: the Debian arm64 kernel, its modules, busybox and the
-//! other arm64 tools unpacked by `scripts/setup.sh`, and the cross-built binaries and test
-//! executables listed by cargo.
+//! Finds what the emulated host needs: the pinned Debian arm64 kernels (`resources/kernels.pin`)
+//! with their modules, busybox and the other arm64 tools unpacked by `scripts/setup.sh`, and
+//! the cross-built binaries and test executables listed by cargo.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -21,8 +21,44 @@ pub const GUEST_MODULES: &[&str] = &[
     "vmw_vsock_virtio_transport",
 ];
 
-/// The modules the emulated host loads: `tun`, for the taps of the virtio-net tests.
+/// The modules the emulated host loads, from its own kernel's modules: `tun`, for the taps of
+/// the virtio-net tests.
 pub const HOST_MODULES: &[&str] = &["tun"];
+
+/// A pinned kernel the emulated host can boot (`resources/kernels.pin`), named as on the
+/// command line and in `$ARTEFACTS/kernels/NAME`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum KernelName {
+    /// Debian 12's own kernel, which the nested guest always runs.
+    #[value(name = "6.1")]
+    V6_1,
+    /// Debian 12's newer kernel line (bookworm-security).
+    #[value(name = "6.12")]
+    V6_12,
+    /// Debian 13's backported 7.x kernel (trixie-backports).
+    #[value(name = "7")]
+    V7,
+}
+
+impl KernelName {
+    /// Every pinned kernel, in the order `--host-kernel all` runs them.
+    pub const ALL: [Self; 3] = [Self::V6_1, Self::V6_12, Self::V7];
+
+    /// Its name in `resources/kernels.pin` and under `$ARTEFACTS/kernels`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::V6_1 => "6.1",
+            Self::V6_12 => "6.12",
+            Self::V7 => "7",
+        }
+    }
+}
+
+impl std::fmt::Display for KernelName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// Missing or unreadable artefacts.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +81,17 @@ pub enum ArtefactError {
         what: &'static str,
         /// Where it was looked for.
         path: PathBuf,
+    },
+    /// A pinned kernel for the emulated host was not fetched.
+    #[error(
+        "Missing host kernel {name} at {dir} (run scripts/setup.sh --host-kernel {name}, or \
+         VMM_HOST_KERNELS={name} scripts/setup.sh)"
+    )]
+    MissingHostKernel {
+        /// The kernel's name.
+        name: KernelName,
+        /// Its directory, with `Image` and `modules`.
+        dir: PathBuf,
     },
     /// A module the nested guest needs, or one of its dependencies, is not in `modules.dep`.
     #[error("Module {name} is not in {index} (is the kernel built with it as a module?)")]
@@ -77,15 +124,17 @@ pub enum ArtefactError {
 /// The arm64 artefacts and cross-built binaries.
 #[derive(Clone, Debug)]
 pub struct Artefacts {
-    /// The arm64 kernel `Image`, used for the emulated host and for nested guests.
+    /// The directory they are in (`$ARTEFACTS`).
+    pub dir: PathBuf,
+    /// The nested guests' arm64 kernel `Image`: the pinned 6.1 (`$ARTEFACTS/Image`).
     pub kernel: PathBuf,
     /// The modules the nested guest loads ([`GUEST_MODULES`] and every dependency), in load
     /// order: dependencies first, each once. Plain `.ko` files, or compressed as the kernel
     /// package ships them (`.ko.xz`, `.ko.zst`, `.ko.gz`).
     pub guest_modules: Vec<PathBuf>,
-    /// The modules the emulated host loads ([`HOST_MODULES`] and every dependency), in load
-    /// order; it runs the same kernel.
-    pub host_modules: Vec<PathBuf>,
+    /// The newest pinned kernel (`7`) as a second nested guest, for what only a 6.13+ guest
+    /// does (hibernation through SYSTEM_OFF2), when `scripts/setup.sh` fetched it.
+    pub newest_guest: Option<GuestKernel>,
     /// util-linux's `rtcwake` for arm64 and the glibc it needs (`libc.so.6` and the loader).
     pub rtcwake: [PathBuf; 3],
     /// A static arm64 busybox.
@@ -122,6 +171,60 @@ impl TestExecutable {
     }
 }
 
+/// A nested guest's kernel other than the default one, with the modules it loads.
+#[derive(Clone, Debug)]
+pub struct GuestKernel {
+    /// Its uncompressed arm64 `Image`.
+    pub image: PathBuf,
+    /// [`GUEST_MODULES`] and every dependency from this kernel's modules, in load order.
+    pub modules: Vec<PathBuf>,
+}
+
+impl GuestKernel {
+    /// The kernel `name` under `artefacts_dir/kernels`, or `None` when it was not fetched.
+    pub fn locate(artefacts_dir: &Path, name: KernelName) -> Result<Option<Self>, ArtefactError> {
+        let dir = artefacts_dir.join("kernels").join(name.name());
+        let image = dir.join("Image");
+        let modules = dir.join("modules");
+        if !image.exists() || !modules.join("modules.dep").exists() {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            image,
+            modules: guest_modules(&modules, GUEST_MODULES)?,
+        }))
+    }
+}
+
+/// The emulated host's kernel: one of the pinned kernels, from `$ARTEFACTS/kernels/NAME`.
+#[derive(Clone, Debug)]
+pub struct HostKernel {
+    /// Which one.
+    pub name: KernelName,
+    /// Its uncompressed arm64 `Image`.
+    pub image: PathBuf,
+    /// The modules the emulated host loads ([`HOST_MODULES`] and every dependency) from this
+    /// kernel's own modules, in load order; compressed as the package ships them.
+    pub modules: Vec<PathBuf>,
+}
+
+impl HostKernel {
+    /// Finds the kernel `name` under `artefacts_dir/kernels`.
+    pub fn locate(artefacts_dir: &Path, name: KernelName) -> Result<Self, ArtefactError> {
+        let dir = artefacts_dir.join("kernels").join(name.name());
+        let image = dir.join("Image");
+        let modules = dir.join("modules");
+        if !image.exists() || !modules.join("modules.dep").exists() {
+            return Err(ArtefactError::MissingHostKernel { name, dir });
+        }
+        Ok(Self {
+            name,
+            image,
+            modules: guest_modules(&modules, HOST_MODULES)?,
+        })
+    }
+}
+
 impl Artefacts {
     /// Looks in `dir`, or in the default cache of `scripts/setup.sh`.
     pub fn locate(dir: Option<PathBuf>) -> Result<Self, ArtefactError> {
@@ -141,12 +244,13 @@ impl Artefacts {
                 )?,
             ],
             guest_modules: guest_modules(&dir.join("modules"), GUEST_MODULES)?,
-            host_modules: guest_modules(&dir.join("modules"), HOST_MODULES)?,
+            newest_guest: GuestKernel::locate(&dir, KernelName::V7)?,
             vmm: Some(build.join("vmm")).filter(|path| path.exists()),
             disk_pattern: Some(build.join("disk-pattern")).filter(|path| path.exists()),
             guest_agent: Some(build.join("guest-agent")).filter(|path| path.exists()),
             example: Some(build.join("examples/suspend_wake")).filter(|path| path.exists()),
             tests: test_executables(&messages)?,
+            dir,
         })
     }
 
@@ -230,7 +334,8 @@ fn existing(what: &'static str, path: PathBuf) -> Result<PathBuf, ArtefactError>
 }
 
 /// The files of `wanted` and their dependencies in the kernel's module directory `dir` (the
-/// `lib/modules/VERSION` of the kernel package, with depmod's index), in load order.
+/// `lib/modules/VERSION` of the kernel package, with depmod's index), in load order. Used for
+/// the nested guest's modules and for the emulated host's.
 fn guest_modules(dir: &Path, wanted: &[&str]) -> Result<Vec<PathBuf>, ArtefactError> {
     let read = |name: &str, required: bool| {
         let path = dir.join(name);
@@ -526,6 +631,55 @@ alias of:N*T*Cgpio-keys gpio_keys
         std::fs::remove_dir_all(&dir).unwrap();
         let err = guest_modules(&dir, &["crc16"]).unwrap_err();
         assert!(matches!(err, ArtefactError::ModuleIndex { .. }), "{err}");
+    }
+
+    #[test]
+    fn every_pinned_kernel_has_a_name_and_every_name_a_pin() {
+        let pins = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../resources/kernels.pin");
+        let pins = std::fs::read_to_string(pins).unwrap();
+        let pinned: Vec<&str> = pins
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty() && !line.starts_with('#'))
+            .filter_map(|line| line.split_whitespace().next())
+            .collect();
+        let named: Vec<&str> = KernelName::ALL.iter().map(|kernel| kernel.name()).collect();
+        assert_eq!(pinned, named);
+    }
+
+    #[test]
+    fn host_kernels_come_from_their_own_directory_with_their_own_tun() {
+        let dir = std::env::temp_dir().join(format!("testbed-kernels-{}", std::process::id()));
+        let err = HostKernel::locate(&dir, KernelName::V6_12).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                ArtefactError::MissingHostKernel {
+                    name: KernelName::V6_12,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("run scripts/setup.sh --host-kernel 6.12"),
+            "{err}"
+        );
+
+        let modules = dir.join("kernels/7/modules");
+        std::fs::create_dir_all(modules.join("kernel/drivers/net")).unwrap();
+        std::fs::write(dir.join("kernels/7/Image"), b"").unwrap();
+        std::fs::write(
+            modules.join("modules.dep"),
+            "kernel/drivers/net/tun.ko.xz:\nkernel/drivers/net/tap.ko.xz:\n",
+        )
+        .unwrap();
+        std::fs::write(modules.join("kernel/drivers/net/tun.ko.xz"), b"").unwrap();
+        let host = HostKernel::locate(&dir, KernelName::V7).unwrap();
+        assert_eq!(host.image, dir.join("kernels/7/Image"));
+        assert_eq!(host.modules, [modules.join("kernel/drivers/net/tun.ko.xz")]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::artefacts::Artefacts;
+use crate::artefacts::HostKernel;
 use crate::initramfs::Staged;
 use crate::report::{Marker, Outcome, ScenarioStatus};
 
@@ -46,23 +46,25 @@ pub fn native_kvm_host() -> bool {
     cfg!(target_arch = "aarch64") && Path::new("/dev/kvm").exists()
 }
 
-/// Boots QEMU's emulated arm64 host with the initramfs and watches it.
+/// Boots QEMU's emulated arm64 host on the kernel `host` with the initramfs and watches it.
 pub fn run_emulated(
-    artefacts: &Artefacts,
+    host: &HostKernel,
     initramfs: &Path,
     staged: &Staged,
     work_dir: &Path,
 ) -> Result<Outcome, ConsoleError> {
-    let command = qemu_command(artefacts, initramfs, "stdio");
+    let command = qemu_command(host, initramfs, "stdio");
     println!(
-        "testbed: booting the emulated arm64 host (QEMU TCG, EL2, GICv3) with {}",
-        artefacts.kernel.display()
+        "testbed: booting the emulated arm64 host (QEMU TCG, EL2, GICv3) on host kernel {} ({})",
+        host.name,
+        host.image.display()
     );
     watch(command, "qemu-system-aarch64", staged, work_dir, true)
 }
 
-/// QEMU's emulated arm64 host booting `initramfs`, its console (ttyAMA0) on `serial`.
-fn qemu_command(artefacts: &Artefacts, initramfs: &Path, serial: &str) -> Command {
+/// QEMU's emulated arm64 host booting the kernel `host` with `initramfs`, its console (ttyAMA0)
+/// on `serial`.
+fn qemu_command(host: &HostKernel, initramfs: &Path, serial: &str) -> Command {
     let memory_mib = std::env::var("TESTBED_HOST_MEMORY_MIB").unwrap_or_else(|_| "3072".into());
     let mut command = Command::new("qemu-system-aarch64");
     command
@@ -71,7 +73,7 @@ fn qemu_command(artefacts: &Artefacts, initramfs: &Path, serial: &str) -> Comman
         .args(["-nodefaults", "-display", "none", "-serial", serial])
         .arg("-no-reboot")
         .arg("-kernel")
-        .arg(&artefacts.kernel)
+        .arg(&host.image)
         .arg("-initrd")
         .arg(initramfs)
         .args(["-append", "console=ttyAMA0 panic=-1 quiet rdinit=/init"]);
@@ -81,8 +83,8 @@ fn qemu_command(artefacts: &Artefacts, initramfs: &Path, serial: &str) -> Comman
 /// Boots the emulated arm64 host with its console on this terminal (QEMU's stdio, with its
 /// monitor multiplexed: Ctrl-A x quits) and waits until it powers off. No time limit and no
 /// markers: the user drives it. Returns whether QEMU exited with status 0.
-pub fn shell_emulated(artefacts: &Artefacts, initramfs: &Path) -> Result<bool, ConsoleError> {
-    let mut command = qemu_command(artefacts, initramfs, "mon:stdio");
+pub fn shell_emulated(host: &HostKernel, initramfs: &Path) -> Result<bool, ConsoleError> {
+    let mut command = qemu_command(host, initramfs, "mon:stdio");
     run_inherited(&mut command, "qemu-system-aarch64")
 }
 

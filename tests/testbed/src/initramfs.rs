@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::artefacts::{Artefacts, BenchArtefacts};
+use crate::artefacts::{Artefacts, BenchArtefacts, HostKernel};
 use crate::scenarios::{Scenario, Steps};
 
 /// Failures staging or packing the initramfs.
@@ -89,10 +89,13 @@ fn write(path: &Path, text: &str, executable: bool) -> Result<(), InitramfsError
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err(path))
 }
 
-/// Lays out `work_dir/root`: busybox, the binaries, the scenario scripts and `/init`.
+/// Lays out `work_dir/root`: busybox, the binaries, the scenario scripts and `/init`, with the
+/// modules of the emulated host's kernel `host` (none natively, where the machine's own kernel
+/// runs the scenarios).
 pub fn stage(
     work_dir: &Path,
     artefacts: &Artefacts,
+    host: Option<&HostKernel>,
     scenarios: &[Scenario],
     time_scale: f64,
 ) -> Result<Staged, InitramfsError> {
@@ -117,7 +120,7 @@ pub fn stage(
     copy(&artefacts.e2fsck, &root.join("bin/e2fsck.static"))?;
     let host_modules = root.join("lib/modules");
     let mut load_order = String::new();
-    for module in &artefacts.host_modules {
+    for module in host.iter().flat_map(|host| &host.modules) {
         let _ = writeln!(load_order, "{}", stage_module(module, &host_modules)?);
     }
     write(&host_modules.join("load-order"), &load_order, false)?;
@@ -192,11 +195,15 @@ const SHELL_SH: &str = include_str!("../scenarios/shell.sh");
 /// Stages what `testbed shell` boots: the tree of [`stage`] with no scenario, plus
 /// `testbed/shell.sh`, which runs vmm in the foreground with the guest's shell, and an init that
 /// runs it with the console as its controlling terminal, then powers the host off.
-pub fn stage_shell(work_dir: &Path, artefacts: &Artefacts) -> Result<Staged, InitramfsError> {
+pub fn stage_shell(
+    work_dir: &Path,
+    artefacts: &Artefacts,
+    host: Option<&HostKernel>,
+) -> Result<Staged, InitramfsError> {
     if artefacts.vmm.is_none() {
         return Err(InitramfsError::MissingVmm);
     }
-    let staged = stage(work_dir, artefacts, &[], 1.0)?;
+    let staged = stage(work_dir, artefacts, host, &[], 1.0)?;
     write(&staged.root.join("testbed/shell.sh"), SHELL_SH, true)?;
     write(
         &staged.root.join("init"),
@@ -215,25 +222,31 @@ const GUEST_ROOT: &str = "guest-root";
 /// The size of the nested guest's root disk image (sparse on this side).
 const ROOTFS_SIZE: &str = "64M";
 
-/// Stages the nested guest: the kernel as `guest/Image`; a busybox initramfs as
+/// Stages the nested guest: its kernel (the pinned 6.1, whichever kernel the emulated host
+/// boots) as `guest/Image`; a busybox initramfs as
 /// `guest/initrd.cpio`, whose init is `resources/guest/init.sh` and which holds the modules
 /// with their load order in `lib/modules/load-order`; and an ext4 root disk image as
 /// `guest/rootfs.ext4` for `root=/dev/vdX`, which the initramfs's init switches to.
+///
+/// With the newest pinned kernel fetched, also `guest/Image-7` and `guest/initrd-7.cpio`: the
+/// same initramfs with that kernel's modules, for the tests only a 6.13+ guest can pass.
 fn stage_guest(work_dir: &Path, artefacts: &Artefacts, root: &Path) -> Result<(), InitramfsError> {
     copy(&artefacts.kernel, &root.join("guest/Image"))?;
-    let guest_root = fresh_dir(&work_dir.join(GUEST_ROOT))?;
-    for dir in ["bin", "sbin", "dev", "proc", "sys", "tmp", "newroot"] {
-        let path = guest_root.join(dir);
-        std::fs::create_dir_all(&path).map_err(io_err(&path))?;
+    stage_guest_initramfs(
+        artefacts,
+        &artefacts.guest_modules,
+        &work_dir.join(GUEST_ROOT),
+        &root.join("guest/initrd.cpio"),
+    )?;
+    if let Some(newest) = &artefacts.newest_guest {
+        copy(&newest.image, &root.join("guest/Image-7"))?;
+        stage_guest_initramfs(
+            artefacts,
+            &newest.modules,
+            &work_dir.join(format!("{GUEST_ROOT}-7")),
+            &root.join("guest/initrd-7.cpio"),
+        )?;
     }
-    stage_guest_tools(artefacts, &guest_root)?;
-    let modules_dir = guest_root.join("lib/modules");
-    let mut load_order = String::new();
-    for module in &artefacts.guest_modules {
-        let _ = writeln!(load_order, "{}", stage_module(module, &modules_dir)?);
-    }
-    write(&modules_dir.join("load-order"), &load_order, false)?;
-    cpio(&guest_root, &root.join("guest/initrd.cpio"))?;
 
     // The root disk: the same tools and init, with /on-rootfs telling the init where it runs.
     let rootfs = fresh_dir(&work_dir.join("guest-rootfs"))?;
@@ -251,6 +264,28 @@ fn stage_guest(work_dir: &Path, artefacts: &Artefacts, root: &Path) -> Result<()
         copy(guest_agent, &rootfs.join("bin/guest-agent"))?;
     }
     mke2fs(&rootfs, &root.join("guest/rootfs.ext4"))
+}
+
+/// Builds a guest initramfs in `tree` with `modules` and their load order, packed as `cpio`.
+fn stage_guest_initramfs(
+    artefacts: &Artefacts,
+    modules: &[PathBuf],
+    tree: &Path,
+    packed: &Path,
+) -> Result<(), InitramfsError> {
+    let guest_root = fresh_dir(tree)?;
+    for dir in ["bin", "sbin", "dev", "proc", "sys", "tmp", "newroot"] {
+        let path = guest_root.join(dir);
+        std::fs::create_dir_all(&path).map_err(io_err(&path))?;
+    }
+    stage_guest_tools(artefacts, &guest_root)?;
+    let modules_dir = guest_root.join("lib/modules");
+    let mut load_order = String::new();
+    for module in modules {
+        let _ = writeln!(load_order, "{}", stage_module(module, &modules_dir)?);
+    }
+    write(&modules_dir.join("load-order"), &load_order, false)?;
+    cpio(&guest_root, packed)
 }
 
 /// Removes `dir` if it exists and creates it empty.
@@ -370,7 +405,7 @@ fn mke2fs(dir: &Path, image: &Path) -> Result<(), InitramfsError> {
 fn cargo_tests_script(names: &[String], exec_limit: u64, ignored: bool) -> String {
     let only_ignored = if ignored { " --ignored" } else { "" };
     let mut script = String::from(
-        "#!/bin/sh\nrc=0\ncd /tmp\nexport VMM_BIN=\"$ROOT/bin/vmm\" VMM_TEST_KERNEL=\"$ROOT/guest/Image\" VMM_TEST_INITRD=\"$ROOT/guest/initrd.cpio\" VMM_TEST_ROOTFS=\"$ROOT/guest/rootfs.ext4\"\n",
+        "#!/bin/sh\nrc=0\ncd /tmp\nexport VMM_BIN=\"$ROOT/bin/vmm\" VMM_TEST_KERNEL=\"$ROOT/guest/Image\" VMM_TEST_INITRD=\"$ROOT/guest/initrd.cpio\" VMM_TEST_ROOTFS=\"$ROOT/guest/rootfs.ext4\" VMM_TEST_KERNEL_7=\"$ROOT/guest/Image-7\" VMM_TEST_INITRD_7=\"$ROOT/guest/initrd-7.cpio\"\n",
     );
     for name in names {
         let _ = writeln!(
@@ -412,14 +447,14 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /tmp
-# Modules of the host's own (the same Debian kernel as the guest's): tun, for the tests' taps.
+# The host's own modules, from the kernel it booted (--host-kernel): tun, for the tests' taps.
 while read -r module; do
     insmod "/lib/modules/$module" || echo "@@testbed insmod-failed module=$module"
 done </lib/modules/load-order
 "#;
 
 /// The rest of the emulated host's init for scenarios: report readiness, run, power off.
-const INIT: &str = r#"echo "@@testbed ready uptime=$(cut -d' ' -f1 /proc/uptime) kvm=$(test -c /dev/kvm && echo yes || echo no) cpus=$(nproc)"
+const INIT: &str = r#"echo "@@testbed ready uptime=$(cut -d' ' -f1 /proc/uptime) kvm=$(test -c /dev/kvm && echo yes || echo no) cpus=$(nproc) kernel=$(uname -r)"
 sh /testbed/run.sh
 poweroff -f
 "#;
@@ -427,7 +462,7 @@ poweroff -f
 /// The rest of the emulated host's init for `testbed shell`. cttyhack reopens the console's
 /// real device (ttyAMA0; /dev/console cannot be a controlling terminal) in the new session, so
 /// vmm's stdin is a tty it puts in raw mode, and the keys reach the guest.
-const SHELL_INIT: &str = r#"echo "host: the emulated arm64 host is up after $(cut -d' ' -f1 /proc/uptime) s (kvm: $(test -c /dev/kvm && echo yes || echo no))"
+const SHELL_INIT: &str = r#"echo "host: the emulated arm64 host (Linux $(uname -r)) is up after $(cut -d' ' -f1 /proc/uptime) s (kvm: $(test -c /dev/kvm && echo yes || echo no))"
 setsid cttyhack sh /testbed/shell.sh
 poweroff -f
 "#;

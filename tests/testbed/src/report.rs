@@ -252,6 +252,14 @@ impl Outcome {
         }
     }
 
+    /// The emulated host's kernel release (`uname -r`) from its ready line, once it was ready.
+    pub fn host_release(&self) -> Option<&str> {
+        let (_, detail) = self.host_ready.as_ref()?;
+        detail
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix("kernel="))
+    }
+
     /// Cuts the run short: the running scenario, if any, is marked aborted.
     pub fn abort(&mut self, reason: String) {
         if let Some(index) = self.current.take() {
@@ -261,10 +269,39 @@ impl Outcome {
     }
 }
 
-/// Writes the summary to `out` and returns whether everything passed.
-pub fn summarise(selected: &[Scenario], outcome: &Outcome, out: &mut impl Write) -> bool {
+/// What a summary counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Cases that passed.
+    pub passed: usize,
+    /// Cases that failed, plus scenarios that failed with no failed case.
+    pub failed: usize,
+    /// Ignored cases.
+    pub skipped: usize,
+    /// Whether everything passed: no failure, no abort, every scenario ran and reported.
+    pub ok: bool,
+}
+
+/// Writes the summary of one boot to `out`, naming the emulated host's kernel `host` when there
+/// is one, and returns its totals.
+pub fn summarise(
+    selected: &[Scenario],
+    outcome: &Outcome,
+    host: Option<&str>,
+    out: &mut impl Write,
+) -> Totals {
+    let label = match host {
+        Some(name) => format!(
+            " (host kernel {name}{})",
+            outcome
+                .host_release()
+                .map(|release| format!(", {release}"))
+                .unwrap_or_default()
+        ),
+        None => String::new(),
+    };
     let _ = writeln!(out);
-    let _ = writeln!(out, "testbed summary");
+    let _ = writeln!(out, "testbed summary{label}");
     if let Some((elapsed, detail)) = &outcome.host_ready {
         let _ = writeln!(
             out,
@@ -327,9 +364,47 @@ pub fn summarise(selected: &[Scenario], outcome: &Outcome, out: &mut impl Write)
     all_ok &= failed == 0;
     let _ = writeln!(
         out,
-        "testbed: {passed} passed, {failed} failed, {ignored} skipped"
+        "testbed{label}: {passed} passed, {failed} failed, {ignored} skipped"
     );
-    all_ok
+    Totals {
+        passed,
+        failed,
+        skipped: ignored,
+        ok: all_ok,
+    }
+}
+
+/// One boot of a `--host-kernel all` run.
+#[derive(Clone, Debug)]
+pub struct KernelRun {
+    /// The pinned kernel's name.
+    pub name: String,
+    /// Its release as the host reported it (`uname -r`), if it got that far.
+    pub release: Option<String>,
+    /// What its summary counted.
+    pub totals: Totals,
+    /// The whole boot, from QEMU's start to its exit.
+    pub elapsed: Duration,
+}
+
+/// Writes one line per host kernel to `out` and returns whether every one passed.
+pub fn summarise_kernels(runs: &[KernelRun], out: &mut impl Write) -> bool {
+    let _ = writeln!(out);
+    let _ = writeln!(out, "testbed summary per host kernel");
+    for run in runs {
+        let _ = writeln!(
+            out,
+            "  {:<6} {:<22} {:<7} {:>7.1} s  {} passed, {} failed, {} skipped",
+            run.name,
+            run.release.as_deref().unwrap_or("(never ready)"),
+            if run.totals.ok { "ok" } else { "FAILED" },
+            run.elapsed.as_secs_f64(),
+            run.totals.passed,
+            run.totals.failed,
+            run.totals.skipped
+        );
+    }
+    runs.iter().all(|run| run.totals.ok)
 }
 
 #[cfg(test)]
@@ -462,13 +537,78 @@ mod tests {
             })
             .collect();
         let mut text = Vec::new();
-        assert!(!summarise(&selected, &out, &mut text));
+        assert!(!summarise(&selected, &out, None, &mut text).ok);
         let text = String::from_utf8(text).unwrap();
         assert!(
             text.contains("failed: bad\n        | thread 'bad' panicked"),
             "{text}"
         );
         assert!(text.contains("        | exit=124 nproc=\n"), "{text}");
+    }
+
+    #[test]
+    fn summaries_name_the_host_kernel_and_its_release() {
+        let selected: Vec<_> = crate::scenarios::all().into_iter().take(1).collect();
+        let mut out = Outcome::new(&[(selected[0].name.to_owned(), 1)]);
+        for line in [
+            "@@testbed ready uptime=9.8 kvm=yes cpus=2 kernel=7.3.4+deb13-arm64",
+            "@@testbed begin kvm-smoke limit=1",
+            "test a ... ok",
+            "test b ... ignored",
+            "@@testbed end kvm-smoke rc=0",
+        ] {
+            out.feed(line, Duration::from_secs(3));
+        }
+        assert_eq!(out.host_release(), Some("7.3.4+deb13-arm64"));
+        let mut text = Vec::new();
+        let totals = summarise(&selected, &out, Some("7"), &mut text);
+        assert_eq!(
+            totals,
+            Totals {
+                passed: 1,
+                failed: 0,
+                skipped: 1,
+                ok: true
+            }
+        );
+        let text = String::from_utf8(text).unwrap();
+        assert!(
+            text.contains("testbed summary (host kernel 7, 7.3.4+deb13-arm64)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "testbed (host kernel 7, 7.3.4+deb13-arm64): 1 passed, 0 failed, 1 skipped"
+            ),
+            "{text}"
+        );
+
+        let runs = [
+            KernelRun {
+                name: "6.1".into(),
+                release: Some("6.1.0-57-arm64".into()),
+                totals,
+                elapsed: Duration::from_secs(60),
+            },
+            KernelRun {
+                name: "7".into(),
+                release: None,
+                totals: Totals::default(),
+                elapsed: Duration::from_secs(200),
+            },
+        ];
+        let mut text = Vec::new();
+        assert!(!summarise_kernels(&runs, &mut text));
+        let text = String::from_utf8(text).unwrap();
+        assert!(
+            text.contains("  6.1    6.1.0-57-arm64         ok         60.0 s  1 passed"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  7      (never ready)          FAILED    200.0 s  0 passed"),
+            "{text}"
+        );
+        assert!(summarise_kernels(&runs[..1], &mut std::io::sink()));
     }
 
     #[test]
@@ -499,7 +639,7 @@ mod tests {
                 Duration::ZERO,
             );
         }
-        assert!(summarise(&selected, &out, &mut std::io::sink()));
+        assert!(summarise(&selected, &out, None, &mut std::io::sink()).ok);
 
         let mut silent = Outcome::new(&names);
         for scenario in &names {
@@ -512,9 +652,9 @@ mod tests {
                 Duration::ZERO,
             );
         }
-        assert!(!summarise(&selected, &silent, &mut std::io::sink()));
+        assert!(!summarise(&selected, &silent, None, &mut std::io::sink()).ok);
 
         let not_run = Outcome::new(&names);
-        assert!(!summarise(&selected, &not_run, &mut std::io::sink()));
+        assert!(!summarise(&selected, &not_run, None, &mut std::io::sink()).ok);
     }
 }

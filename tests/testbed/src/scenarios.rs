@@ -97,6 +97,20 @@ pub fn all() -> Vec<Scenario> {
             default: false,
         },
         Scenario {
+            name: "linux-power",
+            description: "vm.info every 10 ms through 20 rtcwake cycles of a 4-vCPU guest: no cycle lost, no kick with the SMCCC filter",
+            timeout: Duration::from_secs(600),
+            steps: Steps::CargoTests(&[("vmm", "linux_power")]),
+            default: false,
+        },
+        Scenario {
+            name: "linux-hibernate",
+            description: "a 7.x guest hibernates to its swap partition (SYSTEM_OFF2 on 6.13+ hosts) and the next boot resumes it",
+            timeout: Duration::from_secs(900),
+            steps: Steps::CargoTests(&[("vmm", "linux_hibernate")]),
+            default: false,
+        },
+        Scenario {
             name: "linux-net",
             description: "virtio-net on a tap and virtio-vsock: ping, a TCP stream through 10 suspends, a vsock agent",
             timeout: Duration::from_secs(900),

@@ -8,7 +8,7 @@ mod vm;
 pub use gic::{GicError, GicV3};
 pub use kick::{KickError, VcpuKicker};
 pub use vcpu::KvmVcpu;
-pub use vm::{Vm, VmError, VmOptions};
+pub use vm::{VM_TYPE_40_BIT_IPA, Vm, VmError, VmOptions};
 
 use std::path::Path;
 

@@ -15,7 +15,7 @@ mod summary;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::artefacts::{ArtefactError, Artefacts, BenchArtefacts};
+use crate::artefacts::{ArtefactError, Artefacts, BenchArtefacts, HostKernel, KernelName};
 use crate::console::{self, ConsoleError};
 use crate::initramfs::{self, InitramfsError};
 use crate::report;
@@ -121,6 +121,8 @@ pub enum BenchError {
 pub struct BenchOptions {
     /// The arm64 artefacts directory, or the default cache.
     pub artefacts: Option<PathBuf>,
+    /// The emulated host's kernel (not used natively).
+    pub host_kernel: KernelName,
     /// Where the initramfs and the console log go.
     pub work_dir: PathBuf,
     /// Where `results.json` and `results.svg` go.
@@ -283,6 +285,8 @@ fn execute(options: &BenchOptions) -> Result<bool, BenchError> {
     }
     let artefacts = Artefacts {
         vmm: Some(bench.vmm.clone()),
+        // The benchmark boots the default guest only: a smaller initramfs to stage and boot.
+        newest_guest: None,
         ..artefacts
     };
     let scenario = if options.profile {
@@ -291,9 +295,15 @@ fn execute(options: &BenchOptions) -> Result<bool, BenchError> {
         scenario(options.rounds)
     };
     let scenarios = [scenario];
+    let host = if !options.emulate && console::native_kvm_host() {
+        None
+    } else {
+        Some(HostKernel::locate(&artefacts.dir, options.host_kernel)?)
+    };
     let staged = initramfs::stage(
         &options.work_dir,
         &artefacts,
+        host.as_ref(),
         &scenarios,
         options.time_scale,
     )?;
@@ -303,17 +313,15 @@ fn execute(options: &BenchOptions) -> Result<bool, BenchError> {
         &guest_agent,
         &plan_env(options.rounds, options.time_scale, &options.only),
     )?;
-    let outcome = if !options.emulate && console::native_kvm_host() {
-        console::run_native(&staged, &options.work_dir)?
-    } else {
-        let image = initramfs::pack(&staged)?;
-        console::run_emulated(&artefacts, &image, &staged, &options.work_dir)?
+    let outcome = match &host {
+        None => console::run_native(&staged, &options.work_dir)?,
+        Some(host) => {
+            let image = initramfs::pack(&staged)?;
+            console::run_emulated(host, &image, &staged, &options.work_dir)?
+        }
     };
-    Ok(report::summarise(
-        &scenarios,
-        &outcome,
-        &mut std::io::stdout(),
-    ))
+    let host_name = host.as_ref().map(|host| host.name.name());
+    Ok(report::summarise(&scenarios, &outcome, host_name, &mut std::io::stdout()).ok)
 }
 
 /// What this machine is, for the results: architecture, cores and CPU model.
@@ -354,6 +362,7 @@ mod tests {
     fn rejects_bad_round_counts_before_touching_anything() {
         let options = BenchOptions {
             artefacts: None,
+            host_kernel: KernelName::V7,
             work_dir: PathBuf::from("/nonexistent"),
             out_dir: PathBuf::from("/nonexistent"),
             rounds: 0,
