@@ -116,3 +116,81 @@ fn vm_info_every_10_ms_does_not_disturb_20_suspend_cycles() {
         other => panic!("the VM was not running: {other:?}"),
     }
 }
+
+/// Acceptance of the VMM keeping the power states with Linux itself: an 8-vCPU guest takes
+/// its 7 secondaries down with CPU_OFF before each suspend, and the suspend is decided without
+/// a kick. On the KVM path the decision kicks those 7 out of `KVM_RUN`.
+#[test]
+fn an_8_vcpu_linux_guest_suspends_with_its_secondaries_off_and_no_kick() {
+    const CYCLES: usize = 2;
+    let scratch = guest::scratch("linux-power-8-");
+    let config = guest::config(
+        &scratch,
+        "suspend-rtc",
+        &format!("cycles={CYCLES} wake=3"),
+        8,
+        false,
+    );
+    let guest = Guest::start(config, scratch);
+    // Asked while the guest boots: on the KVM path its census must not meet a suspend.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let keeper = loop {
+        match guest.handle.info().cpu_power {
+            Some(keeper) => break Some(keeper),
+            None if std::time::Instant::now() > deadline => break None,
+            None => std::thread::sleep(Duration::from_millis(10)),
+        }
+    };
+    guest.wait_console("@@guest mem_sleep", Duration::from_secs(180));
+    // The suspend figures only: `info` would take a census on the KVM path, kicking itself.
+    let stop = Arc::new(AtomicBool::new(false));
+    let kicks = Arc::new(AtomicU64::new(0));
+    let poller = {
+        let (stop, kicks, handle) = (stop.clone(), kicks.clone(), guest.handle.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                if let Some(stats) = handle.suspend_stats() {
+                    kicks.store(stats.vcpu_kicks, Ordering::SeqCst);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    for cycle in 1..=CYCLES {
+        let line = guest.wait_console(&format!("@@guest cycle={cycle} "), Duration::from_secs(180));
+        assert_eq!(field(&line, "rc"), Some("0"), "{line}");
+        assert_eq!(field(&line, "online"), Some("0-7"), "{line}");
+    }
+    guest.powers_off();
+    stop.store(true, Ordering::SeqCst);
+    poller.join().unwrap();
+
+    let events = guest.events_so_far();
+    let mut off_before_each_suspend = Vec::new();
+    let mut off = 0;
+    for event in &events {
+        match event {
+            VmEventKind::CpuOff { .. } => off += 1,
+            VmEventKind::Suspended { .. } => off_before_each_suspend.push(std::mem::take(&mut off)),
+            _ => {}
+        }
+    }
+    let kicks = kicks.load(Ordering::SeqCst);
+    eprintln!(
+        "cpu power kept by {keeper:?}: CPU_OFFs before each suspend {off_before_each_suspend:?}, {kicks} kicks"
+    );
+    match keeper {
+        Some(CpuPowerMode::Vmm) => {
+            assert_eq!(off_before_each_suspend, [7; CYCLES]);
+            assert_eq!(kicks, 0, "a suspend decision kicked a vCPU");
+        }
+        Some(CpuPowerMode::Kvm) => {
+            assert_eq!(
+                off_before_each_suspend, [0; CYCLES],
+                "no CPU_OFF event on the KVM path"
+            );
+            assert!(kicks >= 7 * CYCLES as u64 + 7, "{kicks} kicks");
+        }
+        other => panic!("the VM was not running: {other:?}"),
+    }
+}

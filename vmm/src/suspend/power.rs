@@ -1,8 +1,8 @@
 //! PSCI CPU_ON, CPU_OFF and AFFINITY_INFO answered by the VMM, when KVM forwards them.
 //!
 //! Each call is handled on its caller's thread, under the coordinator's lock, against the
-//! [`CpuPowerTable`]. A vCPU that is off never sits in `KVM_RUN`: its thread waits on the
-//! coordinator's condvar in [`SuspendCoordinator::wait_until_on`] until a CPU_ON names it, then
+//! [`CpuPowerTable`]. A vCPU that is off never sits in `KVM_RUN`: its thread waits on its own
+//! condvar in [`SuspendCoordinator::wait_until_on`] until a CPU_ON names it, then
 //! puts the vCPU at the entry point itself. Only the vCPU's own thread touches the vCPU, so a
 //! CPU_ON needs no kick: KVM's `vcpu->mutex`, which a thread inside `KVM_RUN` holds, is never
 //! waited for.
@@ -62,8 +62,9 @@ impl SuspendCoordinator {
                         Some(power) => power.cpu_on(target, entry, context_id, &self.ram),
                         None => Err(PsciReturn::NotSupported),
                     };
-                    // The target's thread waits on this condvar.
-                    self.changed.notify_all();
+                    if let Some(waiting) = result.ok().and_then(|t| self.powered_on.get(t)) {
+                        waiting.notify_all();
+                    }
                     result
                 };
                 match started {
@@ -149,8 +150,10 @@ impl SuspendCoordinator {
                     if wanted {
                         return Ok(false);
                     }
-                    inner = self
-                        .changed
+                    let Some(waiting) = self.powered_on.get(index) else {
+                        return Ok(true);
+                    };
+                    inner = waiting
                         .wait_timeout(inner, OFF_POLL)
                         .unwrap_or_else(|e| e.into_inner())
                         .0;
@@ -162,7 +165,15 @@ impl SuspendCoordinator {
     /// Wakes the threads of vCPUs that are off, to see that the VM is stopping.
     pub fn wake_waiters(&self) {
         let _inner = self.lock();
-        self.changed.notify_all();
+        self.wake_off_vcpus();
+    }
+
+    /// Wakes every thread waiting in [`wait_until_on`](Self::wait_until_on); call it with the
+    /// lock held, after the change they must see.
+    pub(super) fn wake_off_vcpus(&self) {
+        for waiting in &self.powered_on {
+            waiting.notify_all();
+        }
     }
 
     /// Every vCPU's power state from the table, as KVM would report it, without stopping any

@@ -665,11 +665,11 @@ impl Summary {
             })
             .collect();
         goals.push(Goal {
-            goal: "suspend + resume (VMM side): <= 2 x the ioctl floor",
+            goal: "suspend + resume (VMM side): <= 1.5 x the ioctl floor",
             measured: list(&cycles, |(cpus, _, ratio)| {
-                format!("{ratio:.1} x at {cpus} vCPU")
+                format!("{ratio:.2} x at {cpus} vCPU")
             }),
-            met: judge(&cycles, |(_, _, ratio)| *ratio <= 2.0),
+            met: judge(&cycles, |(_, _, ratio)| *ratio <= 1.5),
         });
         let base = cycles.iter().find(|(cpus, _, _)| *cpus == 1).map(|c| c.1);
         let growth: Vec<_> = cycles
@@ -678,11 +678,11 @@ impl Summary {
             .filter_map(|&(cpus, ours, _)| Some((cpus, ours / base?)))
             .collect();
         goals.push(Goal {
-            goal: "suspend + resume grows no worse than linearly with vCPUs",
+            goal: "suspend + resume flat in vCPUs: <= 1.5 x the 1-vCPU figure",
             measured: list(&growth, |(cpus, growth)| {
                 format!("{growth:.2} x the 1-vCPU figure at {cpus} vCPUs")
             }),
-            met: judge(&growth, |(cpus, growth)| *growth <= f64::from(*cpus)),
+            met: judge(&growth, |(_, growth)| *growth <= 1.5),
         });
 
         let idle: Vec<_> = self
@@ -1118,17 +1118,17 @@ mod tests {
     fn judges_the_goals() {
         let goals = Summary::new(&records(LOG)).goals();
         let met: Vec<_> = goals.iter().map(|goal| goal.met).collect();
-        // Boot 0.5 x, memory 3 MiB and 0.03 x, cycles 2 x the floor, 2 x the 1-vCPU cycle at
-        // 4 vCPUs, idle 2 ms vs 200 ms, idle with a disk and the rng 0 ms; disk throughput
-        // 1.5 x and 1.0 x QEMU's, but random reads 0.75 x; TCP 1.38 x guest to host but 0.5 x
-        // host to guest; TCP round trips 0.75 x (mean) and 0.8 x (p99).
+        // Boot 0.5 x, memory 3 MiB and 0.03 x; cycles 2 x the floor and 2 x the 1-vCPU cycle
+        // at 4 vCPUs (both over 1.5 x); idle 2 ms vs 200 ms, idle with a disk and the rng
+        // 0 ms; disk throughput 1.5 x and 1.0 x QEMU's, but random reads 0.75 x; TCP 1.38 x
+        // guest to host but 0.5 x host to guest; TCP round trips 0.75 x (mean) and 0.8 x (p99).
         assert_eq!(
             met,
             [
                 Some(true),
                 Some(true),
-                Some(true),
-                Some(true),
+                Some(false),
+                Some(false),
                 Some(true),
                 Some(true),
                 Some(false),
