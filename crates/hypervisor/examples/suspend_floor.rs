@@ -277,9 +277,9 @@ mod floor {
     /// Builds the VM, runs the cycles and prints them.
     pub fn run(options: &Options) -> Result<(), FloorError> {
         let kvm_fd = Kvm::new().map_err(kvm("open /dev/kvm"))?;
-        // The 40-bit default, as the VMM: see hypervisor::kvm::VM_TYPE_40_BIT_IPA.
+        // The 40-bit default, as the VMM creates its VMs.
         let vm = kvm_fd
-            .create_vm_with_type(0)
+            .create_vm_with_type(hypervisor::kvm::VM_TYPE_40_BIT_IPA)
             .map_err(kvm("KVM_CREATE_VM"))?;
         if vm.check_extension_raw(KVM_CAP_ARM_SYSTEM_SUSPEND.into()) <= 0 {
             return Err(FloorError::NoSystemSuspend);
