@@ -12,6 +12,7 @@ pub mod control;
 #[cfg(target_arch = "aarch64")]
 mod event_loop;
 pub mod events;
+pub mod fault_report;
 #[cfg(target_arch = "aarch64")]
 mod machine;
 pub mod routes;

@@ -838,28 +838,23 @@ mod trap_report {
                 .read()
         };
         // No allocation and no locks here: a fixed buffer, then write(2).
-        let mut line = [0u8; 128];
-        let mut len = 0;
-        let mut put = |bytes: &[u8]| {
-            let n = bytes.len().min(line.len() - len);
-            line[len..len + n].copy_from_slice(&bytes[..n]);
-            len += n;
-        };
-        put(b"vmm: seccomp: forbidden system call ");
-        put(decimal(i64::from(number), &mut [0; 20]));
-        put(b" (");
-        put(super::syscall_name(i64::from(number))
-            .unwrap_or("?")
-            .as_bytes());
-        put(b") on thread ");
-        // SAFETY: gettid has no preconditions.
-        put(decimal(i64::from(unsafe { libc::gettid() }), &mut [0; 20]));
-        put(b"\n");
-        // SAFETY: writes `len` initialised bytes of `line` to stderr; the rest are
-        // async-signal-safe calls without pointers. SA_RESETHAND made SIGSYS's action the
-        // default again and SA_NODEFER leaves it unblocked: the process dies of it here.
+        let mut line = crate::fault_report::Line::new();
+        line.put(b"vmm: seccomp: forbidden system call ")
+            .decimal(i64::from(number))
+            .put(b" (")
+            .put(
+                super::syscall_name(i64::from(number))
+                    .unwrap_or("?")
+                    .as_bytes(),
+            )
+            .put(b") on thread ")
+            // SAFETY: gettid has no preconditions.
+            .decimal(i64::from(unsafe { libc::gettid() }))
+            .put(b"\n");
+        line.write_to_stderr();
+        // SAFETY: async-signal-safe calls without pointers. SA_RESETHAND made SIGSYS's action
+        // the default again and SA_NODEFER leaves it unblocked: the process dies of it here.
         unsafe {
-            libc::write(libc::STDERR_FILENO, line.as_ptr().cast(), len);
             libc::syscall(
                 libc::SYS_tgkill,
                 libc::getpid(),
@@ -867,25 +862,6 @@ mod trap_report {
                 libc::SIGSYS,
             );
         }
-    }
-
-    /// `value` in decimal, in `buffer`.
-    fn decimal(value: i64, buffer: &mut [u8; 20]) -> &[u8] {
-        let mut rest = value.unsigned_abs();
-        let mut start = buffer.len();
-        loop {
-            start -= 1;
-            buffer[start] = b'0' + (rest % 10) as u8;
-            rest /= 10;
-            if rest == 0 {
-                break;
-            }
-        }
-        if value < 0 {
-            start -= 1;
-            buffer[start] = b'-';
-        }
-        &buffer[start..]
     }
 
     /// Installs the handler, once per process.

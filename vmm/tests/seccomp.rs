@@ -9,6 +9,8 @@
 //!   makes one without any test hook in `vmm`: as a ptrace tracer it stops the vCPU thread at
 //!   its next system call and changes the call's number to `openat` (which only the VM thread
 //!   may make); the kernel runs seccomp on the changed call (Linux 4.8+).
+//! * A fault on a vCPU thread kills `vmm` with SIGSEGV and a line naming the thread, not with
+//!   the SIGSYS that Rust's own fault handler's `sigaction` would draw.
 //! * The filters themselves, installed in forked children: a call outside a thread's list
 //!   kills in `on` mode and traps in `trap` mode (with `vmm`'s report on stderr), passes in
 //!   `log` mode, and the calls on the list work.
@@ -490,6 +492,44 @@ fn a_forbidden_system_call_on_a_vcpu_thread_kills_vmm() {
         Some(libc::SIGSYS),
         "{status:?}\n{}",
         vmm.read("stderr.log")
+    );
+}
+
+/// Rust's own SIGSEGV handler calls `sigaction`, which no filtered thread may: a fault on a
+/// vCPU thread used to end as an unexplained SIGSYS. Sent as a signal, the fault takes the
+/// same handler as a real one (the fork test in `fault_report` covers a real one).
+#[test]
+fn a_fault_on_a_vcpu_thread_kills_vmm_with_sigsegv_and_names_the_thread() {
+    let dir = TempDir::new_with_prefix(std::env::temp_dir().join("vmm-seccomp-")).unwrap();
+    let kernel = idle_kernel(&dir);
+    let mut vmm = Vmm::start(dir, &["--kernel", path_arg(&kernel), "--memory", "64"]);
+    let pid = vmm.child.id();
+    let vcpu0 = || tasks(pid).into_iter().find(|task| task.name == "vcpu0");
+    vmm.wait_for("filtered vcpu0", |_| {
+        vcpu0().is_some_and(|task| task.filters == "2")
+    });
+    let vcpu = vcpu0().unwrap();
+    // SAFETY: a signal to a thread of our own child.
+    let sent = unsafe { libc::syscall(libc::SYS_tgkill, pid, vcpu.tid, libc::SIGSEGV) };
+    assert_eq!(sent, 0, "tgkill: {}", std::io::Error::last_os_error());
+    let Some(status) = exit_within(&mut vmm.child, HANG) else {
+        panic!("vmm survived a SIGSEGV on vcpu0:\n{}", vmm.read("stderr.log"));
+    };
+    let stderr = vmm.read("stderr.log");
+    progress!("seccomp test: vmm after a SIGSEGV on vcpu0: {status:?}");
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGSEGV),
+        "{status:?}\n{stderr}\n{}",
+        seccomp_audit()
+    );
+    let thread = format!("on thread {}", vcpu.tid);
+    assert!(
+        stderr
+            .lines()
+            .any(|line| line.starts_with("vmm: fatal SIGSEGV") && line.contains(&thread)),
+        "no report naming thread {}:\n{stderr}",
+        vcpu.tid
     );
 }
 

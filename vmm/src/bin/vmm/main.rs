@@ -207,6 +207,9 @@ impl RunArgs {
 }
 
 fn main() -> ExitCode {
+    // Before any thread starts, so that every thread's fault is named (seccomp forbids the
+    // `sigaction` that Rust's own handler makes).
+    vmm::fault_report::install();
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => log::LevelFilter::Warn,
