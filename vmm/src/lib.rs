@@ -21,6 +21,7 @@ mod runner;
 pub mod seccomp;
 #[cfg(target_arch = "aarch64")]
 mod signals;
+pub mod snapshot;
 pub mod suspend;
 #[cfg(target_arch = "aarch64")]
 mod terminal;

@@ -513,7 +513,10 @@ fn a_fault_on_a_vcpu_thread_kills_vmm_with_sigsegv_and_names_the_thread() {
     let sent = unsafe { libc::syscall(libc::SYS_tgkill, pid, vcpu.tid, libc::SIGSEGV) };
     assert_eq!(sent, 0, "tgkill: {}", std::io::Error::last_os_error());
     let Some(status) = exit_within(&mut vmm.child, HANG) else {
-        panic!("vmm survived a SIGSEGV on vcpu0:\n{}", vmm.read("stderr.log"));
+        panic!(
+            "vmm survived a SIGSEGV on vcpu0:\n{}",
+            vmm.read("stderr.log")
+        );
     };
     let stderr = vmm.read("stderr.log");
     progress!("seccomp test: vmm after a SIGSEGV on vcpu0: {status:?}");
