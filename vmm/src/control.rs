@@ -19,6 +19,9 @@ pub enum ExitReason {
     Signal(i32),
     /// The host stopped the VM through its handle.
     Shutdown,
+    /// The suspended guest was saved to this snapshot directory and the VM ended, as asked
+    /// (`"then": "exit"`); `vmm --restore` brings it back.
+    Snapshotted(std::path::PathBuf),
     /// The guest reported a crash.
     GuestCrash,
     /// A vCPU failed in a way the VMM cannot recover from.
@@ -33,7 +36,11 @@ impl ExitReason {
     /// The process exit status for this reason.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::PowerOff | Self::Reboot | Self::Signal(_) | Self::Shutdown => 0,
+            Self::PowerOff
+            | Self::Reboot
+            | Self::Signal(_)
+            | Self::Shutdown
+            | Self::Snapshotted(_) => 0,
             Self::GuestCrash | Self::Error(_) => 1,
             Self::Hibernated => Self::HIBERNATED_EXIT_CODE,
         }

@@ -189,6 +189,22 @@ pub enum VmEventKind {
         /// The vCPU that called SYSTEM_OFF2.
         vcpu: u32,
     },
+    /// The suspended guest was saved to a snapshot directory.
+    Snapshotted {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Bytes stored: the state file and the memory file's data (not its holes).
+        bytes: u64,
+        /// From the request to the snapshot being complete on disk.
+        ms: u64,
+    },
+    /// The guest was restored from a snapshot, still suspended.
+    Restored {
+        /// The snapshot directory.
+        path: std::path::PathBuf,
+        /// From reading the snapshot to the VM being suspended again.
+        ms: u64,
+    },
     /// This subscriber fell `limit` events behind and was dropped; its stream ends here.
     Lagged {
         /// The queue limit it reached.
@@ -217,6 +233,14 @@ impl fmt::Display for VmEventKind {
             Self::CpuOn { vcpu, target } => write!(f, "vCPU {vcpu} started vCPU {target}"),
             Self::CpuOff { vcpu } => write!(f, "vCPU {vcpu} powered off"),
             Self::Hibernated { .. } => f.write_str("the guest hibernated"),
+            Self::Snapshotted { path, bytes, ms } => write!(
+                f,
+                "snapshot written to {} ({bytes} bytes in {ms} ms)",
+                path.display()
+            ),
+            Self::Restored { path, ms } => {
+                write!(f, "restored from {} in {ms} ms", path.display())
+            }
             Self::Lagged { limit } => write!(f, "subscriber dropped {limit} events behind"),
         }
     }

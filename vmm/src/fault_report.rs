@@ -190,20 +190,41 @@ mod tests {
 
     #[test]
     fn a_fault_in_a_child_process_is_reported_and_still_kills_it() {
+        use std::io::Read;
+        use std::os::fd::FromRawFd;
+        let mut pipe = [0; 2];
+        // SAFETY: pipe writes two fds into the array.
+        assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
         // SAFETY: the child only makes async-signal-safe calls before it exits or dies.
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0);
         if pid == 0 {
-            install();
-            // SAFETY: deliberately faults; the child exists only to die of it.
-            unsafe { std::ptr::null_mut::<u64>().write_volatile(1) };
-            // SAFETY: not reached unless the fault did not happen.
-            unsafe { libc::_exit(0) };
+            // SAFETY: the child's stderr becomes the pipe; then it faults on purpose.
+            unsafe {
+                libc::dup2(pipe[1], libc::STDERR_FILENO);
+                install();
+                std::ptr::null_mut::<u64>().write_volatile(1);
+                libc::_exit(0);
+            }
         }
+        // SAFETY: the write end is ours to close; the read end becomes a File we own.
+        let mut report = unsafe {
+            libc::close(pipe[1]);
+            std::fs::File::from_raw_fd(pipe[0])
+        };
         let mut status = 0;
         // SAFETY: waits for our own child.
         assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
         assert!(libc::WIFSIGNALED(status), "status {status:#x}");
         assert_eq!(libc::WTERMSIG(status), libc::SIGSEGV);
+        let mut text = String::new();
+        report.read_to_string(&mut text).unwrap();
+        assert!(
+            // SEGV_MAPERR is code 1.
+            text.starts_with(&format!(
+                "vmm: fatal SIGSEGV (code 1) at address 0x0 on thread {pid}"
+            )),
+            "{text}"
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! The control API's routes: each one a thin call on a [`VmHandle`].
 //!
-//! `GET /api/v1/vm.info`, `PUT /api/v1/vm.{wakeup,power-button,pause,resume,shutdown}` and
+//! `GET /api/v1/vm.info`, `PUT /api/v1/vm.{wakeup,power-button,pause,resume,shutdown,snapshot}` and
 //! the `GET /api/v1/vm.events` stream of newline-delimited JSON events.
 
 use std::sync::mpsc::RecvTimeoutError;
@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::api::{ApiReply, ApiRouter};
+use crate::snapshot::SnapshotRequest;
 use crate::vm::{HandleError, VmHandle};
 
 /// The versioned prefix of every path.
@@ -66,11 +67,14 @@ pub enum Endpoint {
     Resume,
     /// `PUT vm.shutdown`: stop the VM now.
     Shutdown,
+    /// `PUT vm.snapshot`: save the suspended guest to a directory (`{"destination": DIR,
+    /// "then": "stay" | "exit"}`).
+    Snapshot,
 }
 
 impl Endpoint {
     /// Every endpoint.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Info,
         Self::Events,
         Self::Wakeup,
@@ -78,6 +82,7 @@ impl Endpoint {
         Self::Pause,
         Self::Resume,
         Self::Shutdown,
+        Self::Snapshot,
     ];
 
     /// Its name under [`API_PREFIX`].
@@ -90,6 +95,7 @@ impl Endpoint {
             Self::Pause => "vm.pause",
             Self::Resume => "vm.resume",
             Self::Shutdown => "vm.shutdown",
+            Self::Snapshot => "vm.snapshot",
         }
     }
 
@@ -143,11 +149,28 @@ impl ApiRouter for VmRouter {
             Endpoint::Pause => conflict_or_ok(handle.pause(), "paused"),
             Endpoint::Resume => conflict_or_ok(handle.resume(), "resumed"),
             Endpoint::Shutdown => conflict_or_ok(handle.shutdown(), "shutting down"),
+            Endpoint::Snapshot => self.snapshot(body),
         }
     }
 }
 
 impl VmRouter {
+    /// Saves the suspended guest as the body asks.
+    fn snapshot(&self, body: &[u8]) -> ApiReply {
+        let request: SnapshotRequest = match serde_json::from_slice(body) {
+            Ok(request) => request,
+            Err(err) => return error(400, format!("Invalid snapshot request: {err}")),
+        };
+        match self.handle.snapshot(request) {
+            Ok(taken) => match serde_json::to_value(taken) {
+                Ok(body) => ok(body),
+                Err(err) => error(500, format!("Cannot encode the snapshot reply: {err}")),
+            },
+            Err(HandleError::Snapshot(err)) => error(err.http_status(), crate::error_chain(&err)),
+            Err(err) => error(409, crate::error_chain(&err)),
+        }
+    }
+
     /// The VM's state, vCPUs, memory, uptime and suspend figures.
     fn info(&self) -> ApiReply {
         match serde_json::to_value(self.handle.info()) {

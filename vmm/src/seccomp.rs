@@ -206,9 +206,13 @@ aarch64_syscalls! {
     SYS_fcntl = 25,
     SYS_ioctl = 29,
     SYS_flock = 32,
+    SYS_mkdirat = 34,
     SYS_unlinkat = 35,
+    SYS_renameat = 38,
+    SYS_ftruncate = 46,
     SYS_openat = 56,
     SYS_close = 57,
+    SYS_getdents64 = 61,
     SYS_lseek = 62,
     SYS_read = 63,
     SYS_write = 64,
@@ -221,6 +225,7 @@ aarch64_syscalls! {
     SYS_ppoll = 73,
     SYS_newfstatat = 79,
     SYS_fstat = 80,
+    SYS_fsync = 82,
     SYS_fdatasync = 83,
     SYS_timerfd_create = 85,
     SYS_timerfd_settime = 86,
@@ -269,6 +274,7 @@ aarch64_syscalls! {
     SYS_wait4 = 260,
     SYS_process_vm_readv = 270,
     SYS_process_vm_writev = 271,
+    SYS_renameat2 = 276,
     SYS_seccomp = 277,
     SYS_getrandom = 278,
     SYS_execveat = 281,
@@ -351,6 +357,11 @@ pub mod ioctl {
     pub const KVM_SET_DEVICE_ATTR: u32 = iow(0xE1, 24);
     /// `KVM_HAS_DEVICE_ATTR`
     pub const KVM_HAS_DEVICE_ATTR: u32 = iow(0xE3, 24);
+    /// `KVM_GET_DEVICE_ATTR` (it writes through the attribute's pointer, but is declared
+    /// `_IOW`)
+    pub const KVM_GET_DEVICE_ATTR: u32 = iow(0xE2, 24);
+    /// `KVM_ARM_SET_COUNTER_OFFSET` (struct kvm_arm_counter_offset, 16 bytes; Linux 6.4)
+    pub const KVM_ARM_SET_COUNTER_OFFSET: u32 = iow(0xB5, 16);
     // Terminals and sockets (asm-generic/ioctls.h).
     /// `TCGETS`
     pub const TCGETS: u32 = 0x5401;
@@ -566,6 +577,8 @@ pub fn main_rules() -> Rules {
 /// the vCPUs at the end. Its threads inherit this filter, so it also allows what they do.
 /// A reboot listens on the vsock socket again (`bind`, `listen`, `FIONBIO`, after a `connect`
 /// that tells a socket in use from a stale one), and the VM's end removes it (`unlinkat`).
+/// Snapshots are written, and restored, here too: the vGIC's registers through its device
+/// attributes, the guest's counter, and the snapshot directory's files.
 pub fn vmm_rules() -> Rules {
     use ioctl::*;
     common()
@@ -588,6 +601,16 @@ pub fn vmm_rules() -> Rules {
             SYS_statx,
             SYS_timerfd_create,
             SYS_timerfd_settime,
+            // Snapshots: a directory of synced files renamed into place (over an older one,
+            // which is removed), the memory file written sparse from what the pagemap says.
+            SYS_mkdirat,
+            SYS_ftruncate,
+            SYS_pwrite64,
+            SYS_pread64,
+            SYS_fsync,
+            SYS_renameat,
+            SYS_renameat2,
+            SYS_getdents64,
         ])
         .allow_when(
             SYS_fcntl,
@@ -611,6 +634,9 @@ pub fn vmm_rules() -> Rules {
             KVM_SET_ONE_REG,
             KVM_SET_DEVICE_ATTR,
             KVM_HAS_DEVICE_ATTR,
+            // Snapshots: the vGIC's state out and back, the guest's counter on a restore.
+            KVM_GET_DEVICE_ATTR,
+            KVM_ARM_SET_COUNTER_OFFSET,
             FIONBIO,
         ])
         // Raw mode for the console on stdin, and back.

@@ -14,6 +14,7 @@ use crate::console::Console;
 use crate::control::{ExitReason, VmControl};
 use crate::events::WakeSource;
 use crate::events::{EventBus, EventReceiver};
+use crate::snapshot::{SnapshotError, SnapshotPort, SnapshotRequest, SnapshotTaken};
 use crate::suspend::{PauseError, SuspendCoordinator, SuspendState, SuspendStats};
 use crate::virtio_devices::{AttachedDevice, DeviceInfo, HostBackends};
 use crate::{VmConfig, VmmError};
@@ -43,6 +44,9 @@ pub enum HandleError {
     /// Pausing or resuming was refused.
     #[error(transparent)]
     Pause(#[from] PauseError),
+    /// The snapshot was refused or failed.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
 }
 
 /// A vCPU's power state as `vm.info` reports it.
@@ -201,6 +205,8 @@ pub(crate) struct BootControls {
     pub console: Arc<crate::console::OutputQueue>,
     #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
     pub psci_version: arch_aarch64::psci::PsciVersion,
+    /// Where snapshot requests go to the VM thread.
+    pub snapshots: Arc<SnapshotPort>,
 }
 
 /// The VM's state as the host sees it.
@@ -421,6 +427,13 @@ impl VmHandle {
     pub fn resume(&self) -> Result<(), HandleError> {
         let suspend = self.running_boot(|boot| Arc::clone(&boot.suspend))?;
         suspend.resume().map_err(HandleError::from)
+    }
+
+    /// Saves the suspended guest to a snapshot directory, then keeps it sleeping or ends the
+    /// VM as `request` says. Refused unless the guest is suspended (and not paused).
+    pub fn snapshot(&self, request: SnapshotRequest) -> Result<SnapshotTaken, HandleError> {
+        let port = self.running_boot(|boot| Arc::clone(&boot.snapshots))?;
+        Ok(port.take(request)?)
     }
 
     /// A snapshot of the VM: state, vCPU power states, memory, uptime and suspend figures.

@@ -20,6 +20,12 @@ pub struct CtlArgs {
     /// What to do.
     #[arg(value_enum)]
     action: Action,
+    /// For `snapshot`: the directory to write (an older snapshot there is replaced).
+    #[arg(value_name = "DIR")]
+    destination: Option<PathBuf>,
+    /// For `snapshot`: end vmm once the snapshot is on disk, instead of sleeping on.
+    #[arg(long)]
+    exit: bool,
 }
 
 /// The API calls `vmm ctl` makes.
@@ -39,6 +45,8 @@ enum Action {
     Shutdown,
     /// Follow the VM's events until it stops.
     Events,
+    /// Save the suspended guest to DIR (`--exit` then ends vmm).
+    Snapshot,
 }
 
 impl Action {
@@ -51,6 +59,7 @@ impl Action {
             Self::Resume => Endpoint::Resume,
             Self::Shutdown => Endpoint::Shutdown,
             Self::Events => Endpoint::Events,
+            Self::Snapshot => Endpoint::Snapshot,
         }
     }
 }
@@ -67,12 +76,42 @@ pub fn run(args: CtlArgs) -> ExitCode {
     if let Action::Events = args.action {
         return follow_events(&client, &path, args.json);
     }
-    match client.request(endpoint.method(), &path, None) {
+    let body = match (&args.action, &args.destination) {
+        (Action::Snapshot, Some(destination)) => Some(
+            serde_json::json!({
+                "destination": destination,
+                "then": if args.exit { "exit" } else { "stay" },
+            })
+            .to_string(),
+        ),
+        (Action::Snapshot, None) => {
+            eprintln!("vmm ctl: snapshot needs the directory to write");
+            return ExitCode::from(2);
+        }
+        (_, Some(_)) => {
+            eprintln!("vmm ctl: only snapshot takes a directory");
+            return ExitCode::from(2);
+        }
+        _ if args.exit => {
+            eprintln!("vmm ctl: only snapshot takes --exit");
+            return ExitCode::from(2);
+        }
+        _ => None,
+    };
+    match client.request(endpoint.method(), &path, body.as_deref().map(str::as_bytes)) {
         Ok((status, body)) if (200..300).contains(&status) => {
             if args.json {
                 println!("{body}");
             } else if let Action::Info = args.action {
                 print_info(&body);
+            } else if let Action::Snapshot = args.action {
+                println!(
+                    "snapshot written to {} ({} bytes stored of {} bytes of RAM, {} ms)",
+                    body["path"].as_str().unwrap_or("?"),
+                    body["bytes"],
+                    body["memory_bytes"],
+                    body["ms"]
+                );
             } else {
                 println!("{}", body["result"].as_str().unwrap_or("ok"));
             }
