@@ -42,6 +42,10 @@ peer=
 udp=
 # resume=/dev/vdXN: the swap partition a hibernated guest resumes from (and hibernates to).
 resume=
+# alarm=N: the snapshot mode sets an RTC wake alarm N seconds ahead before it suspends;
+# more=N: it then runs N ordinary suspend cycles after its resume.
+alarm=
+more=
 for word in $(cat /proc/cmdline); do
     case "$word" in
     vmmtest=*) mode=${word#vmmtest=} ;;
@@ -58,6 +62,8 @@ for word in $(cat /proc/cmdline); do
     peer=*) peer=${word#peer=} ;;
     udp=*) udp=${word#udp=} ;;
     resume=/dev/vd*) resume=${word#resume=} ;;
+    alarm=*) alarm=${word#alarm=} ;;
+    more=*) more=${word#more=} ;;
     esac
 done
 
@@ -356,6 +362,34 @@ suspend-wait)
     echo mem > /sys/power/state
     rc=$?
     echo "@@guest resumed rc=$rc success_before=$before success_after=$(cat /sys/power/suspend_stats/success) online=$(cat /sys/devices/system/cpu/online)"
+    poweroff -f
+    ;;
+snapshot)
+    # A process that counts in memory and a file on the root disk, then one `echo mem` that
+    # only the host (wake button, console byte) or the RTC alarm (alarm=N) ends: the host
+    # saves the sleeping guest to disk meanwhile and restores it in a new vmm. The guest then
+    # reports whether the process went on, the file kept its token, the clock is right, and
+    # (more=N) that N ordinary suspend cycles still work.
+    echo enabled > /sys/class/tty/ttyS0/power/wakeup
+    echo "$seed-$(cat /proc/sys/kernel/random/uuid)" >/snapshot-token
+    sync
+    mkdir -p /mnt/memory && mount -t tmpfs tmpfs /mnt/memory
+    (n=0; while :; do n=$((n + 1)); echo "$n" >/mnt/memory/ticks; sleep 0.2; done) &
+    ticker=$!
+    sleep 1
+    if [ -n "$alarm" ]; then
+        echo 0 >/sys/class/rtc/rtc0/wakealarm
+        echo "+$alarm" >/sys/class/rtc/rtc0/wakealarm
+    fi
+    echo "@@guest suspending pid=$ticker token=$(cat /snapshot-token) ticks=$(cat /mnt/memory/ticks) online=$(cat /sys/devices/system/cpu/online)"
+    echo mem > /sys/power/state
+    rc=$?
+    ticks=$(cat /mnt/memory/ticks)
+    sleep 1
+    alive=no
+    kill -0 "$ticker" 2>/dev/null && alive=yes
+    echo "@@guest resumed rc=$rc pid=$ticker alive=$alive ticks=$ticks ticks_later=$(cat /mnt/memory/ticks) token=$(cat /snapshot-token) date=$(date +%s) pm_exit=$(dmesg | grep -c 'PM: suspend exit') online=$(cat /sys/devices/system/cpu/online)"
+    [ -n "$more" ] && suspend_cycles "$more"
     poweroff -f
     ;;
 hibernate)

@@ -294,6 +294,29 @@ impl SuspendCoordinator {
         self.lock().state
     }
 
+    /// While the VM is Suspended: the suspended vCPU and the call it made.
+    pub fn suspended_call(&self) -> Option<(u32, SystemSuspendCall)> {
+        let inner = self.lock();
+        match (inner.state, inner.accepted) {
+            (SuspendState::Suspended, Some(accepted)) => Some((accepted.vcpu, accepted.call)),
+            _ => None,
+        }
+    }
+
+    /// Makes a coordinator for a guest restored while suspended: `vcpu` made `call` and is
+    /// SUSPENDED, every other vCPU is off. Its next wakeup resumes the guest as if the suspend
+    /// had happened in this process. Call it before any vCPU runs.
+    pub fn restored_suspended(self, vcpu: u32, call: SystemSuspendCall) -> Self {
+        {
+            let mut inner = self.lock();
+            inner.state = SuspendState::Suspended;
+            inner.accepted = Some(Accepted { vcpu, call });
+        }
+        // Only interrupts raised from now on can be the wakeup.
+        self.wake.arm();
+        self
+    }
+
     /// The counters.
     pub fn stats(&self) -> SuspendStats {
         let inner = self.lock();

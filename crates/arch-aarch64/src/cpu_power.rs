@@ -131,6 +131,20 @@ impl CpuPowerTable {
         Self { mpidrs, states }
     }
 
+    /// A table where only vCPU `on` is on: a guest restored while suspended, whose caller
+    /// is the only vCPU SYSTEM_SUSPEND left on.
+    pub fn with_only_on(mpidrs: Vec<u64>, on: usize) -> Self {
+        let mut table = Self::new(mpidrs);
+        for (index, state) in table.states.iter_mut().enumerate() {
+            *state = if index == on {
+                CpuPower::On
+            } else {
+                CpuPower::Off
+            };
+        }
+        table
+    }
+
     /// vCPU `index`'s state; `Off` for an index out of range.
     pub fn state(&self, index: usize) -> CpuPower {
         self.states.get(index).copied().unwrap_or(CpuPower::Off)

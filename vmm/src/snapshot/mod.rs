@@ -5,6 +5,7 @@
 //! register file is saved, and the guest has reset its virtio devices (virtio-mmio's freeze).
 
 pub mod dir;
+pub mod disks;
 pub mod file;
 pub mod memory;
 pub mod request;

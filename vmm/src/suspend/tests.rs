@@ -207,6 +207,27 @@ impl Rig {
     }
 
     fn build(mp: &[MpState], keep_power: bool) -> Self {
+        Self::build_with(mp, keep_power, |coordinator| coordinator)
+    }
+
+    /// A guest restored from a snapshot: `count` vCPUs, all off but `vcpu`, which made
+    /// `call` and is SUSPENDED.
+    fn restored(count: usize, vcpu: u32, call: SystemSuspendCall) -> Self {
+        let mut mp = vec![MpState::Stopped; count];
+        mp[vcpu as usize] = MpState::Suspended;
+        let mpidrs: Vec<u64> = (0..count as u64).map(|index| 0x8000_0000 | index).collect();
+        Self::build_with(&mp, false, move |coordinator| {
+            coordinator
+                .with_power_table(CpuPowerTable::with_only_on(mpidrs, vcpu as usize))
+                .restored_suspended(vcpu, call)
+        })
+    }
+
+    fn build_with(
+        mp: &[MpState],
+        keep_power: bool,
+        finish: impl FnOnce(SuspendCoordinator) -> SuspendCoordinator,
+    ) -> Self {
         let control = Arc::new(VmControl::new().unwrap());
         let bus = Arc::new(EventBus::new());
         let events = bus.subscribe();
@@ -230,7 +251,7 @@ impl Rig {
                 .collect();
             coordinator = coordinator.with_power_table(CpuPowerTable::new(mpidrs));
         }
-        let coordinator = Arc::new(coordinator);
+        let coordinator = Arc::new(finish(coordinator));
         Self {
             coordinator,
             control,
@@ -479,6 +500,57 @@ fn wakeup_resets_the_vcpu_to_the_entry_point() {
     assert_eq!(stats.resume_count, 1);
     assert_eq!(stats.last_wake_source, Some(WakeSource::Gpio));
     assert!(stats.last_resume_latency_us.is_some());
+}
+
+#[test]
+fn a_guest_restored_while_suspended_resumes_at_its_saved_entry_on_the_first_wakeup() {
+    let call = SystemSuspendCall {
+        width: arch_aarch64::psci::CallWidth::Smc64,
+        entry: ENTRY,
+        context_id: CONTEXT,
+    };
+    let rig = Rig::restored(4, 2, call);
+    assert_eq!(rig.coordinator.state(), SuspendState::Suspended);
+    assert_eq!(rig.coordinator.suspended_call(), Some((2, call)));
+    // Every other vCPU is off, without any vCPU having been asked.
+    assert_eq!(
+        rig.coordinator.census().unwrap(),
+        [
+            Some(MpState::Stopped),
+            Some(MpState::Stopped),
+            Some(MpState::Suspended),
+            Some(MpState::Stopped)
+        ]
+    );
+    assert_eq!(rig.coordinator.stats().vcpu_kicks, 0);
+
+    // An alarm that fell due while the guest was on disk fires as soon as it runs again.
+    let line = WakeSourceIrqLine::wrap(
+        Arc::new(RecordingIrqLine::new()),
+        rig.tracker.clone(),
+        WakeSource::Rtc,
+    );
+    line.set_level(true).unwrap();
+    let mut vcpu = rig.vcpu(2);
+    assert_eq!(
+        wakeup(&rig, &mut vcpu),
+        WakeupOutcome::Resumed(WakeSource::Rtc)
+    );
+    let state = &rig.states[2];
+    assert_eq!(state.reg(PC), ENTRY);
+    assert_eq!(state.reg(xreg(0)), CONTEXT);
+    assert_eq!(state.mp(), MpState::Runnable);
+    assert_eq!(rig.coordinator.state(), SuspendState::Running);
+    assert_eq!(rig.coordinator.suspended_call(), None);
+    assert!(matches!(
+        rig.events()[..],
+        [
+            VmEventKind::Woken {
+                source: WakeSource::Rtc
+            },
+            VmEventKind::Resumed { vcpu: 2, .. }
+        ]
+    ));
 }
 
 #[test]
