@@ -14,10 +14,21 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+
 use crate::bus::MmioDevice;
 
 /// The byte that signals "the guest reached userspace" (Firecracker's value).
 pub const BOOT_TIMER_MAGIC: u8 = 123;
+
+/// What a [`BootTimer`] measured, for save/restore. The start it counts from is this
+/// process's, so it is not saved: a restored timer counts a later magic write from the
+/// restoring process's start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootTimerState {
+    /// The time from the start to the guest's last magic write, if there was one.
+    pub boot_time: Option<Duration>,
+}
 
 /// The pseudo device. Reads return zeros.
 #[derive(Debug)]
@@ -42,6 +53,22 @@ impl BootTimer {
         Self {
             start,
             boot_time: None,
+        }
+    }
+
+    /// A boot timer like [`BootTimer::new`] that reports the boot time `state` recorded.
+    /// Every state is valid, so this cannot fail.
+    pub fn from_state(state: &BootTimerState) -> Self {
+        Self {
+            boot_time: state.boot_time,
+            ..Self::new()
+        }
+    }
+
+    /// The boot time it measured, for save/restore.
+    pub fn state(&self) -> BootTimerState {
+        BootTimerState {
+            boot_time: self.boot_time,
         }
     }
 
@@ -140,6 +167,25 @@ mod tests {
         // devmem's 32-bit write of 123 puts the magic in the first byte.
         timer.write(0, &u32::from(BOOT_TIMER_MAGIC).to_le_bytes());
         assert!(timer.boot_time().unwrap() >= Duration::from_millis(5));
+    }
+
+    #[test]
+    fn restored_timer_reports_the_saved_boot_time_and_still_reads_zero() {
+        let mut timer = BootTimer::since(Instant::now() - Duration::from_millis(5));
+        let state = crate::test_utils::through_json(&timer.state());
+        assert_eq!(BootTimer::from_state(&state).boot_time(), None);
+
+        timer.write(0, &[BOOT_TIMER_MAGIC]);
+        let measured = timer.boot_time();
+        let state = crate::test_utils::through_json(&timer.state());
+        let mut restored = BootTimer::from_state(&state);
+        assert_eq!(restored.boot_time(), measured);
+        let mut data = [0xaa; 4];
+        restored.read(0, &mut data);
+        assert_eq!(data, [0; 4]);
+        // A magic write after restore measures from the restoring process's start.
+        restored.write(0, &[BOOT_TIMER_MAGIC]);
+        assert!(restored.boot_time().is_some());
     }
 
     #[test]

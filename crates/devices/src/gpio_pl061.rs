@@ -13,6 +13,7 @@
 use std::sync::Arc;
 
 use log::{debug, warn};
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::bus::MmioDevice;
@@ -53,9 +54,19 @@ pub enum GpioError {
     Irq(#[source] IrqError),
 }
 
-/// Everything needed to rebuild a [`Pl061Gpio`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Pl061State {
+/// Errors from rebuilding a [`Pl061Gpio`] from a [`GpioState`]. Every combination of
+/// register values is one the guest can reach, so there is nothing to reject.
+#[derive(Debug, Error)]
+pub enum GpioStateError {
+    /// The interrupt line could not be driven to the saved level.
+    #[error("Cannot drive the restored GPIO interrupt")]
+    Irq(#[source] IrqError),
+}
+
+/// Everything needed to rebuild a [`Pl061Gpio`], for save/restore. GPIORIS is `edges` plus
+/// the level-sensitive pins at their active level, so only the latched part is kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpioState {
     /// Data register: the levels the guest drives on its output pins.
     pub data: u8,
     /// Levels the host drives on the pins (seen by the guest where they are inputs).
@@ -78,7 +89,7 @@ pub struct Pl061State {
 
 /// The PL061 GPIO controller.
 pub struct Pl061Gpio {
-    regs: Pl061State,
+    regs: GpioState,
     irq: Arc<dyn IrqLine>,
     /// Level last driven successfully; `None` forces the next update to drive it.
     line_level: Option<bool>,
@@ -88,25 +99,26 @@ impl Pl061Gpio {
     /// A controller in its reset state (all pins inputs, all interrupts off), line low.
     pub fn new(irq: Arc<dyn IrqLine>) -> Self {
         Self {
-            regs: Pl061State::default(),
+            regs: GpioState::default(),
             irq,
             line_level: Some(false),
         }
     }
 
-    /// Rebuilds a controller from `state` and drives the line to match it.
-    pub fn from_state(state: &Pl061State, irq: Arc<dyn IrqLine>) -> Result<Self, GpioError> {
+    /// Rebuilds a controller from `state` and drives the line to match it: an interrupt
+    /// pending when it was saved is pending again.
+    pub fn from_state(state: &GpioState, irq: Arc<dyn IrqLine>) -> Result<Self, GpioStateError> {
         let mut gpio = Self {
             regs: *state,
             irq,
             line_level: None,
         };
-        gpio.update_irq()?;
+        gpio.drive_line().map_err(GpioStateError::Irq)?;
         Ok(gpio)
     }
 
     /// The registers and host inputs, for save/restore.
-    pub fn state(&self) -> Pl061State {
+    pub fn state(&self) -> GpioState {
         self.regs
     }
 
@@ -158,12 +170,17 @@ impl Pl061Gpio {
     }
 
     fn update_irq(&mut self) -> Result<(), GpioError> {
+        self.drive_line().map_err(GpioError::Irq)
+    }
+
+    /// Drives the line to RIS & IE unless it is known to be there already.
+    fn drive_line(&mut self) -> Result<(), IrqError> {
         let level = self.raw_status() & self.regs.ie != 0;
         if self.line_level == Some(level) {
             return Ok(());
         }
         self.line_level = None;
-        self.irq.set_level(level).map_err(GpioError::Irq)?;
+        self.irq.set_level(level)?;
         self.line_level = Some(level);
         Ok(())
     }

@@ -12,11 +12,23 @@ pub mod rtc_pl031;
 pub mod serial;
 pub mod virtio;
 
-pub use boot_timer::{BOOT_TIMER_MAGIC, BootTimer};
+pub use boot_timer::{BOOT_TIMER_MAGIC, BootTimer, BootTimerState};
 pub use bus::{BusError, MmioBus, MmioDevice, SharedMmioDevice};
-pub use gpio_pl061::{GpioError, Pl061Gpio, Pl061State};
+pub use gpio_pl061::{GpioError, GpioState, GpioStateError, Pl061Gpio};
 pub use irq::{IrqError, IrqLine, IrqLineTrigger, RecordingIrqLine};
 pub use rtc_pl031::{
-    AlarmTimer, Clock, ManualClock, Pl031Rtc, Pl031State, RtcError, SystemClock, TimerFdAlarm,
+    AlarmTimer, Clock, ManualClock, Pl031Rtc, RtcError, RtcState, RtcStateError, SystemClock,
+    TimerFdAlarm,
 };
-pub use serial::{Serial16550, SerialError, SerialOutput, SerialState};
+pub use serial::{Serial16550, SerialOutput, SerialState, SerialStateError};
+
+#[cfg(test)]
+pub(crate) mod test_utils {
+    use serde::Serialize;
+    use serde::de::DeserializeOwned;
+
+    /// `value` written as JSON and read back, as a snapshot file would carry it.
+    pub(crate) fn through_json<T: Serialize + DeserializeOwned>(value: &T) -> T {
+        serde_json::from_str(&serde_json::to_string(value).unwrap()).unwrap()
+    }
+}

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use log::{debug, warn};
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use vmm_sys_util::timerfd::TimerFd;
 
@@ -176,22 +177,76 @@ impl AsRawFd for TimerFdAlarm {
     }
 }
 
-/// Everything needed to rebuild a [`Pl031Rtc`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Pl031State {
-    /// Counter minus host wall-clock seconds (set by RTCLR writes).
+/// Everything needed to rebuild a [`Pl031Rtc`], for save/restore.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RtcState {
+    /// Counter minus host wall-clock seconds (set by RTCLR writes): the guest's time keeps
+    /// following the host's while the VM is saved.
     pub offset: i64,
     /// Last value written to RTCLR.
     pub lr: u32,
-    /// RTCMR.
+    /// RTCMR, the match register.
     pub mr: u32,
-    /// RTCIMSC.
+    /// RTCIMSC, the interrupt mask (1 = enabled).
     pub imsc: u32,
-    /// RTCRIS.
+    /// RTCRIS, the raw interrupt status.
     pub ris: u32,
     /// Host wall-clock second (since the epoch) at which the counter reaches MR, if that
-    /// match has not fired yet.
+    /// match is armed and has not fired yet.
     pub alarm_at: Option<u64>,
+}
+
+impl RtcState {
+    fn validate(&self) -> Result<(), RtcStateError> {
+        if self.imsc & !ALARM_BIT != 0 {
+            return Err(RtcStateError::InvalidInterruptMask(self.imsc));
+        }
+        if self.ris & !ALARM_BIT != 0 {
+            return Err(RtcStateError::InvalidRawStatus(self.ris));
+        }
+        if let Some(at) = self.alarm_at {
+            // The counter at that second, as `counter_at` computes it.
+            let counter = i64::try_from(at).map(|at| at.wrapping_add(self.offset) as u32);
+            if counter != Ok(self.mr) {
+                return Err(RtcStateError::InvalidAlarm { at, mr: self.mr });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Errors from rebuilding a [`Pl031Rtc`] from an [`RtcState`].
+#[derive(Debug, Error)]
+pub enum RtcStateError {
+    /// RTCIMSC has bits other than the alarm's.
+    #[error("Invalid RTC state: RTCIMSC {0:#x}")]
+    InvalidInterruptMask(u32),
+    /// RTCRIS has bits other than the alarm's.
+    #[error("Invalid RTC state: RTCRIS {0:#x}")]
+    InvalidRawStatus(u32),
+    /// The armed alarm is not due when the counter reaches MR.
+    #[error("Invalid RTC state: the counter is not {mr} at the alarm's second {at}")]
+    InvalidAlarm {
+        /// The saved alarm time, host seconds since the epoch.
+        at: u64,
+        /// The saved match register.
+        mr: u32,
+    },
+    /// The host timer could not be re-armed for the pending alarm.
+    #[error("Cannot re-arm the RTC alarm timer")]
+    Timer(#[source] io::Error),
+    /// The interrupt line could not be driven to the saved level.
+    #[error("Cannot drive the restored RTC interrupt")]
+    Irq(#[source] IrqError),
+}
+
+impl From<RtcError> for RtcStateError {
+    fn from(err: RtcError) -> Self {
+        match err {
+            RtcError::CreateTimer(e) | RtcError::Timer(e) => Self::Timer(e),
+            RtcError::Irq(e) => Self::Irq(e),
+        }
+    }
 }
 
 /// The PL031 RTC.
@@ -227,19 +282,21 @@ impl<C: Clock, T: AlarmTimer> Pl031Rtc<C, T> {
     }
 
     /// Rebuilds an RTC from `state`: drives the line to RIS & IMSC and re-arms a pending
-    /// match, firing it now if host time passed it while the guest was saved.
+    /// match on `timer`. A match whose time host time passed while the guest was saved
+    /// fires now: RIS is set and, if unmasked, the line goes high before this returns.
     pub fn from_state(
-        state: &Pl031State,
+        state: &RtcState,
         irq: Arc<dyn IrqLine>,
         clock: C,
         timer: T,
-    ) -> Result<Self, RtcError> {
+    ) -> Result<Self, RtcStateError> {
+        state.validate()?;
         let mut rtc = Self {
             offset: state.offset,
             lr: state.lr,
             mr: state.mr,
-            imsc: state.imsc & ALARM_BIT,
-            ris: state.ris & ALARM_BIT,
+            imsc: state.imsc,
+            ris: state.ris,
             alarm_at: state.alarm_at,
             line_level: None,
             ..Self::new(irq, clock, timer)
@@ -249,9 +306,9 @@ impl<C: Clock, T: AlarmTimer> Pl031Rtc<C, T> {
         Ok(rtc)
     }
 
-    /// The registers, for save/restore.
-    pub fn state(&self) -> Pl031State {
-        Pl031State {
+    /// The registers and the armed alarm, for save/restore.
+    pub fn state(&self) -> RtcState {
+        RtcState {
             offset: self.offset,
             lr: self.lr,
             mr: self.mr,

@@ -8,11 +8,10 @@ use std::io::Write;
 use std::sync::Arc;
 
 use log::{debug, warn};
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use vm_superio::serial::{Error as SuperioError, SerialEvents};
 use vmm_sys_util::eventfd::EventFd;
-
-pub use vm_superio::SerialState;
 
 use crate::bus::MmioDevice;
 use crate::irq::{IrqError, IrqLine, IrqLineTrigger};
@@ -20,28 +19,119 @@ use crate::irq::{IrqError, IrqLine, IrqLineTrigger};
 /// The 16550 has eight byte-wide registers; the rest of the window reads as zero.
 const REGISTER_COUNT: u64 = 8;
 
-/// Errors from building a [`Serial16550`].
-#[derive(Debug, Error)]
-pub enum SerialError {
-    /// The saved receive FIFO holds more bytes than the UART can.
-    #[error("Saved serial input exceeds the FIFO size")]
-    StateFifoOverflow,
-    /// Re-raising an interrupt that was pending in the saved state failed.
-    #[error("Failed to re-raise a pending serial interrupt")]
-    Irq(#[source] IrqError),
-    /// The output sink failed while restoring (the restore itself writes nothing).
-    #[error("Serial output failed")]
-    Output(#[source] std::io::Error),
+/// The receive FIFO of vm-superio's 16550 (its `FIFO_SIZE`).
+pub const SERIAL_FIFO_SIZE: usize = 64;
+
+/// IER bits a 16550 keeps (vm-superio masks writes to these).
+const IER_VALID_BITS: u8 = 0x0f;
+/// IIR values vm-superio can hold: none pending, THR empty, received data, or both.
+const IIR_VALUES: [u8; 4] = [0x01, 0x02, 0x04, 0x06];
+
+/// The registers and receive FIFO of a [`Serial16550`], for save/restore.
+///
+/// The fields mirror [`vm_superio::SerialState`], which is not serde-serialisable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialState {
+    /// Divisor latch, low byte (DLL).
+    pub baud_divisor_low: u8,
+    /// Divisor latch, high byte (DLM).
+    pub baud_divisor_high: u8,
+    /// Interrupt Enable Register.
+    pub interrupt_enable: u8,
+    /// Interrupt Identification Register, without the FIFO bits reads add.
+    pub interrupt_identification: u8,
+    /// Line Control Register.
+    pub line_control: u8,
+    /// Line Status Register.
+    pub line_status: u8,
+    /// Modem Control Register.
+    pub modem_control: u8,
+    /// Modem Status Register.
+    pub modem_status: u8,
+    /// Scratch Register.
+    pub scratch: u8,
+    /// Bytes received and not yet read by the guest, oldest first.
+    pub in_buffer: Vec<u8>,
 }
 
-impl From<SuperioError<IrqError>> for SerialError {
-    fn from(err: SuperioError<IrqError>) -> Self {
-        match err {
-            SuperioError::FullFifo => Self::StateFifoOverflow,
-            SuperioError::Trigger(e) => Self::Irq(e),
-            SuperioError::IOError(e) => Self::Output(e),
+impl Default for SerialState {
+    /// The state of a UART after reset.
+    fn default() -> Self {
+        vm_superio::SerialState::default().into()
+    }
+}
+
+impl From<vm_superio::SerialState> for SerialState {
+    fn from(state: vm_superio::SerialState) -> Self {
+        Self {
+            baud_divisor_low: state.baud_divisor_low,
+            baud_divisor_high: state.baud_divisor_high,
+            interrupt_enable: state.interrupt_enable,
+            interrupt_identification: state.interrupt_identification,
+            line_control: state.line_control,
+            line_status: state.line_status,
+            modem_control: state.modem_control,
+            modem_status: state.modem_status,
+            scratch: state.scratch,
+            in_buffer: state.in_buffer,
         }
     }
+}
+
+impl From<&SerialState> for vm_superio::SerialState {
+    fn from(state: &SerialState) -> Self {
+        Self {
+            baud_divisor_low: state.baud_divisor_low,
+            baud_divisor_high: state.baud_divisor_high,
+            interrupt_enable: state.interrupt_enable,
+            interrupt_identification: state.interrupt_identification,
+            line_control: state.line_control,
+            line_status: state.line_status,
+            modem_control: state.modem_control,
+            modem_status: state.modem_status,
+            scratch: state.scratch,
+            in_buffer: state.in_buffer.clone(),
+        }
+    }
+}
+
+impl SerialState {
+    fn validate(&self) -> Result<(), SerialStateError> {
+        if self.in_buffer.len() > SERIAL_FIFO_SIZE {
+            return Err(SerialStateError::InvalidFifoLength(self.in_buffer.len()));
+        }
+        if self.interrupt_enable & !IER_VALID_BITS != 0 {
+            return Err(SerialStateError::InvalidInterruptEnable(
+                self.interrupt_enable,
+            ));
+        }
+        if !IIR_VALUES.contains(&self.interrupt_identification) {
+            return Err(SerialStateError::InvalidInterruptIdentification(
+                self.interrupt_identification,
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Errors from rebuilding a [`Serial16550`] from a [`SerialState`].
+#[derive(Debug, Error)]
+pub enum SerialStateError {
+    /// The saved receive FIFO holds more bytes than the UART's FIFO can.
+    #[error("Invalid serial state: {0} bytes in a {SERIAL_FIFO_SIZE}-byte receive FIFO")]
+    InvalidFifoLength(usize),
+    /// The saved IER has bits a 16550 does not keep.
+    #[error("Invalid serial state: IER {0:#04x}")]
+    InvalidInterruptEnable(u8),
+    /// The saved IIR is not a value the UART can hold.
+    #[error("Invalid serial state: IIR {0:#04x}")]
+    InvalidInterruptIdentification(u8),
+    /// Re-raising an interrupt that was pending in the saved state failed.
+    #[error("Cannot re-raise a pending serial interrupt")]
+    Irq(#[source] IrqError),
+    /// The output sink failed while restoring (the restore itself writes nothing).
+    #[error("Cannot restore the serial output")]
+    Output(#[source] std::io::Error),
 }
 
 /// Signals an optional eventfd when the guest has drained the receive FIFO, so the VMM
@@ -101,25 +191,33 @@ impl Serial16550 {
         }
     }
 
-    /// Rebuilds a UART from `state`, re-raising the interrupts it had pending.
+    /// Rebuilds a UART from `state`, re-raising the interrupts it had pending (the line is
+    /// an edge: the guest's handler then reads IIR and finds them). `rx_space` is as in
+    /// [`Serial16550::with_rx_space_event`].
     pub fn from_state(
         state: &SerialState,
         irq: Arc<dyn IrqLine>,
         out: SerialOutput,
         rx_space: Option<EventFd>,
-    ) -> Result<Self, SerialError> {
+    ) -> Result<Self, SerialStateError> {
+        state.validate()?;
         let serial = vm_superio::Serial::from_state(
-            state,
+            &state.into(),
             IrqLineTrigger::new(irq),
             RxSpaceEvents { rx_space },
             out,
-        )?;
+        )
+        .map_err(|err| match err {
+            SuperioError::FullFifo => SerialStateError::InvalidFifoLength(state.in_buffer.len()),
+            SuperioError::Trigger(e) => SerialStateError::Irq(e),
+            SuperioError::IOError(e) => SerialStateError::Output(e),
+        })?;
         Ok(Self { serial })
     }
 
     /// The registers and receive FIFO, for save/restore.
     pub fn state(&self) -> SerialState {
-        self.serial.state()
+        self.serial.state().into()
     }
 
     /// Free space in the receive FIFO.
@@ -190,7 +288,9 @@ mod tests {
     const IER: u64 = 1;
     const IIR: u64 = 2;
     const LCR: u64 = 3;
+    const MCR: u64 = 4;
     const LSR: u64 = 5;
+    const MSR: u64 = 6;
     const SCR: u64 = 7;
     const IER_RDA: u8 = 0x01;
     const IER_THRE: u8 = 0x02;
@@ -343,34 +443,114 @@ mod tests {
         assert!(out.0.lock().unwrap().is_empty(), "DLL write is not output");
     }
 
-    #[test]
-    fn state_round_trip_keeps_pending_input() {
-        let (mut serial, _, _) = uart();
-        serial.write(IER, &[IER_RDA]);
-        serial.enqueue_input(b"qr");
-        let state = serial.state();
+    /// The registers a read does not change, as the guest sees them (DLL/DLM through DLAB).
+    fn visible_registers(serial: &mut Serial16550) -> Vec<u8> {
+        let mut regs: Vec<u8> = [IER, LCR, MCR, LSR, MSR, SCR]
+            .iter()
+            .map(|&offset| read_reg(serial, offset))
+            .collect();
+        let lcr = read_reg(serial, LCR);
+        serial.write(LCR, &[lcr | LCR_DLAB]);
+        regs.push(read_reg(serial, RBR_THR));
+        regs.push(read_reg(serial, IER));
+        serial.write(LCR, &[lcr]);
+        regs
+    }
 
-        let irq = Arc::new(RecordingIrqLine::new());
-        let mut restored =
-            Serial16550::from_state(&state, irq.clone(), Box::new(std::io::sink()), None).unwrap();
-        assert_eq!(restored.state(), state);
-        assert_eq!(irq.rising_edges(), 1, "pending RX interrupt is re-raised");
-        assert_eq!(read_reg(&mut restored, RBR_THR), b'q');
-        assert_eq!(read_reg(&mut restored, RBR_THR), b'r');
+    fn restore(state: &SerialState, irq: &Arc<RecordingIrqLine>) -> Serial16550 {
+        Serial16550::from_state(state, irq.clone(), Box::new(std::io::sink()), None).unwrap()
     }
 
     #[test]
-    fn oversized_saved_fifo_is_rejected() {
-        let state = SerialState {
-            in_buffer: vec![0; 1024],
-            ..SerialState::default()
-        };
-        let result = Serial16550::from_state(
+    fn restored_uart_reads_back_its_registers_and_pending_input() {
+        let (mut serial, _, _) = uart();
+        serial.write(LCR, &[LCR_DLAB]);
+        serial.write(RBR_THR, &[0x01]);
+        serial.write(IER, &[0x00]);
+        serial.write(LCR, &[0x1b]);
+        serial.write(MCR, &[0x0b]);
+        serial.write(SCR, &[0x5a]);
+        serial.write(IER, &[IER_RDA]);
+        serial.enqueue_input(b"qr");
+        let state = crate::test_utils::through_json(&serial.state());
+        assert_eq!(state.interrupt_identification, IIR_RDA);
+
+        let irq = Arc::new(RecordingIrqLine::new());
+        let mut restored = restore(&state, &irq);
+        assert_eq!(irq.rising_edges(), 1, "pending RX interrupt is re-raised");
+        assert_eq!(
+            visible_registers(&mut restored),
+            visible_registers(&mut serial)
+        );
+        assert_eq!(read_reg(&mut restored, IIR), read_reg(&mut serial, IIR));
+        for expected in [b'q', b'r'] {
+            assert_eq!(read_reg(&mut restored, RBR_THR), expected);
+            assert_eq!(read_reg(&mut serial, RBR_THR), expected);
+        }
+        assert_eq!(read_reg(&mut restored, LSR), read_reg(&mut serial, LSR));
+        assert_eq!(read_reg(&mut restored, LSR) & LSR_DATA_READY, 0);
+        assert_eq!(restored.fifo_capacity(), SERIAL_FIFO_SIZE);
+    }
+
+    #[test]
+    fn restored_idle_uart_raises_nothing_and_takes_input() {
+        let (serial, _, _) = uart();
+        let state = crate::test_utils::through_json(&serial.state());
+        assert_eq!(state, SerialState::default());
+        let irq = Arc::new(RecordingIrqLine::new());
+        let mut restored = restore(&state, &irq);
+        assert_eq!(irq.rising_edges(), 0);
+        restored.write(IER, &[IER_RDA]);
+        restored.enqueue_input(b"z");
+        assert_eq!(irq.rising_edges(), 1);
+        assert_eq!(read_reg(&mut restored, RBR_THR), b'z');
+    }
+
+    fn restore_error(state: SerialState) -> SerialStateError {
+        match Serial16550::from_state(
             &state,
             Arc::new(RecordingIrqLine::new()),
             Box::new(std::io::sink()),
             None,
+        ) {
+            Ok(_) => panic!("{state:?} was accepted"),
+            Err(err) => err,
+        }
+    }
+
+    #[test]
+    fn a_fifo_longer_than_the_uarts_is_rejected() {
+        let err = restore_error(SerialState {
+            in_buffer: vec![0; SERIAL_FIFO_SIZE + 1],
+            ..SerialState::default()
+        });
+        assert!(
+            matches!(err, SerialStateError::InvalidFifoLength(65)),
+            "{err}"
         );
-        assert!(matches!(result, Err(SerialError::StateFifoOverflow)));
+    }
+
+    #[test]
+    fn ier_bits_a_16550_does_not_keep_are_rejected() {
+        let err = restore_error(SerialState {
+            interrupt_enable: 0x10,
+            ..SerialState::default()
+        });
+        assert!(
+            matches!(err, SerialStateError::InvalidInterruptEnable(0x10)),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_iir_the_uart_cannot_hold_is_rejected() {
+        let err = restore_error(SerialState {
+            interrupt_identification: 0x00,
+            ..SerialState::default()
+        });
+        assert!(
+            matches!(err, SerialStateError::InvalidInterruptIdentification(0)),
+            "{err}"
+        );
     }
 }

@@ -239,21 +239,64 @@ fn reserved_and_read_only_registers_ignore_writes() {
     assert_eq!(readb(&mut gpio, ID_START), 0x61);
 }
 
+/// Every register as the guest reads it, and the level of each pin.
+fn guest_view(gpio: &mut Pl061Gpio) -> Vec<u8> {
+    let mut view: Vec<u8> = [
+        GPIODIR, GPIOIS, GPIOIBE, GPIOIEV, GPIOIE, GPIORIS, GPIOMIS, GPIOAFSEL,
+    ]
+    .iter()
+    .map(|&offset| readb(gpio, offset))
+    .collect();
+    view.push(readb(gpio, GPIODATA_END));
+    view
+}
+
+fn restored(gpio: &Pl061Gpio) -> (Pl061Gpio, Arc<RecordingIrqLine>) {
+    let state = crate::test_utils::through_json(&gpio.state());
+    let irq = Arc::new(RecordingIrqLine::new());
+    (Pl061Gpio::from_state(&state, irq.clone()).unwrap(), irq)
+}
+
 #[test]
-fn state_round_trip_restores_the_line() {
+fn restored_press_is_still_pending_and_the_button_keeps_working() {
     let (mut gpio, _) = gpio();
     linux_request_both_edges(&mut gpio, KEY_BIT);
     gpio.press(KEY_PIN).unwrap();
-    let state = gpio.state();
 
-    let irq = Arc::new(RecordingIrqLine::new());
-    let mut restored = Pl061Gpio::from_state(&state, irq.clone()).unwrap();
-    assert_eq!(restored.state(), state);
+    let (mut restored, irq) = restored(&gpio);
+    assert_eq!(guest_view(&mut restored), guest_view(&mut gpio));
     assert!(irq.is_high(), "pending press survives restore");
     assert_eq!(linux_handle_irq(&mut restored), KEY_BIT);
     assert!(!irq.is_high());
+    assert!(get_value(&mut restored, KEY_PIN), "the key is still held");
     restored.release(KEY_PIN).unwrap();
-    assert!(irq.is_high());
+    assert!(irq.is_high(), "release is an edge too");
+}
+
+#[test]
+fn restored_outputs_levels_and_masked_edges_read_back_equal() {
+    let (mut gpio, _) = gpio();
+    // Pin 0 an output driven high, pin 5 a high-level interrupt, pin 6 a masked rising edge.
+    writeb(&mut gpio, GPIODIR, 0x01);
+    writeb(&mut gpio, 0x01 << 2, 0x01);
+    writeb(&mut gpio, GPIOIS, 0x20);
+    writeb(&mut gpio, GPIOIEV, 0x60);
+    writeb(&mut gpio, GPIOIE, 0x20);
+    writeb(&mut gpio, GPIOAFSEL, 0x80);
+    gpio.press(5).unwrap();
+    gpio.press(6).unwrap();
+
+    let (mut restored, irq) = restored(&gpio);
+    assert_eq!(guest_view(&mut restored), guest_view(&mut gpio));
+    assert!(irq.is_high(), "the level interrupt holds");
+    assert_eq!(readb(&mut restored, GPIORIS), 0x60);
+    gpio.release(5).unwrap();
+    restored.release(5).unwrap();
+    assert!(!irq.is_high());
+    writeb(&mut restored, GPIOIE, 0x40);
+    assert!(irq.is_high(), "the latched edge was kept");
+    writeb(&mut restored, GPIOIC, 0x40);
+    assert!(!irq.is_high());
 }
 
 #[test]

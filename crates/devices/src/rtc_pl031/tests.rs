@@ -318,60 +318,175 @@ fn read_only_and_reserved_registers_ignore_writes() {
     assert_eq!(rig.read(0x800), 0);
 }
 
+/// The registers as the guest reads them.
+fn guest_view(rig: &mut Rig) -> Vec<u32> {
+    [RTCDR, RTCMR, RTCLR, RTCCR, RTCIMSC, RTCRIS, RTCMIS]
+        .iter()
+        .map(|&offset| rig.read(offset))
+        .collect()
+}
+
+impl Rig {
+    /// A fresh device on the same clock, restored from `state` after a trip through JSON.
+    fn restored(&self, state: &RtcState) -> Self {
+        let state = crate::test_utils::through_json(state);
+        let timer = FakeTimer::default();
+        let irq = Arc::new(RecordingIrqLine::new());
+        let rtc =
+            Pl031Rtc::from_state(&state, irq.clone(), self.clock.clone(), timer.clone()).unwrap();
+        Self {
+            rtc,
+            clock: self.clock.clone(),
+            timer,
+            irq,
+        }
+    }
+}
+
 #[test]
-fn restore_rearms_a_pending_alarm() {
+fn restored_alarm_is_still_armed_and_fires_at_its_time() {
     let mut rig = Rig::new();
     rig.write(RTCLR, 0);
     rig.linux_set_alarm(60);
     rig.pass(secs(10));
     let state = rig.rtc.state();
+    assert_eq!(state.alarm_at.map(|at| at - START.as_secs()), Some(60));
 
-    let timer = FakeTimer::default();
-    let irq = Arc::new(RecordingIrqLine::new());
-    let mut rtc =
-        Pl031Rtc::from_state(&state, irq.clone(), rig.clock.clone(), timer.clone()).unwrap();
-    assert_eq!(rtc.state(), state);
-    assert_eq!(timer.armed(), Some(Duration::from_millis(49_750)));
-    assert_eq!(irq.levels(), vec![false]);
+    let mut restored = rig.restored(&state);
+    assert_eq!(guest_view(&mut restored), guest_view(&mut rig));
+    assert_eq!(restored.timer.armed(), Some(Duration::from_millis(49_750)));
+    assert_eq!(restored.irq.levels(), vec![false]);
 
-    rig.clock.advance(secs(50));
-    rtc.on_alarm_timer().unwrap();
-    assert!(irq.is_high());
+    restored.pass(secs(49));
+    assert_eq!(restored.read(RTCRIS), 0, "one second early");
+    restored.pass(secs(1));
+    assert_eq!(restored.read(RTCDR), 60);
+    assert_eq!(restored.read(RTCMIS), ALARM_BIT);
+    assert!(restored.irq.is_high());
+    restored.write(RTCICR, ALARM_BIT);
+    assert!(!restored.irq.is_high());
 }
 
 #[test]
-fn restore_after_the_match_time_fires_at_once() {
+fn restored_alarm_that_fell_due_while_saved_fires_at_once() {
     let mut rig = Rig::new();
     rig.write(RTCLR, 0);
     rig.linux_set_alarm(60);
     let state = rig.rtc.state();
 
-    rig.clock.advance(secs(3600)); // the VM stayed saved for an hour
-    let irq = Arc::new(RecordingIrqLine::new());
-    let mut rtc =
-        Pl031Rtc::from_state(&state, irq.clone(), rig.clock.clone(), FakeTimer::default()).unwrap();
-    assert!(irq.is_high());
-    let mut data = [0; 4];
-    rtc.read(RTCDR, &mut data);
-    assert_eq!(u32::from_le_bytes(data), 3600, "time kept running");
+    rig.clock.advance(secs(3600)); // the VM stayed on disk for an hour
+    let mut restored = rig.restored(&state);
+    assert!(
+        restored.irq.is_high(),
+        "raised before the first guest access"
+    );
+    assert_eq!(restored.timer.armed(), None, "nothing left to wait for");
+    assert_eq!(restored.read(RTCRIS), ALARM_BIT);
+    assert_eq!(restored.read(RTCMIS), ALARM_BIT);
+    assert_eq!(restored.read(RTCDR), 3600, "time kept running");
+    assert_eq!(restored.rtc.state().alarm_at, None);
+    assert_eq!(restored.irq.rising_edges(), 1);
 }
 
 #[test]
-fn restore_of_a_raised_alarm_drives_the_line_high() {
-    let state = Pl031State {
-        imsc: ALARM_BIT,
-        ris: ALARM_BIT,
-        ..Pl031State::default()
-    };
-    let irq = Arc::new(RecordingIrqLine::new());
-    Pl031Rtc::from_state(
+fn restored_masked_alarm_due_while_saved_sets_raw_status_only() {
+    let mut rig = Rig::new();
+    rig.write(RTCLR, 0);
+    rig.write(RTCMR, 60);
+    let state = rig.rtc.state();
+    rig.clock.advance(secs(61));
+    let mut restored = rig.restored(&state);
+    assert_eq!(restored.read(RTCRIS), ALARM_BIT);
+    assert!(!restored.irq.is_high());
+    restored.write(RTCIMSC, ALARM_BIT);
+    assert!(restored.irq.is_high());
+}
+
+#[test]
+fn restored_raised_alarm_keeps_the_line_high_until_cleared() {
+    let mut rig = Rig::new();
+    let now = rig.read(RTCDR);
+    rig.linux_set_alarm(now + 1);
+    rig.pass(secs(1));
+    assert!(rig.irq.is_high());
+
+    let mut restored = rig.restored(&rig.rtc.state());
+    assert!(restored.irq.is_high());
+    assert_eq!(guest_view(&mut restored), guest_view(&mut rig));
+    let mis = restored.read(RTCMIS);
+    restored.write(RTCICR, mis);
+    assert!(!restored.irq.is_high());
+}
+
+#[test]
+fn restored_idle_rtc_reads_like_the_saved_one() {
+    let mut rig = Rig::new();
+    rig.write(RTCLR, 12345);
+    let mut restored = rig.restored(&rig.rtc.state());
+    assert_eq!(guest_view(&mut restored), guest_view(&mut rig));
+    // MR is 0, behind the counter: the match waits for the wrap, there as here.
+    assert_eq!(restored.timer.armed(), rig.timer.armed());
+    assert!(restored.irq.levels().iter().all(|&level| !level));
+}
+
+fn restore_error(state: RtcState) -> RtcStateError {
+    match Pl031Rtc::from_state(
         &state,
-        irq.clone(),
+        Arc::new(RecordingIrqLine::new()),
+        ManualClock::new(START),
+        FakeTimer::default(),
+    ) {
+        Ok(_) => panic!("{state:?} was accepted"),
+        Err(err) => err,
+    }
+}
+
+#[test]
+fn a_mask_with_bits_besides_the_alarm_is_rejected() {
+    let err = restore_error(RtcState {
+        imsc: 0x3,
+        ..RtcState::default()
+    });
+    assert!(
+        matches!(err, RtcStateError::InvalidInterruptMask(3)),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_raw_status_with_bits_besides_the_alarm_is_rejected() {
+    let err = restore_error(RtcState {
+        ris: 0x2,
+        ..RtcState::default()
+    });
+    assert!(matches!(err, RtcStateError::InvalidRawStatus(2)), "{err}");
+}
+
+#[test]
+fn an_alarm_not_due_when_the_counter_reaches_mr_is_rejected() {
+    let err = restore_error(RtcState {
+        offset: -1000,
+        mr: 60,
+        alarm_at: Some(1061),
+        ..RtcState::default()
+    });
+    assert!(
+        matches!(err, RtcStateError::InvalidAlarm { at: 1061, mr: 60 }),
+        "{err}"
+    );
+    // The consistent one is accepted.
+    Pl031Rtc::from_state(
+        &RtcState {
+            offset: -1000,
+            mr: 60,
+            alarm_at: Some(1060),
+            ..RtcState::default()
+        },
+        Arc::new(RecordingIrqLine::new()),
         ManualClock::new(START),
         FakeTimer::default(),
     )
     .unwrap();
-    assert!(irq.is_high());
 }
 
 #[test]

@@ -9,16 +9,17 @@
 
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
     VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
 };
 use virtio_bindings::virtio_mmio::*;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use super::{ActiveQueue, VIRTIO_F_VERSION_1, VirtioDevice, VirtioInterrupt};
+use super::{ActiveQueue, VIRTIO_F_VERSION_1, VirtioDevice, VirtioInterrupt, VirtioQueueState};
 use crate::bus::MmioDevice;
 
 /// "virt" in little-endian ASCII.
@@ -27,6 +28,231 @@ const MAGIC: u32 = 0x7472_6976;
 const VERSION: u32 = 2;
 /// Our vendor id ("VMMA"), as QEMU reports "QEMU".
 const VENDOR_ID: u32 = 0x414D_4D56;
+
+/// The status values a driver passes through in order (virtio 1.2 §3.1.1), before FAILED or
+/// NEEDS_RESET is added.
+const STATUS_STEPS: [u32; 5] = [
+    0,
+    VIRTIO_CONFIG_S_ACKNOWLEDGE,
+    VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER,
+    VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK,
+    VIRTIO_CONFIG_S_ACKNOWLEDGE
+        | VIRTIO_CONFIG_S_DRIVER
+        | VIRTIO_CONFIG_S_FEATURES_OK
+        | VIRTIO_CONFIG_S_DRIVER_OK,
+];
+
+/// The register file of an [`MmioTransport`], with its device's type and configuration
+/// space, for save/restore.
+///
+/// Only a device the driver has not started (no DRIVER_OK, or DRIVER_OK with NEEDS_RESET
+/// after a failed activation) can be restored; a suspended Linux guest has reset every
+/// device to status 0 ([`MmioTransport::is_reset`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VirtioMmioState {
+    /// The virtio device id (`VIRTIO_ID_*`).
+    pub device_type: u32,
+    /// DeviceFeaturesSel.
+    pub device_features_sel: u32,
+    /// DriverFeaturesSel.
+    pub driver_features_sel: u32,
+    /// The feature bits the driver wrote to DriverFeatures.
+    pub acked_features: u64,
+    /// QueueSel.
+    pub queue_sel: u32,
+    /// Every queue the device has, in order, as the driver set it up.
+    pub queues: Vec<VirtioQueueState>,
+    /// The device status register.
+    pub status: u32,
+    /// InterruptStatus.
+    pub interrupt_status: u32,
+    /// ConfigGeneration.
+    pub config_generation: u32,
+    /// The device's configuration space. The device owns it and the driver cannot write it:
+    /// on restore it must equal the new device's.
+    pub config_space: Vec<u8>,
+}
+
+/// Errors from rebuilding an [`MmioTransport`] from a [`VirtioMmioState`].
+#[derive(Debug, thiserror::Error)]
+pub enum VirtioStateError {
+    /// The state is of another kind of device than the one given.
+    #[error("Invalid virtio state: device type {saved}, the device's is {device}")]
+    DeviceType {
+        /// The saved device type.
+        saved: u32,
+        /// The type of the device given to restore into.
+        device: u32,
+    },
+    /// The status is not one the driver's sequence can reach.
+    #[error("Invalid virtio state: status {0:#x}")]
+    InvalidStatus(u32),
+    /// The device was active (DRIVER_OK): its queues were being served by a worker whose
+    /// progress the state does not hold.
+    #[error("Cannot restore an active virtio device (status {0:#x})")]
+    Active(u32),
+    /// The driver features are not ones the device could hold at the saved status.
+    #[error("Invalid virtio state: driver features {0:#x}")]
+    InvalidFeatures(u64),
+    /// InterruptStatus has bits the device could not have raised at the saved status.
+    #[error("Invalid virtio state: interrupt status {0:#x}")]
+    InvalidInterruptStatus(u32),
+    /// The state has another number of queues than the device.
+    #[error("Invalid virtio state: {saved} queues, the device has {device}")]
+    QueueCount {
+        /// Queues in the state.
+        saved: usize,
+        /// Queues the device has.
+        device: usize,
+    },
+    /// A queue's maximum size is not the one the device offers.
+    #[error(
+        "Invalid virtio state: queue {index} has maximum size {saved}, the device's is {device}"
+    )]
+    QueueMaxSize {
+        /// The queue.
+        index: usize,
+        /// Its saved maximum size.
+        saved: u16,
+        /// The device's maximum size for it.
+        device: u16,
+    },
+    /// A queue's size or ring addresses are not ones the driver could have set.
+    #[error("Invalid virtio state: queue {index}")]
+    InvalidQueue {
+        /// The queue.
+        index: usize,
+        /// What virtio-queue found wrong.
+        #[source]
+        source: virtio_queue::Error,
+    },
+    /// A queue differs from its reset state although the status is before FEATURES_OK.
+    #[error("Invalid virtio state: queue {0} is set up before FEATURES_OK")]
+    QueueBeforeFeaturesOk(usize),
+    /// A queue has ring indices on a device that never served it.
+    #[error("Invalid virtio state: queue {0} has ring indices on an inactive device")]
+    QueueIndices(usize),
+    /// The configuration space has another length than the device's.
+    #[error("Invalid virtio state: {saved}-byte configuration space, the device's has {device}")]
+    ConfigLength {
+        /// Saved length.
+        saved: usize,
+        /// The device's length.
+        device: usize,
+    },
+    /// The configuration space differs from the device's (another disk size, MAC or CID).
+    #[error("Invalid virtio state: the configuration space differs from the device's")]
+    ConfigMismatch,
+    /// The transport's eventfds could not be created.
+    #[error("Cannot create the restored virtio transport")]
+    Transport(#[source] TransportError),
+    /// A saved pending interrupt could not be raised again.
+    #[error("Cannot re-raise the saved virtio interrupt")]
+    Interrupt(#[source] std::io::Error),
+}
+
+impl VirtioMmioState {
+    /// Checks the state against `device` and builds its queues.
+    fn validate(&self, device: &dyn VirtioDevice) -> Result<Vec<Queue>, VirtioStateError> {
+        if self.device_type != device.device_type() {
+            return Err(VirtioStateError::DeviceType {
+                saved: self.device_type,
+                device: device.device_type(),
+            });
+        }
+        let needs_reset = self.status & VIRTIO_CONFIG_S_NEEDS_RESET != 0;
+        let steps = self.status & !(VIRTIO_CONFIG_S_FAILED | VIRTIO_CONFIG_S_NEEDS_RESET);
+        let driver_ok = steps & VIRTIO_CONFIG_S_DRIVER_OK != 0;
+        // NEEDS_RESET is only ever set by a failed activation, on DRIVER_OK.
+        if !STATUS_STEPS.contains(&steps) || (needs_reset && !driver_ok) {
+            return Err(VirtioStateError::InvalidStatus(self.status));
+        }
+        if driver_ok && !needs_reset {
+            return Err(VirtioStateError::Active(self.status));
+        }
+        let features_ok = steps & VIRTIO_CONFIG_S_FEATURES_OK != 0;
+        let features_valid = if features_ok {
+            features_acceptable(self.acked_features, device.features())
+        } else {
+            // DriverFeatures is only written once the driver set DRIVER.
+            steps & VIRTIO_CONFIG_S_DRIVER != 0 || self.acked_features == 0
+        };
+        if !features_valid {
+            return Err(VirtioStateError::InvalidFeatures(self.acked_features));
+        }
+        // Only a failed activation raises an interrupt on a device that is not active.
+        let interrupts = if needs_reset {
+            VirtioInterrupt::CONFIG
+        } else {
+            0
+        };
+        if self.interrupt_status & !interrupts != 0 {
+            return Err(VirtioStateError::InvalidInterruptStatus(
+                self.interrupt_status,
+            ));
+        }
+        let max_sizes = device.queue_max_sizes();
+        if self.queues.len() != max_sizes.len() {
+            return Err(VirtioStateError::QueueCount {
+                saved: self.queues.len(),
+                device: max_sizes.len(),
+            });
+        }
+        let queues = self
+            .queues
+            .iter()
+            .zip(max_sizes)
+            .enumerate()
+            .map(|(index, (&saved, &max_size))| restore_queue(index, saved, max_size, features_ok))
+            .collect::<Result<Vec<_>, _>>()?;
+        let config = device.config_space();
+        if self.config_space.len() != config.len() {
+            return Err(VirtioStateError::ConfigLength {
+                saved: self.config_space.len(),
+                device: config.len(),
+            });
+        }
+        if self.config_space != config {
+            return Err(VirtioStateError::ConfigMismatch);
+        }
+        Ok(queues)
+    }
+}
+
+/// The queue `index` of an inactive device from `saved`, checked against the device's
+/// `max_size` and what the driver can have done at a status with or without FEATURES_OK.
+fn restore_queue(
+    index: usize,
+    saved: VirtioQueueState,
+    max_size: u16,
+    features_ok: bool,
+) -> Result<Queue, VirtioStateError> {
+    if saved.max_size != max_size {
+        return Err(VirtioStateError::QueueMaxSize {
+            index,
+            saved: saved.max_size,
+            device: max_size,
+        });
+    }
+    let saved = QueueState::from(saved);
+    let queue = Queue::try_from(saved)
+        .map_err(|source| VirtioStateError::InvalidQueue { index, source })?;
+    // Queues are only configurable from FEATURES_OK on, and reset with the device.
+    let fresh =
+        Queue::new(max_size).map_err(|source| VirtioStateError::InvalidQueue { index, source })?;
+    if !features_ok && saved != fresh.state() {
+        return Err(VirtioStateError::QueueBeforeFeaturesOk(index));
+    }
+    if saved.next_avail != 0 || saved.next_used != 0 {
+        return Err(VirtioStateError::QueueIndices(index));
+    }
+    Ok(queue)
+}
+
+/// Whether a driver may set FEATURES_OK with `acked`: nothing unoffered, VERSION_1 taken.
+fn features_acceptable(acked: u64, offered: u64) -> bool {
+    acked & !offered == 0 && acked & VIRTIO_F_VERSION_1 != 0
+}
 
 /// One virtio device on the MMIO bus.
 pub struct MmioTransport {
@@ -103,6 +329,64 @@ impl MmioTransport {
     /// The device status register.
     pub fn status(&self) -> u32 {
         self.status
+    }
+
+    /// Whether the device is reset (status 0): nothing set up, no worker, no guest memory in
+    /// use. Only then is [`MmioTransport::state`] a complete record of the device.
+    pub fn is_reset(&self) -> bool {
+        self.status == 0
+    }
+
+    /// The register file, the device's type and configuration space, for save/restore.
+    ///
+    /// For an active device (DRIVER_OK) the queues are as the driver set them up, with the
+    /// ring indices handed to the device at activation: its worker's progress since is not
+    /// seen by the transport, and [`MmioTransport::from_state`] refuses such a state.
+    pub fn state(&self) -> VirtioMmioState {
+        VirtioMmioState {
+            device_type: self.device.device_type(),
+            device_features_sel: self.device_features_select,
+            driver_features_sel: self.driver_features_select,
+            acked_features: self.driver_features,
+            queue_sel: self.queue_select,
+            queues: self
+                .queues
+                .iter()
+                .map(|queue| queue.state().into())
+                .collect(),
+            status: self.status,
+            interrupt_status: self.interrupt.status(),
+            config_generation: self.config_generation,
+            config_space: self.device.config_space().to_vec(),
+        }
+    }
+
+    /// Wraps `device` as [`MmioTransport::new`] does and gives it the registers in `state`,
+    /// as if the driver had written them. A pending interrupt (a failed activation's CONFIG)
+    /// is raised again. The device must be built like the saved one (same type, queues
+    /// and configuration space), and not have been active: a driver that reset it
+    /// negotiates again as with a new device.
+    pub fn from_state(
+        device: Box<dyn VirtioDevice>,
+        memory: GuestMemoryMmap,
+        state: &VirtioMmioState,
+    ) -> Result<Self, VirtioStateError> {
+        let queues = state.validate(device.as_ref())?;
+        let mut transport = Self::new(device, memory).map_err(VirtioStateError::Transport)?;
+        transport.queues = queues;
+        transport.status = state.status;
+        transport.device_features_select = state.device_features_sel;
+        transport.driver_features_select = state.driver_features_sel;
+        transport.driver_features = state.acked_features;
+        transport.queue_select = state.queue_sel;
+        transport.config_generation = state.config_generation;
+        if state.interrupt_status != 0 {
+            transport
+                .interrupt
+                .signal(state.interrupt_status)
+                .map_err(VirtioStateError::Interrupt)?;
+        }
+        Ok(transport)
     }
 
     fn selected_queue(&mut self) -> Option<&mut Queue> {
@@ -259,8 +543,7 @@ impl MmioTransport {
     }
 
     fn features_acceptable(&self) -> bool {
-        let offered = self.device.features();
-        self.driver_features & !offered == 0 && self.driver_features & VIRTIO_F_VERSION_1 != 0
+        features_acceptable(self.driver_features, self.device.features())
     }
 
     fn activate(&mut self) {

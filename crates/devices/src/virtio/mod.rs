@@ -27,13 +27,13 @@ mod worker;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use serde::Serialize;
-use virtio_queue::Queue;
+use serde::{Deserialize, Serialize};
+use virtio_queue::{Queue, QueueState};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 pub use block::{BlockDevice, DiskImage, DiskImageError};
-pub use mmio::MmioTransport;
+pub use mmio::{MmioTransport, VirtioMmioState, VirtioStateError};
 pub use net::NetDevice;
 pub use rng::RngDevice;
 pub use vsock::{VsockDevice, VsockError};
@@ -186,6 +186,62 @@ pub struct ActiveQueue {
     pub event: EventFd,
 }
 
+/// One virtqueue as the transport holds it, for save/restore (virtio-queue's `QueueState`,
+/// which is not serde-serialisable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VirtioQueueState {
+    /// The largest size the device offers (QueueNumMax).
+    pub max_size: u16,
+    /// The size the driver chose (QueueNum).
+    pub size: u16,
+    /// QueueReady.
+    pub ready: bool,
+    /// Guest physical address of the descriptor table.
+    pub desc_table: u64,
+    /// Guest physical address of the available ring.
+    pub avail_ring: u64,
+    /// Guest physical address of the used ring.
+    pub used_ring: u64,
+    /// The next available-ring entry the device will take.
+    pub next_avail: u16,
+    /// The next used-ring entry the device will fill.
+    pub next_used: u16,
+    /// Whether `VIRTIO_RING_F_EVENT_IDX` is in use on this queue.
+    pub event_idx: bool,
+}
+
+impl From<QueueState> for VirtioQueueState {
+    fn from(state: QueueState) -> Self {
+        Self {
+            max_size: state.max_size,
+            size: state.size,
+            ready: state.ready,
+            desc_table: state.desc_table,
+            avail_ring: state.avail_ring,
+            used_ring: state.used_ring,
+            next_avail: state.next_avail,
+            next_used: state.next_used,
+            event_idx: state.event_idx_enabled,
+        }
+    }
+}
+
+impl From<VirtioQueueState> for QueueState {
+    fn from(state: VirtioQueueState) -> Self {
+        Self {
+            max_size: state.max_size,
+            next_avail: state.next_avail,
+            next_used: state.next_used,
+            event_idx_enabled: state.event_idx,
+            size: state.size,
+            ready: state.ready,
+            desc_table: state.desc_table,
+            avail_ring: state.avail_ring,
+            used_ring: state.used_ring,
+        }
+    }
+}
+
 /// A virtio device behind an [`MmioTransport`].
 pub trait VirtioDevice: Send {
     /// The virtio device id (`VIRTIO_ID_*`).
@@ -196,8 +252,12 @@ pub trait VirtioDevice: Send {
     fn queue_max_sizes(&self) -> &[u16];
     /// The feature bits it offers, [`VIRTIO_F_VERSION_1`] included.
     fn features(&self) -> u64;
+    /// Its configuration space (read-only to the driver), as the guest reads it.
+    fn config_space(&self) -> &[u8];
     /// Reads its configuration space at `offset`; bytes past its end read as zero.
-    fn read_config(&self, offset: u64, data: &mut [u8]);
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(self.config_space(), offset, data);
+    }
     /// Starts serving `queues` with the `features` the driver accepted.
     fn activate(
         &mut self,

@@ -43,7 +43,7 @@ use super::worker::{WorkerSlot, drain_queue};
 use super::{
     ActivateError, ActiveQueue, DeviceCounters, DeviceKind, QUEUE_MAX_SIZE, QueueHandler,
     ThreadStartHook, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VirtioDevice, VirtioInterrupt,
-    WorkerIo, read_config_bytes,
+    WorkerIo,
 };
 use crate::log_limit::LogLimit;
 
@@ -189,8 +189,8 @@ impl VirtioDevice for NetDevice {
         self.features
     }
 
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        read_config_bytes(&self.config, offset, data);
+    fn config_space(&self) -> &[u8] {
+        &self.config
     }
 
     fn activate(

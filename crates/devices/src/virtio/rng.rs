@@ -52,8 +52,8 @@ impl VirtioDevice for RngDevice {
         VIRTIO_F_VERSION_1
     }
 
-    fn read_config(&self, _offset: u64, data: &mut [u8]) {
-        data.fill(0);
+    fn config_space(&self) -> &[u8] {
+        &[]
     }
 
     fn activate(

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
-    VIRTIO_CONFIG_S_FEATURES_OK,
+    VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
 };
 use virtio_bindings::virtio_mmio::*;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
@@ -735,4 +735,449 @@ fn an_available_index_too_far_ahead_neither_spins_nor_blocks_a_reset() {
         "the reset never returned: the worker spins"
     );
     assert_eq!(queue.used().idx().load(), 0);
+}
+
+// --- save/restore of the transport ---
+
+/// The registers a driver reads, with the queue and feature selectors as they are.
+fn guest_view(transport: &mut MmioTransport) -> Vec<u32> {
+    let mut view: Vec<u32> = [
+        VIRTIO_MMIO_MAGIC_VALUE,
+        VIRTIO_MMIO_VERSION,
+        VIRTIO_MMIO_DEVICE_ID,
+        VIRTIO_MMIO_VENDOR_ID,
+        VIRTIO_MMIO_DEVICE_FEATURES,
+        VIRTIO_MMIO_QUEUE_NUM_MAX,
+        VIRTIO_MMIO_QUEUE_READY,
+        VIRTIO_MMIO_INTERRUPT_STATUS,
+        VIRTIO_MMIO_STATUS,
+        VIRTIO_MMIO_CONFIG_GENERATION,
+    ]
+    .iter()
+    .map(|&offset| read_reg(transport, offset))
+    .collect();
+    let mut config = [0u8; 16];
+    transport.read(u64::from(VIRTIO_MMIO_CONFIG), &mut config);
+    view.extend(
+        config
+            .chunks(4)
+            .map(|word| u32::from_le_bytes(word.try_into().unwrap())),
+    );
+    view
+}
+
+/// `transport`'s state after a trip through JSON, restored around `device`.
+fn restored(
+    transport: &MmioTransport,
+    device: Box<dyn VirtioDevice>,
+    memory: &GuestMemoryMmap,
+) -> MmioTransport {
+    let state = crate::test_utils::through_json(&transport.state());
+    MmioTransport::from_state(device, memory.clone(), &state).unwrap()
+}
+
+/// Serves one 32-byte request on `queue` (set up by `bring_up`) and checks its used entry.
+fn serve_rng_request(transport: &mut MmioTransport, queue: &MockSplitQueue<GuestMemoryMmap>) {
+    let before = queue.used().idx().load();
+    queue.add_desc_chains(&[desc(DATA, 32, W)], 0).unwrap();
+    write_reg(transport, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+    wait_interrupt(transport);
+    assert_eq!(queue.used().idx().load(), before.wrapping_add(1));
+}
+
+const NEGOTIATED: u32 =
+    VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK;
+
+/// Takes a reset device to FEATURES_OK with VERSION_1, then sets queue 0 up at 16 entries
+/// on `desc`, `avail` and `used` and makes it ready: `bring_up` without DRIVER_OK.
+fn set_up_without_starting(transport: &mut MmioTransport, desc: u64, avail: u64, used: u64) {
+    for step in [
+        VIRTIO_CONFIG_S_ACKNOWLEDGE,
+        VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER,
+    ] {
+        write_reg(transport, VIRTIO_MMIO_STATUS, step);
+    }
+    write_reg(transport, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+    write_reg(transport, VIRTIO_MMIO_DRIVER_FEATURES, 1);
+    write_reg(transport, VIRTIO_MMIO_STATUS, NEGOTIATED);
+    write_reg(transport, VIRTIO_MMIO_QUEUE_NUM, 16);
+    for (low, addr) in [
+        (VIRTIO_MMIO_QUEUE_DESC_LOW, desc),
+        (VIRTIO_MMIO_QUEUE_AVAIL_LOW, avail),
+        (VIRTIO_MMIO_QUEUE_USED_LOW, used),
+    ] {
+        write_reg(transport, low, addr as u32);
+        write_reg(transport, low + 4, (addr >> 32) as u32);
+    }
+    write_reg(transport, VIRTIO_MMIO_QUEUE_READY, 1);
+}
+
+#[test]
+fn a_reset_device_restores_to_the_same_registers_and_renegotiates() {
+    let memory = memory();
+    let mut transport = MmioTransport::new(Box::new(RngDevice::new()), memory.clone()).unwrap();
+    let queue = MockSplitQueue::create(&memory, GuestAddress(0), 16);
+    bring_up(&mut transport, &queue, VIRTIO_F_VERSION_1);
+    serve_rng_request(&mut transport, &queue);
+    assert!(!transport.is_reset());
+    // Linux's freeze on suspend: the device is reset.
+    write_reg(&mut transport, VIRTIO_MMIO_STATUS, 0);
+    write_reg(&mut transport, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 1);
+    assert!(transport.is_reset());
+
+    let mut restored = restored(&transport, Box::new(RngDevice::new()), &memory);
+    assert!(restored.is_reset());
+    assert_eq!(restored.state(), transport.state());
+    assert_eq!(guest_view(&mut restored), guest_view(&mut transport));
+    assert_eq!(
+        read_reg(&mut restored, VIRTIO_MMIO_DEVICE_FEATURES),
+        1,
+        "the feature selector was kept"
+    );
+    assert_eq!(restored.device().counters().snapshot().activations, 0);
+
+    // On resume the driver negotiates again and the restored device serves it.
+    let fresh = MockSplitQueue::create(&memory, GuestAddress(0x8000), 16);
+    bring_up(&mut restored, &fresh, VIRTIO_F_VERSION_1);
+    assert_eq!(restored.device().counters().snapshot().activations, 1);
+    serve_rng_request(&mut restored, &fresh);
+}
+
+#[test]
+fn a_device_saved_mid_setup_finishes_it_after_restore() {
+    let memory = memory();
+    let mut transport = MmioTransport::new(Box::new(RngDevice::new()), memory.clone()).unwrap();
+    let queue = MockSplitQueue::create(&memory, GuestAddress(0), 16);
+    bring_up(&mut transport, &queue, VIRTIO_F_VERSION_1);
+    // The same writes minus DRIVER_OK, on a device that was reset first.
+    write_reg(&mut transport, VIRTIO_MMIO_STATUS, 0);
+    set_up_without_starting(
+        &mut transport,
+        queue.desc_table_addr().0,
+        queue.avail_addr().0,
+        queue.used_addr().0,
+    );
+    let state = transport.state();
+    assert_eq!(state.acked_features, VIRTIO_F_VERSION_1);
+    assert_eq!((state.queues[0].size, state.queues[0].ready), (16, true));
+    drop(transport);
+
+    let mut restored = MmioTransport::from_state(
+        Box::new(RngDevice::new()),
+        memory.clone(),
+        &crate::test_utils::through_json(&state),
+    )
+    .unwrap();
+    assert_eq!(read_reg(&mut restored, VIRTIO_MMIO_STATUS), NEGOTIATED);
+    assert_eq!(read_reg(&mut restored, VIRTIO_MMIO_QUEUE_READY), 1);
+    write_reg(
+        &mut restored,
+        VIRTIO_MMIO_STATUS,
+        NEGOTIATED | VIRTIO_CONFIG_S_DRIVER_OK,
+    );
+    assert_eq!(restored.device().counters().snapshot().activations, 1);
+    serve_rng_request(&mut restored, &queue);
+}
+
+#[test]
+fn a_block_device_keeps_its_config_space_through_restore() {
+    let file = image(8);
+    let memory = memory();
+    let open = || -> Box<dyn VirtioDevice> {
+        let disk = Arc::new(DiskImage::open(file.as_path(), false).unwrap());
+        Box::new(BlockDevice::new(disk, "data"))
+    };
+    let mut transport = MmioTransport::new(open(), memory.clone()).unwrap();
+    let expected = guest_view(&mut transport);
+    let state = crate::test_utils::through_json(&transport.state());
+    assert_eq!(state.config_space.len(), 16);
+    drop(transport); // releases the image's lock
+
+    let mut restored = MmioTransport::from_state(open(), memory.clone(), &state).unwrap();
+    assert_eq!(guest_view(&mut restored), expected);
+    let mut capacity = [0u8; 8];
+    restored.read(u64::from(VIRTIO_MMIO_CONFIG), &mut capacity);
+    assert_eq!(u64::from_le_bytes(capacity), 8);
+}
+
+#[test]
+fn a_failed_activation_restores_with_needs_reset_and_its_interrupt() {
+    let memory = memory();
+    let mut transport = MmioTransport::new(Box::new(RngDevice::new()), memory.clone()).unwrap();
+    // Rings outside guest memory: activation fails and the device asks for a reset.
+    set_up_without_starting(&mut transport, OUT_OF_RAM, OUT_OF_RAM, OUT_OF_RAM);
+    write_reg(
+        &mut transport,
+        VIRTIO_MMIO_STATUS,
+        NEGOTIATED | VIRTIO_CONFIG_S_DRIVER_OK,
+    );
+    let status = read_reg(&mut transport, VIRTIO_MMIO_STATUS);
+    assert_ne!(status & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
+
+    let mut restored = restored(&transport, Box::new(RngDevice::new()), &memory);
+    assert_eq!(guest_view(&mut restored), guest_view(&mut transport));
+    restored
+        .interrupt()
+        .event()
+        .read()
+        .expect("the CONFIG interrupt is raised again");
+    assert_eq!(restored.device().counters().snapshot().activations, 0);
+    // The driver resets it and starts over.
+    let good = MockSplitQueue::create(&memory, GuestAddress(0x8000), 16);
+    bring_up(&mut restored, &good, VIRTIO_F_VERSION_1);
+    serve_rng_request(&mut restored, &good);
+}
+
+#[test]
+fn an_active_device_reports_its_queues_but_is_not_restored() {
+    let memory = memory();
+    let mut transport = MmioTransport::new(Box::new(RngDevice::new()), memory.clone()).unwrap();
+    let queue = MockSplitQueue::create(&memory, GuestAddress(0), 16);
+    bring_up(&mut transport, &queue, VIRTIO_F_VERSION_1);
+    assert!(!transport.is_reset());
+    let state = crate::test_utils::through_json(&transport.state());
+    assert_eq!(state.device_type, 4);
+    let saved = state.queues[0];
+    assert!(saved.ready);
+    assert_eq!(saved.size, 16);
+    assert_eq!(saved.desc_table, queue.desc_table_addr().0);
+    assert_eq!(saved.avail_ring, queue.avail_addr().0);
+    assert_eq!(saved.used_ring, queue.used_addr().0);
+
+    let err = match MmioTransport::from_state(Box::new(RngDevice::new()), memory, &state) {
+        Ok(_) => panic!("an active device was restored"),
+        Err(err) => err,
+    };
+    assert!(
+        matches!(err, VirtioStateError::Active(status) if status == state.status),
+        "{err}"
+    );
+}
+
+// One test per way a saved state can be impossible.
+
+fn reset_rng_state() -> VirtioMmioState {
+    MmioTransport::new(Box::new(RngDevice::new()), memory())
+        .unwrap()
+        .state()
+}
+
+fn rng_restore_error(state: VirtioMmioState) -> VirtioStateError {
+    match MmioTransport::from_state(Box::new(RngDevice::new()), memory(), &state) {
+        Ok(_) => panic!("{state:?} was accepted"),
+        Err(err) => err,
+    }
+}
+
+#[test]
+fn a_state_of_another_device_type_is_rejected() {
+    let err = rng_restore_error(VirtioMmioState {
+        device_type: 2,
+        ..reset_rng_state()
+    });
+    assert!(
+        matches!(
+            err,
+            VirtioStateError::DeviceType {
+                saved: 2,
+                device: 4
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unreachable_status_is_rejected() {
+    for status in [
+        VIRTIO_CONFIG_S_DRIVER,
+        VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_FEATURES_OK,
+        VIRTIO_CONFIG_S_NEEDS_RESET,
+        0x100,
+    ] {
+        let err = rng_restore_error(VirtioMmioState {
+            status,
+            ..reset_rng_state()
+        });
+        assert!(
+            matches!(err, VirtioStateError::InvalidStatus(s) if s == status),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn an_active_status_is_refused() {
+    let err = rng_restore_error(VirtioMmioState {
+        status: NEGOTIATED | VIRTIO_CONFIG_S_DRIVER_OK | VIRTIO_CONFIG_S_FAILED,
+        acked_features: VIRTIO_F_VERSION_1,
+        ..reset_rng_state()
+    });
+    assert!(matches!(err, VirtioStateError::Active(_)), "{err}");
+}
+
+#[test]
+fn features_the_device_cannot_hold_are_rejected() {
+    let unoffered = VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX;
+    let err = rng_restore_error(VirtioMmioState {
+        status: NEGOTIATED,
+        acked_features: unoffered,
+        ..reset_rng_state()
+    });
+    assert!(
+        matches!(err, VirtioStateError::InvalidFeatures(f) if f == unoffered),
+        "{err}"
+    );
+    let err = rng_restore_error(VirtioMmioState {
+        status: VIRTIO_CONFIG_S_ACKNOWLEDGE,
+        acked_features: VIRTIO_F_VERSION_1,
+        ..reset_rng_state()
+    });
+    assert!(matches!(err, VirtioStateError::InvalidFeatures(_)), "{err}");
+}
+
+#[test]
+fn an_interrupt_an_inactive_device_cannot_have_raised_is_rejected() {
+    let err = rng_restore_error(VirtioMmioState {
+        interrupt_status: VirtioInterrupt::USED_RING,
+        ..reset_rng_state()
+    });
+    assert!(
+        matches!(err, VirtioStateError::InvalidInterruptStatus(1)),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_state_with_another_queue_count_is_rejected() {
+    let mut state = reset_rng_state();
+    state.queues.push(state.queues[0]);
+    let err = rng_restore_error(state);
+    assert!(
+        matches!(
+            err,
+            VirtioStateError::QueueCount {
+                saved: 2,
+                device: 1
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_queue_with_another_maximum_size_is_rejected() {
+    let mut state = reset_rng_state();
+    state.queues[0].max_size = 128;
+    state.queues[0].size = 128;
+    let err = rng_restore_error(state);
+    assert!(
+        matches!(
+            err,
+            VirtioStateError::QueueMaxSize {
+                index: 0,
+                saved: 128,
+                device: 256
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_queue_size_the_driver_cannot_set_is_rejected() {
+    for size in [0, 24, 512] {
+        let mut state = VirtioMmioState {
+            status: NEGOTIATED,
+            acked_features: VIRTIO_F_VERSION_1,
+            ..reset_rng_state()
+        };
+        state.queues[0].size = size;
+        let err = rng_restore_error(state);
+        assert!(
+            matches!(
+                err,
+                VirtioStateError::InvalidQueue {
+                    index: 0,
+                    source: virtio_queue::Error::InvalidSize
+                }
+            ),
+            "{size}: {err}"
+        );
+    }
+    let mut state = VirtioMmioState {
+        status: NEGOTIATED,
+        acked_features: VIRTIO_F_VERSION_1,
+        ..reset_rng_state()
+    };
+    state.queues[0].used_ring = 0x1002;
+    let err = rng_restore_error(state);
+    assert!(
+        matches!(
+            err,
+            VirtioStateError::InvalidQueue {
+                index: 0,
+                source: virtio_queue::Error::InvalidUsedRingAlign
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_queue_set_up_before_features_ok_is_rejected() {
+    let mut state = reset_rng_state();
+    state.queues[0].ready = true;
+    let err = rng_restore_error(state);
+    assert!(
+        matches!(err, VirtioStateError::QueueBeforeFeaturesOk(0)),
+        "{err}"
+    );
+}
+
+#[test]
+fn ring_indices_on_an_inactive_device_are_rejected() {
+    let mut state = VirtioMmioState {
+        status: NEGOTIATED,
+        acked_features: VIRTIO_F_VERSION_1,
+        ..reset_rng_state()
+    };
+    state.queues[0].next_avail = 3;
+    let err = rng_restore_error(state);
+    assert!(matches!(err, VirtioStateError::QueueIndices(0)), "{err}");
+}
+
+#[test]
+fn a_config_space_of_another_length_is_rejected() {
+    let err = rng_restore_error(VirtioMmioState {
+        config_space: vec![0; 8],
+        ..reset_rng_state()
+    });
+    assert!(
+        matches!(
+            err,
+            VirtioStateError::ConfigLength {
+                saved: 8,
+                device: 0
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_config_space_unlike_the_devices_is_rejected() {
+    let file = image(8);
+    let disk = Arc::new(DiskImage::open(file.as_path(), true).unwrap());
+    let transport = MmioTransport::new(
+        Box::new(BlockDevice::new(Arc::clone(&disk), "data")),
+        memory(),
+    )
+    .unwrap();
+    let mut state = transport.state();
+    state.config_space[0] = 9; // a disk of 9 sectors
+    let err = MmioTransport::from_state(Box::new(BlockDevice::new(disk, "data")), memory(), &state)
+        .err()
+        .unwrap();
+    assert!(matches!(err, VirtioStateError::ConfigMismatch), "{err}");
 }

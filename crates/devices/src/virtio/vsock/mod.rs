@@ -76,7 +76,7 @@ use super::worker::WorkerSlot;
 use super::{
     ActivateError, ActiveQueue, DeviceCounters, DeviceKind, QUEUE_MAX_SIZE, QueueHandler,
     ThreadStartHook, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VirtioDevice, VirtioInterrupt,
-    WorkerIo, read_config_bytes,
+    WorkerIo,
 };
 use vm_memory::GuestMemoryMmap;
 
@@ -193,8 +193,8 @@ impl VirtioDevice for VsockDevice {
         VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX
     }
 
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        read_config_bytes(&self.config, offset, data);
+    fn config_space(&self) -> &[u8] {
+        &self.config
     }
 
     fn activate(
