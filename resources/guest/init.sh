@@ -43,9 +43,11 @@ udp=
 # resume=/dev/vdXN: the swap partition a hibernated guest resumes from (and hibernates to).
 resume=
 # alarm=N: the snapshot mode sets an RTC wake alarm N seconds ahead before it suspends;
-# more=N: it then runs N ordinary suspend cycles after its resume.
+# more=N: it then runs N ordinary suspend cycles after its resume; with sleepkey=1 it
+# suspends only when the sleep button (KEY_SLEEP, 142) is pressed.
 alarm=
 more=
+sleepkey=
 for word in $(cat /proc/cmdline); do
     case "$word" in
     vmmtest=*) mode=${word#vmmtest=} ;;
@@ -64,6 +66,7 @@ for word in $(cat /proc/cmdline); do
     resume=/dev/vd*) resume=${word#resume=} ;;
     alarm=*) alarm=${word#alarm=} ;;
     more=*) more=${word#more=} ;;
+    sleepkey=*) sleepkey=${word#sleepkey=} ;;
     esac
 done
 
@@ -181,21 +184,25 @@ aborted() {
     echo "@@guest aborted cycle=$1 step=$(cat /sys/power/suspend_stats/last_failed_step) errno=$(cat /sys/power/suspend_stats/last_failed_errno) dev=$(cat /sys/power/suspend_stats/last_failed_dev)"
 }
 
-# Powers off when KEY_POWER (116) is pressed, like a desktop's power-key handler.
-power_key_handler() {
+# wait_key CODE: returns once the gpio-keys key CODE is pressed (1 if there is no such device).
+wait_key() {
     dev=
     for event in /sys/class/input/event*; do
         [ "$(cat "$event/device/name" 2>/dev/null)" = gpio-keys ] && dev=/dev/input/${event##*/}
     done
-    [ -n "$dev" ] || { echo "@@guest no gpio-keys input device"; return; }
+    [ -n "$dev" ] || { echo "@@guest no gpio-keys input device"; return 1; }
     # struct input_event on arm64: 16 bytes of time, u16 type, u16 code, s32 value.
     while :; do
         set -- $(hexdump -n 24 -v -e '12/2 "%u " "\n"' "$dev")
-        if [ "$9" = 1 ] && [ "${10}" = 116 ] && [ "${11}" = 1 ]; then
-            echo "@@guest power-key pressed"
-            poweroff -f
-        fi
+        [ "$9" = 1 ] && [ "${10}" = "$1" ] && [ "${11}" = 1 ] && return 0
     done
+}
+
+# Powers off when KEY_POWER (116) is pressed, like a desktop's power-key handler.
+power_key_handler() {
+    wait_key 116 || return
+    echo "@@guest power-key pressed"
+    poweroff -f
 }
 rtc=$(cat /sys/class/rtc/rtc0/since_epoch 2>/dev/null || echo none)
 root_dev=$(awk '$2 == "/" { dev = $1 } END { print dev }' /proc/mounts)
@@ -380,6 +387,10 @@ snapshot)
     if [ -n "$alarm" ]; then
         echo 0 >/sys/class/rtc/rtc0/wakealarm
         echo "+$alarm" >/sys/class/rtc/rtc0/wakealarm
+    fi
+    if [ "$sleepkey" = 1 ]; then
+        echo "@@guest waiting-for-sleep-key"
+        wait_key 142
     fi
     echo "@@guest suspending pid=$ticker token=$(cat /snapshot-token) ticks=$(cat /mnt/memory/ticks) online=$(cat /sys/devices/system/cpu/online)"
     echo mem > /sys/power/state

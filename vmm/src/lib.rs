@@ -109,6 +109,12 @@ pub enum VmmError {
         /// What the panic said.
         message: String,
     },
+    /// A snapshot cannot be restored.
+    #[error(transparent)]
+    Restore(#[from] snapshot::RestoreError),
+    /// The snapshot request channel could not be created.
+    #[error("Cannot create the snapshot request event")]
+    SnapshotPort(#[source] std::io::Error),
     /// The VMM thread could not be started.
     #[error("Cannot start the VMM thread")]
     VmmThread(#[source] std::io::Error),
@@ -165,14 +171,15 @@ pub(crate) fn run_with(
     kvm_path: &std::path::Path,
     console: &Console,
     shared: &vm::HandleShared,
+    restore: Option<std::sync::Arc<snapshot::state::VmSnapshot>>,
 ) -> Result<ExitReason, VmmError> {
     #[cfg(target_arch = "aarch64")]
     {
-        runner::run(config, backends, kvm_path, console, shared)
+        runner::run(config, backends, kvm_path, console, shared, restore)
     }
     #[cfg(not(target_arch = "aarch64"))]
     {
-        let _ = (config, backends, console, shared);
+        let _ = (config, backends, console, shared, restore);
         Err(hypervisor::check_kvm_device(kvm_path)
             .err()
             .unwrap_or(HypervisorError::WrongArchitecture {

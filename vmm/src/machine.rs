@@ -21,10 +21,11 @@ use devices::irq::{IrqError, IrqLine};
 use devices::rtc_pl031::{SystemClock, TimerFdAlarm};
 use devices::virtio::{
     BlockDevice, DeviceKind, MmioTransport, NetDevice, RngDevice, ThreadStartHook, VirtioDevice,
+    VirtioMmioState,
 };
 use devices::{BootTimer, Pl061Gpio, Serial16550};
 use hypervisor::kvm::{GicV3, Hypervisor, KvmVcpu, Vm, VmOptions};
-use hypervisor::{Vcpu, VcpuError};
+use hypervisor::{MpState, Vcpu, VcpuError};
 use linux_loader::loader::{KernelLoader, pe::PE};
 use virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY;
 use vm_allocator::{AddressAllocator, AllocPolicy, IdAllocator};
@@ -35,8 +36,12 @@ use crate::boot_images::BootImages;
 use crate::config::{CpuPowerMode, VmConfig};
 use crate::event_loop::Rtc;
 use crate::events::{WakeSource, WakeSourceIrqLine, WakeSourceTracker};
+use crate::snapshot::{
+    self,
+    state::{SuspendedVcpu, VmSnapshot},
+};
 use crate::virtio_devices::{AttachedDevice, DeviceInfo, HostBackends};
-use crate::vm::{POWER_BUTTON_PIN, WAKE_BUTTON_PIN};
+use crate::vm::{POWER_BUTTON_PIN, SLEEP_BUTTON_PIN, WAKE_BUTTON_PIN};
 
 /// Failures building the machine.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +115,9 @@ pub enum MachineError {
         /// KVM's version.
         offered: PsciVersion,
     },
+    /// The snapshot does not fit this host or this VM.
+    #[error("Cannot restore the snapshot")]
+    Restore(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A device could not be created or mapped.
     #[error("Cannot set up device {what}")]
     Device {
@@ -145,8 +153,8 @@ pub struct Machine {
     pub vm: Arc<Vm>,
     /// The vCPUs, vCPU 0 set up to enter the kernel.
     pub vcpus: Vec<KvmVcpu>,
-    /// Kept for the VM's lifetime.
-    pub gic: GicV3,
+    /// The vGIC, kept for the VM's lifetime (and read by snapshots).
+    pub gic: Arc<GicV3>,
     /// The MMIO devices.
     pub bus: Arc<MmioBus>,
     /// The console UART.
@@ -157,10 +165,18 @@ pub struct Machine {
     pub rtc: Arc<Mutex<Rtc>>,
     /// The GPIO controller with the wake and power buttons.
     pub gpio: Arc<Mutex<Pl061Gpio>>,
+    /// The boot timer.
+    pub boot_timer: Arc<Mutex<BootTimer>>,
     /// The virtio devices, in their slot order.
     pub devices: Vec<AttachedDevice>,
-    /// Where the boot images went.
-    pub layout: BootLayout,
+    /// Their transports with a name for messages, in the same order.
+    pub transports: Vec<(String, Arc<Mutex<MmioTransport>>)>,
+    /// Guest RAM.
+    pub ram: GuestRegion,
+    /// Where the boot images went; `None` for a guest restored from a snapshot.
+    pub layout: Option<BootLayout>,
+    /// For a guest restored from a snapshot: the vCPU that is SUSPENDED, all others off.
+    pub restored: Option<SuspendedVcpu>,
     /// `MPIDR_EL1` of each vCPU, by index.
     pub vcpu_mpidrs: Vec<u64>,
     /// Whether KVM forwards CPU_ON, CPU_OFF and AFFINITY_INFO, for the VMM to keep the vCPU
@@ -195,11 +211,19 @@ where
     }
 }
 
+/// What a boot starts from.
+pub enum BootFrom<'a> {
+    /// The kernel and initramfs: a fresh boot.
+    Images(BootImages),
+    /// A snapshot of a suspended guest (already checked), its memory file in `dir`.
+    Snapshot(&'a VmSnapshot),
+}
+
 /// Builds the VM described by `config`, which must have been validated.
 pub fn build(
     hypervisor: &Hypervisor,
     config: &VmConfig,
-    images: BootImages,
+    from: BootFrom<'_>,
     backends: &HostBackends,
     console_output: devices::SerialOutput,
     wake: Arc<WakeSourceTracker>,
@@ -213,39 +237,38 @@ pub fn build(
         });
     }
 
-    let BootImages {
-        mut kernel,
-        kernel_path,
-        initramfs,
-        layout,
-    } = images;
-    let memory = GuestMemoryMmap::<()>::from_ranges(&[(
-        GuestAddress(RAM_START),
-        config.memory_bytes() as usize,
-    )])
-    .map_err(|source| MachineError::Memory {
-        memory_mib: config.memory_mib,
-        source,
-    })?;
-    kernel
-        .seek(SeekFrom::Start(0))
-        .map_err(|source| MachineError::KernelRead {
-            path: kernel_path.clone(),
-            source,
-        })?;
-    let loaded = PE::load(
-        &memory,
-        Some(GuestAddress(layout.kernel_load)),
-        &mut kernel,
-        None,
-    )
-    .map_err(|source| MachineError::LoadKernel {
-        path: kernel_path.clone(),
-        source: LoaderError(source),
-    })?;
-    if let (Some((mut file, len)), Some(region)) = (initramfs, layout.initrd) {
-        load_initramfs(&memory, region, &mut file, len)?;
-    }
+    let (memory, boot) = match from {
+        BootFrom::Images(images) => {
+            let ram_bytes = config.memory_bytes() as usize;
+            let memory =
+                GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(RAM_START), ram_bytes)])
+                    .map_err(|source| MachineError::Memory {
+                        memory_mib: config.memory_mib,
+                        source,
+                    })?;
+            let (layout, kernel_load) = load_images(&memory, images)?;
+            (
+                memory,
+                Start::Fresh {
+                    layout,
+                    kernel_load,
+                },
+            )
+        }
+        BootFrom::Snapshot(snapshot) => {
+            let memory = snapshot::memory::map(
+                &snapshot.path.join(snapshot::dir::MEMORY_FILE),
+                snapshot.ram_start,
+                snapshot.ram_size,
+            )
+            .map_err(|err| MachineError::Restore(Box::new(err)))?;
+            (memory, Start::Restore(snapshot))
+        }
+    };
+    let ram = GuestRegion {
+        start: RAM_START,
+        size: config.memory_bytes(),
+    };
 
     let vm = Arc::new(Vm::new(
         hypervisor,
@@ -277,44 +300,55 @@ pub fn build(
         mpidrs.push(vcpu.reg(MPIDR_EL1)? & MPIDR_AFFINITY_MASK);
         vcpus.push(vcpu);
     }
-    let psci_version = set_psci_version(&vcpus[0], config.psci_version)?;
+    let asked_psci = match &boot {
+        Start::Fresh { .. } => config.psci_version,
+        Start::Restore(snapshot) => Some(PsciVersion::from_raw(snapshot.psci_version)),
+    };
+    let psci_version = set_psci_version(&vcpus[0], asked_psci)?;
     if config.suspend && !psci_version.has_system_suspend() {
         log::warn!("PSCI {psci_version} has no SYSTEM_SUSPEND: the guest gets s2idle only");
     }
-    let gic = vm.create_gic(
+    let gic = Arc::new(vm.create_gic(
         layout::GIC_DIST_BASE,
         layout::GIC_REDIST_BASE,
         layout::GIC_NR_SPIS,
-    )?;
+    )?);
 
-    let virtio = attach_virtio(&vm, backends, config.rng, worker_hook)?;
-    let fdt = create_fdt(&FdtConfig {
-        vcpu_mpidrs: mpidrs.clone(),
-        ram: layout.ram,
-        cmdline: config.cmdline.clone(),
-        initrd: layout.initrd,
-        serial: true,
-        rtc: true,
-        gpio: true,
-        gpio_keys: vec![
-            GpioKey::wake(WAKE_BUTTON_PIN),
-            GpioKey::power(POWER_BUTTON_PIN),
-        ],
-        virtio_mmio: virtio.iter().map(|device| device.node).collect(),
-        psci_version,
-    })
-    .map_err(MachineError::Fdt)?;
-    vm.memory()
-        .write_slice(&fdt, GuestAddress(layout.fdt_addr))
-        .map_err(|source| MachineError::GuestWrite {
-            what: "device tree",
-            source,
-        })?;
-    let registers =
-        boot_regs(loaded.kernel_load.0, layout.fdt_addr).map_err(MachineError::BootRegs)?;
-    for (id, value) in registers {
-        vcpus[0].set_reg(id, value)?;
-    }
+    let saved = match boot {
+        Start::Restore(snapshot) => {
+            // The vGIC and the counter before any device raises a line, and before any vCPU
+            // runs.
+            restore_vcpus(&vm, &gic, &vcpus, &mpidrs, snapshot)?;
+            Some(snapshot)
+        }
+        Start::Fresh { .. } => None,
+    };
+    let virtio = attach_virtio(
+        &vm,
+        backends,
+        config.rng,
+        worker_hook,
+        saved.map(|snapshot| &snapshot.devices.virtio[..]),
+    )?;
+    let layout = match boot {
+        Start::Fresh {
+            layout,
+            kernel_load,
+        } => {
+            write_boot_state(
+                &vm,
+                config,
+                &vcpus[0],
+                &mpidrs,
+                &virtio,
+                &layout,
+                kernel_load,
+                psci_version,
+            )?;
+            Some(layout)
+        }
+        Start::Restore(_) => None,
+    };
 
     // Every device line notes its source, so a wakeup can say what woke the guest.
     let irq = |spi: layout::Spi, source: WakeSource| -> Arc<dyn IrqLine> {
@@ -328,18 +362,39 @@ pub fn build(
     let rx_space_for_serial = serial_rx_space
         .try_clone()
         .map_err(device_error("serial"))?;
-    let serial = Arc::new(Mutex::new(Serial16550::with_rx_space_event(
-        irq(UART_SPI, WakeSource::Serial),
-        console_output,
-        rx_space_for_serial,
-    )));
+    let serial_irq = irq(UART_SPI, WakeSource::Serial);
     let alarm = TimerFdAlarm::new().map_err(device_error("rtc"))?;
-    let rtc = Arc::new(Mutex::new(Rtc::new(
-        irq(RTC_SPI, WakeSource::Rtc),
-        SystemClock,
-        alarm,
-    )));
-    let gpio = Arc::new(Mutex::new(Pl061Gpio::new(irq(GPIO_SPI, WakeSource::Gpio))));
+    let rtc_irq = irq(RTC_SPI, WakeSource::Rtc);
+    let gpio_irq = irq(GPIO_SPI, WakeSource::Gpio);
+    let (serial, rtc, gpio, boot_timer) = match saved {
+        None => (
+            Serial16550::with_rx_space_event(serial_irq, console_output, rx_space_for_serial),
+            Rtc::new(rtc_irq, SystemClock, alarm),
+            Pl061Gpio::new(gpio_irq),
+            BootTimer::new(),
+        ),
+        Some(snapshot) => {
+            let saved = &snapshot.devices;
+            (
+                Serial16550::from_state(
+                    &saved.serial,
+                    serial_irq,
+                    console_output,
+                    Some(rx_space_for_serial),
+                )
+                .map_err(device_error("serial"))?,
+                Rtc::from_state(&saved.rtc, rtc_irq, SystemClock, alarm)
+                    .map_err(device_error("rtc"))?,
+                Pl061Gpio::from_state(&saved.gpio, gpio_irq).map_err(device_error("gpio"))?,
+                BootTimer::from_state(&saved.boot_timer),
+            )
+        }
+    };
+    let serial = Arc::new(Mutex::new(serial));
+    let rtc = Arc::new(Mutex::new(rtc));
+    let gpio = Arc::new(Mutex::new(gpio));
+    // Logs `Guest boot time: N us since vmm start` when the guest's init writes its magic.
+    let boot_timer = Arc::new(Mutex::new(boot_timer));
 
     let mut bus = MmioBus::new();
     bus.insert(UART_BASE, MMIO_SLOT_SIZE, serial.clone())
@@ -348,17 +403,19 @@ pub fn build(
         .map_err(device_error("rtc"))?;
     bus.insert(GPIO_BASE, MMIO_SLOT_SIZE, gpio.clone())
         .map_err(device_error("gpio"))?;
-    // Logs `Guest boot time: N us since vmm start` when the guest's init writes its magic.
-    bus.insert(
-        BOOT_TIMER_BASE,
-        MMIO_SLOT_SIZE,
-        Arc::new(Mutex::new(BootTimer::new())),
-    )
-    .map_err(device_error("boot timer"))?;
+    bus.insert(BOOT_TIMER_BASE, MMIO_SLOT_SIZE, boot_timer.clone())
+        .map_err(device_error("boot timer"))?;
     let mut attached = Vec::with_capacity(virtio.len());
+    let mut transports = Vec::with_capacity(virtio.len());
     for device in virtio {
-        bus.insert(device.node.base, device.node.size, device.transport)
+        bus.insert(device.node.base, device.node.size, device.transport.clone())
             .map_err(device_error("virtio"))?;
+        let info = &device.attached.info;
+        let name = match &info.id {
+            Some(id) => format!("{:?} {id}", info.kind).to_lowercase(),
+            None => format!("{:?}", info.kind).to_lowercase(),
+        };
+        transports.push((name, device.transport));
         attached.push(device.attached);
     }
 
@@ -371,12 +428,151 @@ pub fn build(
         serial_rx_space,
         rtc,
         gpio,
+        boot_timer,
         devices: attached,
+        transports,
+        ram,
         layout,
+        restored: saved.map(|snapshot| snapshot.suspended),
         vcpu_mpidrs: mpidrs,
         power_calls_forwarded,
         psci_version,
     })
+}
+
+/// What a boot starts from, once guest memory is there.
+enum Start<'a> {
+    /// The kernel is loaded at `kernel_load`; the FDT and registers are still to be written.
+    Fresh {
+        layout: BootLayout,
+        kernel_load: u64,
+    },
+    /// Guest memory is the snapshot's; the vCPUs and devices take their saved state.
+    Restore(&'a VmSnapshot),
+}
+
+/// Places and loads the kernel and initramfs; returns the layout and where the kernel went.
+fn load_images(
+    memory: &GuestMemoryMmap,
+    images: BootImages,
+) -> Result<(BootLayout, u64), MachineError> {
+    let BootImages {
+        mut kernel,
+        kernel_path,
+        initramfs,
+        layout,
+    } = images;
+    kernel
+        .seek(SeekFrom::Start(0))
+        .map_err(|source| MachineError::KernelRead {
+            path: kernel_path.clone(),
+            source,
+        })?;
+    let loaded = PE::load(
+        memory,
+        Some(GuestAddress(layout.kernel_load)),
+        &mut kernel,
+        None,
+    )
+    .map_err(|source| MachineError::LoadKernel {
+        path: kernel_path.clone(),
+        source: LoaderError(source),
+    })?;
+    if let (Some((mut file, len)), Some(region)) = (initramfs, layout.initrd) {
+        load_initramfs(memory, region, &mut file, len)?;
+    }
+    Ok((layout, loaded.kernel_load.0))
+}
+
+/// A fresh boot: the device tree in guest memory and vCPU 0 at the kernel's entry.
+#[allow(clippy::too_many_arguments)]
+fn write_boot_state(
+    vm: &Vm,
+    config: &VmConfig,
+    boot_vcpu: &KvmVcpu,
+    mpidrs: &[u64],
+    virtio: &[VirtioSlot],
+    layout: &BootLayout,
+    kernel_load: u64,
+    psci_version: PsciVersion,
+) -> Result<(), MachineError> {
+    let fdt = create_fdt(&FdtConfig {
+        vcpu_mpidrs: mpidrs.to_vec(),
+        ram: layout.ram,
+        cmdline: config.cmdline.clone(),
+        initrd: layout.initrd,
+        serial: true,
+        rtc: true,
+        gpio: true,
+        gpio_keys: vec![
+            GpioKey::wake(WAKE_BUTTON_PIN),
+            GpioKey::power(POWER_BUTTON_PIN),
+            GpioKey::sleep(SLEEP_BUTTON_PIN),
+        ],
+        virtio_mmio: virtio.iter().map(|device| device.node).collect(),
+        psci_version,
+    })
+    .map_err(MachineError::Fdt)?;
+    vm.memory()
+        .write_slice(&fdt, GuestAddress(layout.fdt_addr))
+        .map_err(|source| MachineError::GuestWrite {
+            what: "device tree",
+            source,
+        })?;
+    let registers = boot_regs(kernel_load, layout.fdt_addr).map_err(MachineError::BootRegs)?;
+    for (id, value) in registers {
+        boot_vcpu.set_reg(id, value)?;
+    }
+    Ok(())
+}
+
+/// A restore: the vGIC, the guest's counter advanced by the time the snapshot spent on disk,
+/// and the vCPUs' MP states (the suspended one SUSPENDED, every other one off). Before any
+/// vCPU runs and before any device raises a line.
+fn restore_vcpus(
+    vm: &Vm,
+    gic: &GicV3,
+    vcpus: &[KvmVcpu],
+    mpidrs: &[u64],
+    snapshot: &VmSnapshot,
+) -> Result<(), MachineError> {
+    let restore_error = |err: Box<dyn std::error::Error + Send + Sync>| MachineError::Restore(err);
+    if mpidrs != snapshot.vcpu_mpidrs.as_slice() {
+        return Err(restore_error(
+            format!(
+                "the vCPUs' MPIDRs are {mpidrs:x?} on this host, {:x?} in the snapshot",
+                snapshot.vcpu_mpidrs
+            )
+            .into(),
+        ));
+    }
+    gic.restore(mpidrs, &snapshot.gic)
+        .map_err(|err| restore_error(Box::new(err)))?;
+    let on_disk_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |now| now.as_nanos())
+        .saturating_sub(snapshot.saved_at_ns);
+    let ticks = on_disk_ns * u128::from(snapshot.counter.cntfrq) / 1_000_000_000;
+    let counter = snapshot
+        .counter
+        .cntvct
+        .wrapping_add(u64::try_from(ticks).unwrap_or(u64::MAX));
+    let path = vm
+        .set_guest_counter(vcpus, counter)
+        .map_err(|err| restore_error(Box::new(err)))?;
+    log::info!(
+        "Guest counter advanced by {:.3} s on disk ({path:?})",
+        on_disk_ns as f64 / 1e9
+    );
+    for (index, vcpu) in vcpus.iter().enumerate() {
+        let state = if index as u32 == snapshot.suspended.index {
+            MpState::Suspended
+        } else {
+            MpState::Stopped
+        };
+        vcpu.set_mp_state(state)?;
+    }
+    Ok(())
 }
 
 /// Reads the PSCI version KVM implements and lowers it to `asked`, which KVM accepts before
@@ -417,6 +613,7 @@ fn attach_virtio(
     backends: &HostBackends,
     rng: bool,
     worker_hook: Option<ThreadStartHook>,
+    saved: Option<&[VirtioMmioState]>,
 ) -> Result<Vec<VirtioSlot>, MachineError> {
     let mut windows = AddressAllocator::new(VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE)
         .map_err(device_error("virtio"))?;
@@ -467,8 +664,20 @@ fn attach_virtio(
             DeviceInfo::new(DeviceKind::Rng),
         ));
     }
+    if let Some(saved) = saved {
+        if saved.len() != devices.len() {
+            return Err(MachineError::Restore(
+                format!(
+                    "the snapshot has {} virtio devices, its configuration {}",
+                    saved.len(),
+                    devices.len()
+                )
+                .into(),
+            ));
+        }
+    }
     let mut slots = Vec::with_capacity(devices.len());
-    for (device, mut info) in devices {
+    for (slot, (device, mut info)) in devices.into_iter().enumerate() {
         let base = windows
             .allocate(
                 VIRTIO_MMIO_WINDOW,
@@ -479,8 +688,13 @@ fn attach_virtio(
             .start();
         let spi = spis.allocate_id().map_err(device_error("virtio"))?;
         let counters = Arc::clone(device.counters());
-        let transport =
-            MmioTransport::new(device, vm.memory().clone()).map_err(device_error("virtio"))?;
+        let transport = match saved {
+            None => {
+                MmioTransport::new(device, vm.memory().clone()).map_err(device_error("virtio"))?
+            }
+            Some(saved) => MmioTransport::from_state(device, vm.memory().clone(), &saved[slot])
+                .map_err(device_error("virtio"))?,
+        };
         vm.register_irqfd(transport.interrupt().event(), spi)?;
         for (index, event) in transport.queue_events().iter().enumerate() {
             vm.register_ioeventfd(

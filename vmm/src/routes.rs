@@ -1,6 +1,6 @@
 //! The control API's routes: each one a thin call on a [`VmHandle`].
 //!
-//! `GET /api/v1/vm.info`, `PUT /api/v1/vm.{wakeup,power-button,pause,resume,shutdown,snapshot}` and
+//! `GET /api/v1/vm.info`, `PUT /api/v1/vm.{wakeup,power-button,pause,resume,shutdown,sleep,snapshot}` and
 //! the `GET /api/v1/vm.events` stream of newline-delimited JSON events.
 
 use std::sync::mpsc::RecvTimeoutError;
@@ -67,6 +67,8 @@ pub enum Endpoint {
     Resume,
     /// `PUT vm.shutdown`: stop the VM now.
     Shutdown,
+    /// `PUT vm.sleep`: press the sleep button (the guest suspends itself if it handles it).
+    Sleep,
     /// `PUT vm.snapshot`: save the suspended guest to a directory (`{"destination": DIR,
     /// "then": "stay" | "exit"}`).
     Snapshot,
@@ -74,7 +76,7 @@ pub enum Endpoint {
 
 impl Endpoint {
     /// Every endpoint.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Info,
         Self::Events,
         Self::Wakeup,
@@ -82,6 +84,7 @@ impl Endpoint {
         Self::Pause,
         Self::Resume,
         Self::Shutdown,
+        Self::Sleep,
         Self::Snapshot,
     ];
 
@@ -95,6 +98,7 @@ impl Endpoint {
             Self::Pause => "vm.pause",
             Self::Resume => "vm.resume",
             Self::Shutdown => "vm.shutdown",
+            Self::Sleep => "vm.sleep",
             Self::Snapshot => "vm.snapshot",
         }
     }
@@ -149,6 +153,7 @@ impl ApiRouter for VmRouter {
             Endpoint::Pause => conflict_or_ok(handle.pause(), "paused"),
             Endpoint::Resume => conflict_or_ok(handle.resume(), "resumed"),
             Endpoint::Shutdown => conflict_or_ok(handle.shutdown(), "shutting down"),
+            Endpoint::Sleep => conflict_or_ok(handle.press_sleep_button(), "sleep button pressed"),
             Endpoint::Snapshot => self.snapshot(body),
         }
     }

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arch_aarch64::cpu_power::CpuPowerTable;
 use arch_aarch64::psci::RamRange;
@@ -17,9 +17,13 @@ use crate::config::VmConfig;
 use crate::console::{Console, OUTPUT_QUEUE_BYTES, OutputQueue, QueueWriter};
 use crate::control::{ExitReason, VmControl};
 use crate::event_loop::{ConsoleInput, EventLoop, RtcAlarm};
+use crate::events::VmEventKind;
 use crate::events::WakeSourceTracker;
-use crate::machine::{self, Machine};
+use crate::machine::{self, BootFrom, Machine};
 use crate::seccomp::{Thread, VmFilters};
+use crate::snapshot::SnapshotPort;
+use crate::snapshot::state::VmSnapshot;
+use crate::snapshot::take::{SnapshotSource, SnapshotTaker};
 use crate::suspend::SuspendCoordinator;
 use crate::terminal::RawTerminal;
 use crate::vcpu::{VcpuContext, run_vcpu_guarded};
@@ -34,6 +38,7 @@ pub(crate) fn run(
     kvm_path: &Path,
     console: &Console,
     shared: &HandleShared,
+    mut restore: Option<Arc<VmSnapshot>>,
 ) -> Result<ExitReason, VmmError> {
     // This thread's filter comes first, before anything is opened: it covers building the
     // machine at every boot, and every thread started from here on inherits it.
@@ -57,13 +62,19 @@ pub(crate) fn run(
         if shared.shutdown_requested() {
             return Ok(ExitReason::Shutdown);
         }
-        let images = BootImages::open(config)?;
+        let started = Instant::now();
+        // The first boot only: a guest reset after the restore boots the kernel afresh.
+        let snapshot = restore.take();
+        let from = match &snapshot {
+            Some(snapshot) => BootFrom::Snapshot(snapshot),
+            None => BootFrom::Images(BootImages::open(config)?),
+        };
         let hypervisor = Hypervisor::open(kvm_path)?;
         let wake = Arc::new(WakeSourceTracker::new());
         let machine = machine::build(
             &hypervisor,
             config,
-            images,
+            from,
             backends,
             Box::new(QueueWriter(Arc::clone(&output))),
             Arc::clone(&wake),
@@ -74,12 +85,26 @@ pub(crate) fn run(
             terminal = Some(RawTerminal::enter().map_err(VmmError::Terminal)?);
         }
         boots += 1;
-        log::info!(
-            "Booting ({} vCPUs, {} MiB), boot {boots}",
-            config.cpus,
-            config.memory_mib
-        );
-        let reason = run_machine(machine, wake, signals, console, &output, shared, &filters)?;
+        let restored = snapshot.map(|snapshot| Restored {
+            path: snapshot.path.clone(),
+            started,
+        });
+        match &restored {
+            Some(restored) => log::info!(
+                "Restored from {} ({} vCPUs, {} MiB), suspended",
+                restored.path.display(),
+                config.cpus,
+                config.memory_mib
+            ),
+            None => log::info!(
+                "Booting ({} vCPUs, {} MiB), boot {boots}",
+                config.cpus,
+                config.memory_mib
+            ),
+        }
+        let reason = run_machine(
+            machine, config, backends, wake, signals, console, &output, shared, &filters, restored,
+        )?;
         let signal = signals.and_then(|_| signals::received());
         match reason.after_boot(config.no_reboot, signal) {
             None => log::info!("Guest reset: rebooting"),
@@ -93,31 +118,47 @@ pub(crate) fn run(
     }
 }
 
+/// A boot that restores a snapshot: where from, and since when, for its `restored` event.
+struct Restored {
+    path: std::path::PathBuf,
+    started: Instant,
+}
+
+#[allow(clippy::too_many_arguments)]
 fn run_machine(
     machine: Machine,
+    config: &VmConfig,
+    backends: &HostBackends,
     wake: Arc<WakeSourceTracker>,
     signals: Option<&'static EventFd>,
     console: &Console,
     output: &Arc<OutputQueue>,
     shared: &HandleShared,
     filters: &Arc<VmFilters>,
+    restored: Option<Restored>,
 ) -> Result<ExitReason, VmmError> {
     let Machine {
-        vm: _vm,
+        vm,
         vcpus,
-        gic: _gic,
+        gic,
         bus,
         serial,
         serial_rx_space,
         rtc,
         gpio,
+        boot_timer,
         devices,
+        transports,
+        ram,
         layout,
+        restored: suspended,
         vcpu_mpidrs,
         power_calls_forwarded,
         psci_version,
     } = machine;
-    log::debug!("Boot layout: {layout:x?}");
+    if let Some(layout) = layout {
+        log::debug!("Boot layout: {layout:x?}");
+    }
     let control = Arc::new(VmControl::new()?);
     let mut event_loop = EventLoop::new(Arc::clone(&control), signals)?;
     if console.reads_stdin() {
@@ -127,7 +168,7 @@ fn run_machine(
             serial_rx_space,
         )));
     }
-    event_loop.add(Box::new(RtcAlarm::new(rtc)));
+    event_loop.add(Box::new(RtcAlarm::new(Arc::clone(&rtc))));
 
     let kickers: Vec<Arc<dyn VcpuKick>> = vcpus
         .iter()
@@ -136,8 +177,8 @@ fn run_machine(
     let mut suspend = SuspendCoordinator::new(
         vcpus.len(),
         vec![RamRange {
-            start: layout.ram.start,
-            size: layout.ram.size,
+            start: ram.start,
+            size: ram.size,
         }],
         kickers,
         shared.events(),
@@ -145,9 +186,44 @@ fn run_machine(
         Arc::clone(&control),
     );
     if power_calls_forwarded {
-        suspend = suspend.with_power_table(CpuPowerTable::new(vcpu_mpidrs));
+        let table = match &suspended {
+            Some(suspended) => {
+                CpuPowerTable::with_only_on(vcpu_mpidrs.clone(), suspended.index as usize)
+            }
+            None => CpuPowerTable::new(vcpu_mpidrs.clone()),
+        };
+        suspend = suspend.with_power_table(table);
+    }
+    if let Some(suspended) = &suspended {
+        suspend = suspend.restored_suspended(suspended.index, suspended.call());
     }
     let suspend = Arc::new(suspend);
+    let snapshots = Arc::new(SnapshotPort::new().map_err(VmmError::SnapshotPort)?);
+    event_loop.add(Box::new(SnapshotTaker {
+        port: Arc::clone(&snapshots),
+        source: SnapshotSource {
+            config: config.clone(),
+            vm: Arc::clone(&vm),
+            gic,
+            counter: vcpus[0].kicker(),
+            suspend: Arc::clone(&suspend),
+            control: Arc::clone(&control),
+            serial: Arc::clone(&serial),
+            rtc,
+            gpio: Arc::clone(&gpio),
+            boot_timer,
+            transports,
+            disks: backends
+                .disks
+                .iter()
+                .map(|disk| Arc::clone(&disk.image))
+                .collect(),
+            vcpu_mpidrs,
+            psci_version: psci_version.to_raw(),
+            ram_start: ram.start,
+            anonymous_memory: restored.is_none(),
+        },
+    }));
     let context = Arc::new(VcpuContext {
         bus,
         control: Arc::clone(&control),
@@ -188,7 +264,14 @@ fn run_machine(
         devices,
         console: Arc::clone(output),
         psci_version,
+        snapshots,
     }));
+    if let Some(restored) = restored {
+        shared.events().emit(VmEventKind::Restored {
+            path: restored.path,
+            ms: u64::try_from(restored.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        });
+    }
     if shared.shutdown_requested() {
         control.request_exit(ExitReason::Shutdown);
     }

@@ -14,6 +14,7 @@ use crate::console::Console;
 use crate::control::{ExitReason, VmControl};
 use crate::events::WakeSource;
 use crate::events::{EventBus, EventReceiver};
+use crate::snapshot::state::VmSnapshot;
 use crate::snapshot::{SnapshotError, SnapshotPort, SnapshotRequest, SnapshotTaken};
 use crate::suspend::{PauseError, SuspendCoordinator, SuspendState, SuspendStats};
 use crate::virtio_devices::{AttachedDevice, DeviceInfo, HostBackends};
@@ -28,6 +29,8 @@ const BUTTON_HOLD: Duration = Duration::from_millis(100);
 pub const WAKE_BUTTON_PIN: u32 = 0;
 /// GPIO pin of the power button (KEY_POWER).
 pub const POWER_BUTTON_PIN: u32 = 1;
+/// GPIO pin of the sleep button (KEY_SLEEP): the guest suspends itself.
+pub const SLEEP_BUTTON_PIN: u32 = 2;
 
 /// Failures of requests made through a [`VmHandle`].
 #[derive(Debug, thiserror::Error)]
@@ -105,12 +108,16 @@ pub struct VmInfo {
     /// vCPU kicks by suspend decisions, censuses (this very request's included) and pauses
     /// since the boot started.
     pub vcpu_kicks: u64,
+    /// The snapshot directory this VM was restored from, if it was.
+    pub restored_from: Option<PathBuf>,
 }
 
 /// A VM that was checked and is ready to start.
 #[derive(Debug)]
 pub struct Vm {
     config: VmConfig,
+    /// The snapshot the first boot restores, if any.
+    restore: Option<Arc<VmSnapshot>>,
     backends: HostBackends,
     console: Console,
     kvm_path: PathBuf,
@@ -131,6 +138,31 @@ impl Vm {
             backends,
             shared: Arc::new(HandleShared::new(config.cpus, config.memory_mib)),
             config,
+            restore: None,
+            console: Console::Terminal,
+            kvm_path,
+        })
+    }
+
+    /// Checks the snapshot in `dir` (state, memory file, disks, this host's counter) and the
+    /// KVM device, for [`Vm::start`] to bring the guest back still suspended. Its first wakeup
+    /// resumes it; a guest reset after that boots the saved configuration's kernel afresh.
+    pub fn restore(dir: &std::path::Path) -> Result<Self, VmmError> {
+        let snapshot = crate::snapshot::restore::open(dir, host_counter_frequency())?;
+        let config = snapshot.config.clone();
+        let backends = HostBackends::open(&config)?;
+        let kvm_path = crate::kvm_path();
+        hypervisor::check_kvm_device(&kvm_path)?;
+        let shared = Arc::new(HandleShared::new(config.cpus, config.memory_mib));
+        *shared
+            .restored_from
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(dir.to_owned());
+        Ok(Self {
+            backends,
+            shared,
+            config,
+            restore: Some(Arc::new(snapshot)),
             console: Console::Terminal,
             kvm_path,
         })
@@ -147,6 +179,13 @@ impl Vm {
         VmHandle {
             shared: Arc::clone(&self.shared),
         }
+    }
+
+    /// Sets the seccomp mode of the VM's threads (for a restored VM, whose configuration is
+    /// otherwise the snapshot's).
+    pub fn with_seccomp(mut self, seccomp: crate::seccomp::SeccompMode) -> Self {
+        self.config.seccomp = seccomp;
+        self
     }
 
     /// Sets where the guest console goes; the default is this process's terminal.
@@ -170,6 +209,7 @@ impl Vm {
                         &self.kvm_path,
                         &self.console,
                         &thread_shared,
+                        self.restore,
                     )
                 })
             });
@@ -177,6 +217,19 @@ impl Vm {
             Ok(_) => Ok(VmHandle { shared }),
             Err(source) => Err(VmmError::VmmThread(source)),
         }
+    }
+}
+
+/// The host's counter frequency, which a restored guest's must equal; `None` where it cannot
+/// be read (not an arm64 host: KVM is refused there anyway).
+fn host_counter_frequency() -> Option<u64> {
+    #[cfg(target_arch = "aarch64")]
+    {
+        Some(hypervisor::kvm::host_counter_frequency())
+    }
+    #[cfg(not(target_arch = "aarch64"))]
+    {
+        None
     }
 }
 
@@ -240,6 +293,8 @@ pub(crate) struct HandleShared {
     vcpu_count: u32,
     boots: std::sync::atomic::AtomicU32,
     boot: Mutex<Option<BootControls>>,
+    /// The snapshot this VM was restored from.
+    restored_from: Mutex<Option<PathBuf>>,
     shutdown: AtomicBool,
     exit: Mutex<Option<Result<ExitReason, Arc<VmmError>>>>,
     exited: Condvar,
@@ -255,6 +310,7 @@ impl HandleShared {
             vcpu_count,
             boots: Default::default(),
             boot: Mutex::default(),
+            restored_from: Mutex::default(),
             shutdown: AtomicBool::default(),
             exit: Mutex::default(),
             exited: Condvar::new(),
@@ -327,6 +383,12 @@ impl VmHandle {
     /// Presses and releases the power button (KEY_POWER). Blocks for the 100 ms it is held.
     pub fn press_power_button(&self) -> Result<(), HandleError> {
         self.press(POWER_BUTTON_PIN)
+    }
+
+    /// Presses the sleep button (KEY_SLEEP): a guest with a handler (logind's default, or its
+    /// own) suspends itself. A cooperative suspend, unlike [`VmHandle::pause`].
+    pub fn press_sleep_button(&self) -> Result<(), HandleError> {
+        self.press(SLEEP_BUTTON_PIN)
     }
 
     fn press(&self, pin: u32) -> Result<(), HandleError> {
@@ -491,6 +553,12 @@ impl VmHandle {
             cpu_power,
             psci_version,
             vcpu_kicks: stats.vcpu_kicks,
+            restored_from: self
+                .shared
+                .restored_from
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 

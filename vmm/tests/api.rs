@@ -10,156 +10,34 @@ mod common;
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use vmm::api::ApiClient;
 
-use common::{exit_within, vmm_binary};
-
-fn env_path(variable: &str) -> PathBuf {
-    std::env::var_os(variable)
-        .unwrap_or_else(|| panic!("{variable} must be set (the testbed sets it)"))
-        .into()
-}
+use common::process::{Vmm, follow_events, path_text, wait_event};
+use common::{guest_file, vmm_binary};
 
 /// A `vmm --api-socket` process running the testbed guest in `mode`.
-struct Vmm {
-    child: Child,
-    dir: PathBuf,
-    socket: PathBuf,
-    console: PathBuf,
-}
-
-impl Vmm {
-    fn start(name: &str, mode: &str, cpus: u32) -> Self {
-        let dir = std::env::temp_dir().join(format!("vmm-api-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let socket = dir.join("api.sock");
-        let console = dir.join("console.log");
-        let child = Command::new(vmm_binary())
-            .arg("--kernel")
-            .arg(env_path("VMM_TEST_KERNEL"))
-            .arg("--initramfs")
-            .arg(env_path("VMM_TEST_INITRD"))
-            .args([
-                "--cmdline",
-                &format!("console=ttyS0 quiet panic=-1 vmmtest={mode}"),
-            ])
-            .args(["--cpus", &cpus.to_string(), "--memory", "256", "-v"])
-            .arg("--api-socket")
-            .arg(&socket)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&console).unwrap())
-            .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap())
-            .spawn()
-            .expect("start vmm");
-        let vmm = Self {
-            child,
-            dir,
-            socket,
-            console,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !vmm.socket.exists() {
-            assert!(Instant::now() < deadline, "no API socket: {}", vmm.stderr());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        vmm
-    }
-
-    fn client(&self) -> ApiClient {
-        ApiClient::new(&self.socket)
-    }
-
-    fn call(&self, method: &str, endpoint: &str) -> (u16, Value) {
-        self.client()
-            .request(method, &format!("/api/v1/{endpoint}"), None)
-            .unwrap_or_else(|err| panic!("{method} {endpoint}: {err}"))
-    }
-
-    fn console_text(&self) -> String {
-        std::fs::read_to_string(&self.console).unwrap_or_default()
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
-    }
-
-    /// Whole console lines containing `text`.
-    fn console_lines(&self, text: &str) -> Vec<String> {
-        let console = self.console_text();
-        let complete = console.rsplit_once('\n').map_or("", |(whole, _)| whole);
-        complete
-            .lines()
-            .filter(|line| line.contains(text))
-            .map(str::to_owned)
-            .collect()
-    }
-
-    fn wait_console(&self, text: &str, limit: Duration) -> String {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(line) = self.console_lines(text).pop() {
-                return line;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{text:?} not on the console within {limit:?}:\n{}\n{}",
-                self.console_text(),
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn wait_exit(&mut self, limit: Duration) -> i32 {
-        match exit_within(&mut self.child, limit) {
-            Some(status) => status.code().unwrap_or(-1),
-            None => panic!("vmm did not exit: {}", self.stderr()),
-        }
-    }
-}
-
-impl Drop for Vmm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Follows `vm.events` on a thread; events arrive on the returned channel.
-fn follow_events(socket: &Path) -> mpsc::Receiver<Value> {
-    let client = ApiClient::new(socket);
-    let events = client
-        .stream("/api/v1/vm.events")
-        .expect("open the event stream");
-    let (sender, receiver) = mpsc::channel();
-    std::thread::spawn(move || {
-        for event in events.flatten() {
-            if sender.send(event).is_err() {
-                break;
-            }
-        }
-    });
-    receiver
-}
-
-fn wait_event(events: &mpsc::Receiver<Value>, name: &str, limit: Duration) -> Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let event = events
-            .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("no {name:?} event within {limit:?}"));
-        if event["event"] == name {
-            return event;
-        }
-    }
+fn start(name: &str, mode: &str, cpus: u32) -> Vmm {
+    let cmdline = format!("console=ttyS0 quiet panic=-1 vmmtest={mode}");
+    let cpus = cpus.to_string();
+    Vmm::start(
+        &format!("api-{name}"),
+        &[
+            "--kernel",
+            path_text(&guest_file("VMM_TEST_KERNEL")),
+            "--initramfs",
+            path_text(&guest_file("VMM_TEST_INITRD")),
+            "--cmdline",
+            &cmdline,
+            "--cpus",
+            &cpus,
+            "--memory",
+            "256",
+        ],
+    )
 }
 
 /// Sends raw bytes and returns the status code of the reply (0 if the server closed without
@@ -188,7 +66,7 @@ fn raw(socket: &Path, request: &[u8]) -> u16 {
 
 #[test]
 fn api_sees_a_guest_suspend_and_wakes_it_with_the_gpio_button() {
-    let mut vmm = Vmm::start("wake", "suspend-wait", 2);
+    let mut vmm = start("wake", "suspend-wait", 2);
     let mode = std::fs::metadata(&vmm.socket).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
     let events = follow_events(&vmm.socket);
@@ -236,7 +114,7 @@ fn ticks(vmm: &Vmm) -> Vec<(u64, u64)> {
 
 #[test]
 fn pause_and_resume_keep_the_guest_clock_and_the_power_button_powers_it_off() {
-    let mut vmm = Vmm::start("pause", "ticker", 1);
+    let mut vmm = start("pause", "ticker", 1);
     vmm.wait_console("@@guest tick n=3 ", Duration::from_secs(120));
 
     assert_eq!(vmm.call("PUT", "vm.pause").0, 200);
@@ -275,7 +153,7 @@ fn pause_and_resume_keep_the_guest_clock_and_the_power_button_powers_it_off() {
 
 #[test]
 fn bad_requests_get_clear_errors_and_the_guest_is_unaffected() {
-    let mut vmm = Vmm::start("bad", "ticker", 1);
+    let mut vmm = start("bad", "ticker", 1);
     vmm.wait_console("@@guest tick n=2 ", Duration::from_secs(120));
     let socket = vmm.socket.clone();
 
@@ -362,11 +240,11 @@ fn a_stale_socket_is_replaced_and_a_live_one_refused() {
     drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
     assert!(stale.exists());
 
-    let mut first = Vmm::start("live", "ticker", 1);
+    let mut first = start("live", "ticker", 1);
     // Reuse the stale path for a second VMM: it must take it over.
     let mut second = Command::new(vmm_binary())
         .arg("--kernel")
-        .arg(env_path("VMM_TEST_KERNEL"))
+        .arg(guest_file("VMM_TEST_KERNEL"))
         .args(["--api-socket"])
         .arg(&stale)
         .args([
@@ -376,7 +254,7 @@ fn a_stale_socket_is_replaced_and_a_live_one_refused() {
             "128",
         ])
         .arg("--initramfs")
-        .arg(env_path("VMM_TEST_INITRD"))
+        .arg(guest_file("VMM_TEST_INITRD"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -399,7 +277,7 @@ fn a_stale_socket_is_replaced_and_a_live_one_refused() {
     // The first VMM's socket is live: a third VMM must refuse it and exit 1.
     let refused = Command::new(vmm_binary())
         .arg("--kernel")
-        .arg(env_path("VMM_TEST_KERNEL"))
+        .arg(guest_file("VMM_TEST_KERNEL"))
         .arg("--api-socket")
         .arg(&first.socket)
         .stdin(Stdio::null())

@@ -24,6 +24,9 @@ use crate::regs::MPIDR_AFFINITY_MASK;
 pub const KEY_POWER: u32 = 116;
 /// Linux input event code `KEY_WAKEUP`: wakes a suspended guest and is otherwise ignored.
 pub const KEY_WAKEUP: u32 = 143;
+/// Linux input event code `KEY_SLEEP`: the guest suspends itself (logind's
+/// `HandleSuspendKey=suspend`, or a handler of its own).
+pub const KEY_SLEEP: u32 = 142;
 /// Number of lines on a PL061.
 pub const PL061_PINS: u32 = 8;
 /// Longest kernel command line, including its NUL (`COMMAND_LINE_SIZE` on arm64).
@@ -72,6 +75,17 @@ impl GpioKey {
             name: "key-power".into(),
             label: "power".into(),
             code: KEY_POWER,
+            pin,
+            wakeup: false,
+        }
+    }
+
+    /// A `KEY_SLEEP` button: the host asks the guest to suspend itself.
+    pub fn sleep(pin: u32) -> Self {
+        Self {
+            name: "key-sleep".into(),
+            label: "sleep".into(),
+            code: KEY_SLEEP,
             pin,
             wakeup: false,
         }

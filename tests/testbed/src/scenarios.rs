@@ -35,9 +35,12 @@ pub fn all() -> Vec<Scenario> {
     vec![
         Scenario {
             name: "kvm-smoke",
-            description: "PSCI guests of raw A64 code on real KVM (hypervisor crate)",
+            description: "PSCI guests of raw A64 code on real KVM, vGIC and counter state (hypervisor crate)",
             timeout: Duration::from_secs(120),
-            steps: Steps::CargoTests(&[("hypervisor", "psci_guests")]),
+            steps: Steps::CargoTests(&[
+                ("hypervisor", "psci_guests"),
+                ("hypervisor", "snapshot_state"),
+            ]),
             default: false,
         },
         Scenario {
@@ -108,6 +111,13 @@ pub fn all() -> Vec<Scenario> {
             description: "a 7.x guest hibernates to its swap partition (SYSTEM_OFF2 on 6.13+ hosts) and the next boot resumes it",
             timeout: Duration::from_secs(900),
             steps: Steps::CargoTests(&[("vmm", "linux_hibernate")]),
+            default: false,
+        },
+        Scenario {
+            name: "linux-snapshot",
+            description: "a suspended guest saved to disk, vmm ended, restored asleep in a new vmm and woken by button, RTC and console",
+            timeout: Duration::from_secs(900),
+            steps: Steps::CargoTests(&[("vmm", "linux_snapshot")]),
             default: false,
         },
         Scenario {

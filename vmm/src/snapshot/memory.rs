@@ -139,7 +139,8 @@ fn write_region(file: &File, bytes: &[u8], anonymous: bool) -> std::io::Result<u
         for i in 0..batch {
             let start = (first + i) * page;
             let data = &bytes[start..start + page];
-            let zero = (known && !touched[i]) || data.iter().all(|&b| b == 0);
+            let untouched = known && touched.get(i) == Some(&false);
+            let zero = untouched || data.iter().all(|&b| b == 0);
             match (&mut run, zero) {
                 (Some((_, end)), false) if *end == start && *end - start < MAX_RUN => {
                     *end += page;

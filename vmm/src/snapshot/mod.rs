@@ -9,8 +9,13 @@ pub mod disks;
 pub mod file;
 pub mod memory;
 pub mod request;
+pub mod restore;
+pub mod state;
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod take;
 
 pub use request::{AfterSnapshot, SnapshotPort, SnapshotRequest, SnapshotTaken};
+pub use restore::RestoreError;
 
 use crate::suspend::SuspendState;
 

@@ -45,7 +45,10 @@ pub struct SnapshotTaken {
     pub ms: u64,
 }
 
-type Reply = SyncSender<Result<SnapshotTaken, SnapshotError>>;
+/// How a snapshot request ended.
+pub type SnapshotResult = Result<SnapshotTaken, SnapshotError>;
+
+type Reply = SyncSender<SnapshotResult>;
 
 /// The one request in flight, and the event that tells the VM thread about it.
 #[derive(Debug)]
@@ -73,7 +76,7 @@ impl SnapshotPort {
     pub fn submit(
         &self,
         request: SnapshotRequest,
-    ) -> Result<Receiver<Result<SnapshotTaken, SnapshotError>>, SnapshotError> {
+    ) -> Result<Receiver<SnapshotResult>, SnapshotError> {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let Ok(slot) = pending.as_mut() else {
             return Err(SnapshotError::Stopped);
@@ -95,12 +98,7 @@ impl SnapshotPort {
     }
 
     /// On the VM thread: the pending request, if any. Its reply frees the port for the next.
-    pub fn next(
-        &self,
-    ) -> Option<(
-        SnapshotRequest,
-        impl FnOnce(Result<SnapshotTaken, SnapshotError>),
-    )> {
+    pub fn next(&self) -> Option<(SnapshotRequest, impl FnOnce(SnapshotResult) + '_)> {
         let _ = self.event.read();
         let (request, reply) = self
             .pending

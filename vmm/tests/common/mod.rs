@@ -4,6 +4,8 @@
 
 #[cfg(target_arch = "aarch64")]
 pub mod guest;
+#[cfg(target_arch = "aarch64")]
+pub mod process;
 
 use std::path::PathBuf;
 use std::process::{Child, ExitStatus};

@@ -153,6 +153,13 @@ impl DiskImage {
     pub fn size(&self) -> u64 {
         self.size
     }
+
+    /// Writes what the host still caches of the image to its storage (`fsync`): before a
+    /// snapshot refers to the image, so that a crash of the host afterwards cannot lose what
+    /// the saved guest believes is on disk.
+    pub fn flush(&self) -> std::io::Result<()> {
+        self.file.sync_all()
+    }
 }
 
 /// A virtio-blk device serving one [`DiskImage`].

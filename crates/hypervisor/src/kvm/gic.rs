@@ -27,10 +27,12 @@ pub enum GicError {
     SpiCount(u32),
 }
 
-/// The in-kernel vGICv3, created after all vCPUs.
+/// The in-kernel vGICv3, created after all vCPUs. [`GicV3::save`] and [`GicV3::restore`] move
+/// its state in and out.
 #[derive(Debug)]
 pub struct GicV3 {
-    _fd: DeviceFd,
+    fd: DeviceFd,
+    spis: u32,
 }
 
 impl GicV3 {
@@ -90,6 +92,15 @@ impl GicV3 {
             KVM_DEV_ARM_VGIC_CTRL_INIT,
             0,
         )?;
-        Ok(Self { _fd: fd })
+        Ok(Self { fd, spis })
+    }
+
+    /// The number of shared peripheral interrupts (INTIDs 32 and up).
+    pub fn spis(&self) -> u32 {
+        self.spis
+    }
+
+    pub(super) fn fd(&self) -> &DeviceFd {
+        &self.fd
     }
 }

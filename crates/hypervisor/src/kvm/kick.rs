@@ -71,6 +71,26 @@ impl VcpuKicker {
     }
 }
 
+impl VcpuKicker {
+    /// Reads the guest's virtual counter and its frequency through the kicker's own handle on
+    /// the vCPU, from any thread: for a snapshot, while the vCPU's thread is parked. KVM waits
+    /// for the vCPU to leave `KVM_RUN` if it is in it.
+    pub fn counter_state(&self) -> Result<crate::CounterState, std::io::Error> {
+        let vcpu = self.run_page.lock().unwrap_or_else(|e| e.into_inner());
+        let read = |id| {
+            let mut bytes = [0u8; 8];
+            vcpu.get_one_reg(id, &mut bytes)
+                .map(|_| u64::from_le_bytes(bytes))
+                .map_err(std::io::Error::from)
+        };
+        Ok(crate::CounterState {
+            cntvct: read(super::counter::KVM_REG_ARM_TIMER_CNT)?,
+            // KVM has no one-reg for CNTFRQ_EL0 (ENOENT): the guest reads the host's.
+            cntfrq: super::counter::host_counter_frequency(),
+        })
+    }
+}
+
 impl VcpuKick for VcpuKicker {
     fn bind_current_thread(&self) {
         // SAFETY: pthread_self has no preconditions.

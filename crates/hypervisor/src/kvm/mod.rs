@@ -1,11 +1,15 @@
 //! KVM on arm64: the system handle, the VM, its vCPUs and the vGICv3.
 
+mod counter;
 mod gic;
+mod gic_state;
 mod kick;
 mod vcpu;
 mod vm;
 
+pub use counter::{CounterError, KVM_REG_ARM_TIMER_CNT, host_counter, host_counter_frequency};
 pub use gic::{GicError, GicV3};
+pub use gic_state::GicStateError;
 pub use kick::{KickError, VcpuKicker};
 pub use vcpu::KvmVcpu;
 pub use vm::{VM_TYPE_40_BIT_IPA, Vm, VmError, VmOptions};

@@ -196,6 +196,10 @@ impl Vm {
         &self.memory
     }
 
+    pub(super) fn fd(&self) -> &VmFd {
+        &self.fd
+    }
+
     /// Creates and initialises vCPU `index` with PSCI 0.2. vCPU 0 starts runnable; the others
     /// start powered off, for the guest to start with PSCI CPU_ON.
     pub fn create_vcpu(&self, index: u32) -> Result<KvmVcpu, VmError> {

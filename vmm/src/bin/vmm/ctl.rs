@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
 use serde_json::Value;
@@ -26,6 +27,12 @@ pub struct CtlArgs {
     /// For `snapshot`: end vmm once the snapshot is on disk, instead of sleeping on.
     #[arg(long)]
     exit: bool,
+    /// For `snapshot`: first press the sleep button and wait for the guest to suspend itself.
+    #[arg(long)]
+    sleep: bool,
+    /// For `snapshot --sleep`: how long the guest has to suspend itself.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    timeout: u64,
 }
 
 /// The API calls `vmm ctl` makes.
@@ -45,7 +52,10 @@ enum Action {
     Shutdown,
     /// Follow the VM's events until it stops.
     Events,
-    /// Save the suspended guest to DIR (`--exit` then ends vmm).
+    /// Press the sleep button: a guest that handles it suspends itself.
+    Sleep,
+    /// Save the suspended guest to DIR (`--exit` then ends vmm; `--sleep` first asks the
+    /// guest to suspend).
     Snapshot,
 }
 
@@ -59,6 +69,7 @@ impl Action {
             Self::Resume => Endpoint::Resume,
             Self::Shutdown => Endpoint::Shutdown,
             Self::Events => Endpoint::Events,
+            Self::Sleep => Endpoint::Sleep,
             Self::Snapshot => Endpoint::Snapshot,
         }
     }
@@ -92,12 +103,18 @@ pub fn run(args: CtlArgs) -> ExitCode {
             eprintln!("vmm ctl: only snapshot takes a directory");
             return ExitCode::from(2);
         }
-        _ if args.exit => {
-            eprintln!("vmm ctl: only snapshot takes --exit");
+        _ if args.exit || args.sleep => {
+            eprintln!("vmm ctl: only snapshot takes --exit and --sleep");
             return ExitCode::from(2);
         }
         _ => None,
     };
+    if args.sleep {
+        if let Err(message) = sleep_until_suspended(&client, Duration::from_secs(args.timeout)) {
+            eprintln!("vmm ctl: {message}");
+            return ExitCode::FAILURE;
+        }
+    }
     match client.request(endpoint.method(), &path, body.as_deref().map(str::as_bytes)) {
         Ok((status, body)) if (200..300).contains(&status) => {
             if args.json {
@@ -128,6 +145,37 @@ pub fn run(args: CtlArgs) -> ExitCode {
             eprintln!("vmm ctl: {}", vmm::error_chain(&err));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Presses the sleep button and waits until `vm.info` says the guest is suspended.
+fn sleep_until_suspended(client: &ApiClient, timeout: Duration) -> Result<(), String> {
+    let call = |endpoint: Endpoint| {
+        client
+            .request(endpoint.method(), &endpoint.path(), None)
+            .map_err(|err| vmm::error_chain(&err))
+    };
+    let (status, body) = call(Endpoint::Sleep)?;
+    if !(200..300).contains(&status) {
+        return Err(format!(
+            "{status}: {}",
+            body["error"].as_str().unwrap_or("")
+        ));
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (_, info) = call(Endpoint::Info)?;
+        if info["state"] == "suspended" {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "the guest did not suspend within {} s of the sleep button (it has no KEY_SLEEP handler?); it is {}",
+                timeout.as_secs(),
+                info["state"].as_str().unwrap_or("unknown")
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

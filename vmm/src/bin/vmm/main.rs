@@ -96,6 +96,18 @@ struct RunArgs {
     /// fallback; auto picks vmm when the host allows.
     #[arg(long, value_name = "KEEPER")]
     cpu_power: Option<CpuPowerArg>,
+    /// Restore a guest saved by `vm.snapshot` (`vmm ctl snapshot DIR`) from DIR: it comes back
+    /// suspended, and its next wakeup resumes it. The machine is the snapshot's; only the API
+    /// socket, logging and seccomp are set here.
+    #[arg(
+        long,
+        value_name = "DIR",
+        conflicts_with_all = [
+            "kernel", "initramfs", "cmdline", "cpus", "memory", "no_reboot", "no_suspend",
+            "disk", "no_rng", "net", "vsock", "config", "cpu_power", "psci_version",
+        ]
+    )]
+    restore: Option<PathBuf>,
     /// Lower the PSCI version the guest sees, e.g. 1.1 (below 1.3 the guest cannot hibernate
     /// through SYSTEM_OFF2; below 1.0 it has no SYSTEM_SUSPEND). Default: what KVM offers.
     #[arg(long, value_name = "MAJOR.MINOR")]
@@ -235,6 +247,15 @@ fn main() -> ExitCode {
             eprintln!("vmm: the guest crashed");
             ExitCode::FAILURE
         }
+        Ok(ExitReason::Snapshotted(path)) => {
+            // Not an error: the guest lives on in the snapshot.
+            eprintln!(
+                "vmm: the guest was saved to {}; vmm --restore {} brings it back",
+                path.display(),
+                path.display()
+            );
+            ExitCode::SUCCESS
+        }
         Ok(ExitReason::Hibernated) => {
             // Not an error, but the next step is the user's: boot it again to resume it.
             eprintln!("vmm: the guest hibernated; boot it again with the same disks to resume it");
@@ -254,9 +275,19 @@ fn main() -> ExitCode {
 /// Checks, serves the API socket if asked, boots, and waits for the VM to stop.
 fn run_vm(args: RunArgs) -> Result<ExitReason, Arc<VmmError>> {
     let api_socket = args.api_socket.clone();
-    let config = args.into_config()?;
-    let seccomp = config.seccomp;
-    let vm = Vm::new(config)?;
+    let (vm, seccomp) = match &args.restore {
+        Some(dir) => {
+            let seccomp = args
+                .seccomp
+                .map_or(SeccompMode::default(), SeccompMode::from);
+            (Vm::restore(dir)?.with_seccomp(seccomp), seccomp)
+        }
+        None => {
+            let config = args.into_config()?;
+            let seccomp = config.seccomp;
+            (Vm::new(config)?, seccomp)
+        }
+    };
     let server = match api_socket {
         Some(path) => Some(
             ApiServer::start_with(

@@ -1,0 +1,158 @@
+//! A `vmm` binary with `--api-socket`, its console and stderr in files of a scratch directory:
+//! what the tests that drive the real process through the API share.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use vmm::api::ApiClient;
+
+use super::{exit_within, vmm_binary};
+
+/// A path as a command-line argument.
+pub fn path_text(path: &Path) -> &str {
+    path.to_str().expect("a UTF-8 path")
+}
+
+/// A `vmm --api-socket` process.
+pub struct Vmm {
+    pub child: Child,
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub console: PathBuf,
+}
+
+impl Vmm {
+    /// Starts `vmm ARGS -v --api-socket DIR/api.sock` in a fresh scratch directory named after
+    /// `name`, and waits for its socket.
+    pub fn start(name: &str, args: &[&str]) -> Self {
+        Self::start_with_stdin(name, args, Stdio::null())
+    }
+
+    /// [`Vmm::start`] with the console's input from `stdin`.
+    pub fn start_with_stdin(name: &str, args: &[&str], stdin: Stdio) -> Self {
+        let dir = std::env::temp_dir().join(format!("vmm-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("api.sock");
+        let console = dir.join("console.log");
+        let child = Command::new(vmm_binary())
+            .args(args)
+            .arg("-v")
+            .arg("--api-socket")
+            .arg(&socket)
+            .stdin(stdin)
+            .stdout(std::fs::File::create(&console).unwrap())
+            .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap())
+            .spawn()
+            .expect("start vmm");
+        let mut vmm = Self {
+            child,
+            dir,
+            socket,
+            console,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !vmm.socket.exists() {
+            let exited = vmm.child.try_wait().unwrap();
+            assert!(
+                exited.is_none() && Instant::now() < deadline,
+                "no API socket ({exited:?}): {}",
+                vmm.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        vmm
+    }
+
+    pub fn client(&self) -> ApiClient {
+        ApiClient::new(&self.socket)
+    }
+
+    pub fn call(&self, method: &str, endpoint: &str) -> (u16, Value) {
+        self.client()
+            .request(method, &format!("/api/v1/{endpoint}"), None)
+            .unwrap_or_else(|err| panic!("{method} {endpoint}: {err}"))
+    }
+
+    pub fn console_text(&self) -> String {
+        std::fs::read_to_string(&self.console).unwrap_or_default()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+    }
+
+    /// Whole console lines containing `text`.
+    pub fn console_lines(&self, text: &str) -> Vec<String> {
+        let console = self.console_text();
+        let complete = console.rsplit_once('\n').map_or("", |(whole, _)| whole);
+        complete
+            .lines()
+            .filter(|line| line.contains(text))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    pub fn wait_console(&self, text: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(line) = self.console_lines(text).pop() {
+                return line;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{text:?} not on the console within {limit:?}:\n{}\n{}",
+                self.console_text(),
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn wait_exit(&mut self, limit: Duration) -> i32 {
+        match exit_within(&mut self.child, limit) {
+            Some(status) => status.code().unwrap_or(-1),
+            None => panic!("vmm did not exit: {}", self.stderr()),
+        }
+    }
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Follows `vm.events` on a thread; events arrive on the returned channel.
+pub fn follow_events(socket: &Path) -> mpsc::Receiver<Value> {
+    let client = ApiClient::new(socket);
+    let events = client
+        .stream("/api/v1/vm.events")
+        .expect("open the event stream");
+    let (sender, receiver) = mpsc::channel();
+    std::thread::spawn(move || {
+        for event in events.flatten() {
+            if sender.send(event).is_err() {
+                break;
+            }
+        }
+    });
+    receiver
+}
+
+pub fn wait_event(events: &mpsc::Receiver<Value>, name: &str, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let event = events
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no {name:?} event within {limit:?}"));
+        if event["event"] == name {
+            return event;
+        }
+    }
+}
