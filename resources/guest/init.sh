@@ -186,6 +186,7 @@ aborted() {
 
 # wait_key CODE: returns once the gpio-keys key CODE is pressed (1 if there is no such device).
 wait_key() {
+    local code=$1
     dev=
     for event in /sys/class/input/event*; do
         [ "$(cat "$event/device/name" 2>/dev/null)" = gpio-keys ] && dev=/dev/input/${event##*/}
@@ -194,7 +195,7 @@ wait_key() {
     # struct input_event on arm64: 16 bytes of time, u16 type, u16 code, s32 value.
     while :; do
         set -- $(hexdump -n 24 -v -e '12/2 "%u " "\n"' "$dev")
-        [ "$9" = 1 ] && [ "${10}" = "$1" ] && [ "${11}" = 1 ] && return 0
+        [ "$9" = 1 ] && [ "${10}" = "$code" ] && [ "${11}" = 1 ] && return 0
     done
 }
 

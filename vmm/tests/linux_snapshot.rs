@@ -13,7 +13,7 @@ mod common;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
@@ -23,6 +23,37 @@ use common::process::{Vmm, follow_events, path_text, wait_event};
 use common::{guest_file, vmm_binary};
 
 const MIB: u64 = 1 << 20;
+
+/// Progress on stderr as it happens: libtest holds back what `eprintln!` prints until the
+/// test ends, which a test killed for hanging never does.
+macro_rules! progress {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// Runs `command` to its end within `limit`; a hung one is killed and fails the test, with
+/// `context` (the VM's log) to say why.
+fn output_within(command: &mut Command, limit: Duration, context: impl Fn() -> String) -> Output {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(child.wait_with_output()));
+    match result.recv_timeout(limit) {
+        Ok(output) => output.unwrap(),
+        Err(_) => {
+            // SAFETY: a signal to our own child.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!("{command:?} did not end within {limit:?}:\n{}", context());
+        }
+    }
+}
 
 /// A scratch directory with a copy of the guest's root disk, kept for the whole test: both
 /// `vmm` processes use the same disk.
@@ -123,6 +154,7 @@ fn boot_and_save(scratch: &Scratch, name: &str, cpus: u32, extra: &str, sleep: S
         Sleep::ByItself => "@@guest suspending",
         Sleep::SleepButton => "@@guest waiting-for-sleep-key",
     };
+    progress!("snapshot test {name}: booting");
     first.wait_console(first_line, Duration::from_secs(180));
     let at = Instant::now();
     if sleep == Sleep::ByItself {
@@ -135,11 +167,15 @@ fn boot_and_save(scratch: &Scratch, name: &str, cpus: u32, extra: &str, sleep: S
     if sleep == Sleep::SleepButton {
         ctl.arg("--sleep");
     }
-    let ctl = ctl.output().unwrap();
+    progress!("snapshot test {name}: saving");
+    let ctl = output_within(&mut ctl, Duration::from_secs(120), || {
+        format!("{}\n{}", first.console_text(), first.stderr())
+    });
     assert!(
         ctl.status.success(),
-        "vmm ctl snapshot: {}\n{}",
+        "vmm ctl snapshot: {}\n{}\n{}",
         String::from_utf8_lossy(&ctl.stderr),
+        first.console_text(),
         first.stderr()
     );
     let line = first.wait_console("@@guest suspending", Duration::from_secs(10));
@@ -188,6 +224,7 @@ fn cpu_ticks(pid: u32) -> u64 {
 
 /// `vmm --restore`, which must come back suspended from `snapshot` and stay idle.
 fn restore(snapshot: &Path, name: &str, stdin: Stdio) -> Vmm {
+    progress!("snapshot test {name}: restoring");
     let restored = Vmm::start_with_stdin(name, &["--restore", path_text(snapshot)], stdin);
     let info = wait_state(&restored, "suspended", Duration::from_secs(60));
     assert_eq!(info["restored_from"], json!(snapshot), "{info}");
@@ -204,6 +241,7 @@ fn restore(snapshot: &Path, name: &str, stdin: Stdio) -> Vmm {
 
 /// Checks the guest's report after its resume.
 fn check_resumed(restored: &mut Vmm, before: &Before, cpus: u32) -> String {
+    progress!("snapshot test: waiting for the guest's resume");
     let line = restored.wait_console("@@guest resumed", Duration::from_secs(120));
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -251,7 +289,15 @@ fn a_guest_saved_to_disk_comes_back_asleep_in_a_new_vmm_and_the_wake_button_resu
     check_resumed(&mut restored, &before, 1);
     assert_eq!(restored.wait_exit(Duration::from_secs(60)), 0);
 
-    // The guest wrote to its disk after the restore: the snapshot no longer matches it.
+    // The guest may well not have written its disk since; anything that does makes the
+    // snapshot stale, and it is refused.
+    let disk = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&scratch.disk)
+        .unwrap();
+    disk.set_modified(SystemTime::now() + Duration::from_secs(1))
+        .unwrap();
+    drop(disk);
     let refused = restore_fails(&scratch.snapshot());
     assert!(refused.contains("changed since the snapshot"), "{refused}");
 }
@@ -372,11 +418,11 @@ fn a_guest_that_is_not_suspended_is_not_saved_and_runs_on() {
 
 /// `vmm --restore DIR` fails: status 1 and the first line of stderr, which must say `vmm:`.
 fn restore_fails(dir: &Path) -> String {
-    let output = Command::new(vmm_binary())
-        .args(["--restore", path_text(dir)])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let output = output_within(
+        Command::new(vmm_binary()).args(["--restore", path_text(dir)]),
+        Duration::from_secs(60),
+        String::new,
+    );
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     stderr
