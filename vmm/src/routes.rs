@@ -262,8 +262,17 @@ mod tests {
     #[test]
     fn actions_on_a_vm_that_is_not_running_are_conflicts() {
         let (router, handle) = router();
-        // Booting: nothing to press or pause yet.
+        // Booting: nothing to press, pause or save yet.
         assert_eq!(status(router.route("PUT", "/api/v1/vm.wakeup", b"")).0, 409);
+        assert_eq!(status(router.route("PUT", "/api/v1/vm.sleep", b"")).0, 409);
+        let save = br#"{"destination":"/tmp/a","then":"exit"}"#;
+        assert_eq!(
+            status(router.route("PUT", "/api/v1/vm.snapshot", save)).0,
+            409
+        );
+        // A body that is not a snapshot request is refused before the VM is asked.
+        let (code, body) = status(router.route("PUT", "/api/v1/vm.snapshot", b"{}"));
+        assert_eq!(code, 400, "{body}");
         assert_eq!(
             status(router.route("PUT", "/api/v1/vm.pause", b"{}")).0,
             409

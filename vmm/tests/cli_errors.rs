@@ -592,3 +592,27 @@ fn a_tap_vmm_may_not_create_is_refused() {
         "a tap was left behind"
     );
 }
+
+#[test]
+fn a_restore_from_what_is_not_a_snapshot_is_refused_before_kvm_is_touched() {
+    let scratch = Scratch::new();
+    let dir = scratch.0.as_path();
+    fails_with(
+        &["--restore", "/nonexistent/snapshot"],
+        None,
+        "Cannot access the state file /nonexistent/snapshot/state",
+    );
+    std::fs::write(dir.join("state"), b"{\"config\":{}}\n").unwrap();
+    fails_with(&["--restore", path(dir)], None, "not a vmm snapshot");
+    // The machine is the snapshot's: flags that describe another are usage errors.
+    let output = Command::new(vmm_binary())
+        .args(["--restore", path(dir), "--memory", "512"])
+        .output()
+        .expect("run vmm");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("cannot be used with"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

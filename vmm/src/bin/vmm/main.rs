@@ -24,7 +24,7 @@ use vmm::{
     version,
     about,
     args_conflicts_with_subcommands = true,
-    after_help = "Exit status: 0 when the guest powered off (or vmm was stopped), 1 on an error or a guest crash, 2 on bad usage, 3 when the guest hibernated."
+    after_help = "Exit status: 0 when the guest powered off, was saved to a snapshot (vm.snapshot with \"then\": \"exit\") or vmm was stopped; 1 on an error or a guest crash; 2 on bad usage; 3 when the guest hibernated."
 )]
 struct Cli {
     #[command(subcommand)]
