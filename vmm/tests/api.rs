@@ -16,28 +16,13 @@ use std::time::{Duration, Instant};
 
 use vmm::api::ApiClient;
 
-use common::process::{Vmm, follow_events, path_text, wait_event};
+use common::process::{Vmm, follow_events, guest_args, wait_event};
 use common::{guest_file, vmm_binary};
 
 /// A `vmm --api-socket` process running the testbed guest in `mode`.
 fn start(name: &str, mode: &str, cpus: u32) -> Vmm {
     let cmdline = format!("console=ttyS0 quiet panic=-1 vmmtest={mode}");
-    let cpus = cpus.to_string();
-    Vmm::start(
-        &format!("api-{name}"),
-        &[
-            "--kernel",
-            path_text(&guest_file("VMM_TEST_KERNEL")),
-            "--initramfs",
-            path_text(&guest_file("VMM_TEST_INITRD")),
-            "--cmdline",
-            &cmdline,
-            "--cpus",
-            &cpus,
-            "--memory",
-            "256",
-        ],
-    )
+    Vmm::start(&format!("api-{name}"), &guest_args(&cmdline, cpus, 256))
 }
 
 /// Sends raw bytes and returns the status code of the reply (0 if the server closed without

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 
 use common::guest::field;
-use common::process::{Vmm, follow_events, path_text, wait_event};
+use common::process::{Vmm, follow_events, guest_args, path_text, wait_event};
 use common::{guest_file, vmm_binary};
 
 const MIB: u64 = 1 << 20;
@@ -86,25 +86,10 @@ impl Drop for Scratch {
 /// The first `vmm`: the testbed guest in snapshot mode with its root disk.
 fn boot(scratch: &Scratch, name: &str, cpus: u32, extra: &str) -> Vmm {
     let cmdline = format!("console=ttyS0 quiet panic=-1 vmmtest=snapshot root=/dev/vda rw {extra}");
-    let disk = format!("path={},id=root", path_text(&scratch.disk));
-    let cpus = cpus.to_string();
-    Vmm::start(
-        name,
-        &[
-            "--kernel",
-            path_text(&guest_file("VMM_TEST_KERNEL")),
-            "--initramfs",
-            path_text(&guest_file("VMM_TEST_INITRD")),
-            "--cmdline",
-            &cmdline,
-            "--cpus",
-            &cpus,
-            "--memory",
-            "256",
-            "--disk",
-            &disk,
-        ],
-    )
+    let mut args = guest_args(&cmdline, cpus, 256);
+    args.push("--disk".into());
+    args.push(format!("path={},id=root", path_text(&scratch.disk)));
+    Vmm::start(name, &args)
 }
 
 /// Waits for `vm.info` to say `state`.
@@ -353,19 +338,7 @@ fn four_vcpus_come_back_from_disk_woken_by_a_console_byte_and_suspend_five_more_
 fn a_guest_that_is_not_suspended_is_not_saved_and_runs_on() {
     let scratch = std::env::temp_dir().join(format!("vmm-snapshot-{}-busy", std::process::id()));
     let cmdline = "console=ttyS0 quiet panic=-1 vmmtest=ticker";
-    let vmm = Vmm::start(
-        "busy",
-        &[
-            "--kernel",
-            path_text(&guest_file("VMM_TEST_KERNEL")),
-            "--initramfs",
-            path_text(&guest_file("VMM_TEST_INITRD")),
-            "--cmdline",
-            cmdline,
-            "--memory",
-            "128",
-        ],
-    );
+    let vmm = Vmm::start("busy", &guest_args(cmdline, 1, 128));
     vmm.wait_console("@@guest tick n=2 ", Duration::from_secs(120));
     let snapshot = |then: &str| {
         let body = json!({ "destination": scratch, "then": then }).to_string();

@@ -417,6 +417,21 @@ fn idle_kernel(dir: &TempDir) -> PathBuf {
     kernel
 }
 
+/// A `vmm` running [`idle_kernel`], once its vCPU 0 thread installed its own filter on top of
+/// the vmm thread's.
+fn idle_vmm_with_filtered_vcpu0() -> (Vmm, Task) {
+    let dir = TempDir::new_with_prefix(std::env::temp_dir().join("vmm-seccomp-")).unwrap();
+    let kernel = idle_kernel(&dir);
+    let mut vmm = Vmm::start(dir, &["--kernel", path_arg(&kernel), "--memory", "64"]);
+    let pid = vmm.child.id();
+    let vcpu0 = || tasks(pid).into_iter().find(|task| task.name == "vcpu0");
+    vmm.wait_for("filtered vcpu0", |_| {
+        vcpu0().is_some_and(|task| task.filters == "2")
+    });
+    let vcpu = vcpu0().unwrap();
+    (vmm, vcpu)
+}
+
 /// Stops the traced thread `tid` at the entry of its next system call.
 fn stop_at_syscall_entry(tid: i32) {
     let mut signal = 0;
@@ -447,16 +462,7 @@ fn stop_at_syscall_entry(tid: i32) {
 
 #[test]
 fn a_forbidden_system_call_on_a_vcpu_thread_kills_vmm() {
-    let dir = TempDir::new_with_prefix(std::env::temp_dir().join("vmm-seccomp-")).unwrap();
-    let kernel = idle_kernel(&dir);
-    let mut vmm = Vmm::start(dir, &["--kernel", path_arg(&kernel), "--memory", "64"]);
-    let pid = vmm.child.id();
-    let vcpu0 = || tasks(pid).into_iter().find(|task| task.name == "vcpu0");
-    // Only once it installed its own filter on top of the vmm thread's.
-    vmm.wait_for("filtered vcpu0", |_| {
-        vcpu0().is_some_and(|task| task.filters == "2")
-    });
-    let vcpu = vcpu0().unwrap();
+    let (mut vmm, vcpu) = idle_vmm_with_filtered_vcpu0();
     progress!(
         "seccomp test: stopping vcpu0 ({}) at its next system call",
         vcpu.tid
@@ -500,15 +506,8 @@ fn a_forbidden_system_call_on_a_vcpu_thread_kills_vmm() {
 /// same handler as a real one (the fork test in `fault_report` covers a real one).
 #[test]
 fn a_fault_on_a_vcpu_thread_kills_vmm_with_sigsegv_and_names_the_thread() {
-    let dir = TempDir::new_with_prefix(std::env::temp_dir().join("vmm-seccomp-")).unwrap();
-    let kernel = idle_kernel(&dir);
-    let mut vmm = Vmm::start(dir, &["--kernel", path_arg(&kernel), "--memory", "64"]);
+    let (mut vmm, vcpu) = idle_vmm_with_filtered_vcpu0();
     let pid = vmm.child.id();
-    let vcpu0 = || tasks(pid).into_iter().find(|task| task.name == "vcpu0");
-    vmm.wait_for("filtered vcpu0", |_| {
-        vcpu0().is_some_and(|task| task.filters == "2")
-    });
-    let vcpu = vcpu0().unwrap();
     // SAFETY: a signal to a thread of our own child.
     let sent = unsafe { libc::syscall(libc::SYS_tgkill, pid, vcpu.tid, libc::SIGSEGV) };
     assert_eq!(sent, 0, "tgkill: {}", std::io::Error::last_os_error());

@@ -11,6 +11,24 @@ use vmm::api::ApiClient;
 
 use super::{exit_within, vmm_binary};
 
+/// `vmm`'s arguments for the testbed's guest: its kernel and initramfs, `cmdline`, `cpus`
+/// vCPUs and `memory_mib`; add the rest.
+pub fn guest_args(cmdline: &str, cpus: u32, memory_mib: u64) -> Vec<String> {
+    let file = |variable| super::guest_file(variable).to_string_lossy().into_owned();
+    vec![
+        "--kernel".into(),
+        file("VMM_TEST_KERNEL"),
+        "--initramfs".into(),
+        file("VMM_TEST_INITRD"),
+        "--cmdline".into(),
+        cmdline.into(),
+        "--cpus".into(),
+        cpus.to_string(),
+        "--memory".into(),
+        memory_mib.to_string(),
+    ]
+}
+
 /// A path as a command-line argument.
 pub fn path_text(path: &Path) -> &str {
     path.to_str().expect("a UTF-8 path")
@@ -27,12 +45,16 @@ pub struct Vmm {
 impl Vmm {
     /// Starts `vmm ARGS -v --api-socket DIR/api.sock` in a fresh scratch directory named after
     /// `name`, and waits for its socket.
-    pub fn start(name: &str, args: &[&str]) -> Self {
+    pub fn start(name: &str, args: &[impl AsRef<std::ffi::OsStr>]) -> Self {
         Self::start_with_stdin(name, args, Stdio::null())
     }
 
     /// [`Vmm::start`] with the console's input from `stdin`.
-    pub fn start_with_stdin(name: &str, args: &[&str], stdin: Stdio) -> Self {
+    pub fn start_with_stdin(
+        name: &str,
+        args: &[impl AsRef<std::ffi::OsStr>],
+        stdin: Stdio,
+    ) -> Self {
         let dir = std::env::temp_dir().join(format!("vmm-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let socket = dir.join("api.sock");
