@@ -537,6 +537,11 @@ fn restore_vcpus(
     snapshot: &VmSnapshot,
 ) -> Result<(), MachineError> {
     let restore_error = |err: Box<dyn std::error::Error + Send + Sync>| MachineError::Restore(err);
+    if !vm.system_suspend_enabled() {
+        return Err(restore_error(
+            "KVM on this host has no KVM_CAP_ARM_SYSTEM_SUSPEND (Linux 5.19+) to keep the guest suspended".into(),
+        ));
+    }
     if mpidrs != snapshot.vcpu_mpidrs.as_slice() {
         return Err(restore_error(
             format!(

@@ -144,6 +144,15 @@ fn boot_and_save(scratch: &Scratch, name: &str, cpus: u32, extra: &str, sleep: S
     let at = Instant::now();
     if sleep == Sleep::ByItself {
         wait_state(&first, "suspended", Duration::from_secs(60));
+        // A first snapshot that keeps the guest asleep here; the one below replaces it.
+        let body = json!({ "destination": scratch.snapshot(), "then": "stay" }).to_string();
+        let (status, reply) = first
+            .client()
+            .request("PUT", "/api/v1/vm.snapshot", Some(body.as_bytes()))
+            .unwrap();
+        assert_eq!(status, 200, "{reply}");
+        let (_, info) = first.call("GET", "vm.info");
+        assert_eq!(info["state"], "suspended", "{info}");
     }
     let events = follow_events(&first.socket);
     let mut ctl = Command::new(vmm_binary());

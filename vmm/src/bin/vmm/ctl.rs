@@ -9,6 +9,9 @@ use serde_json::Value;
 use vmm::api::ApiClient;
 use vmm::routes::Endpoint;
 
+/// How long `vmm ctl snapshot` waits for the snapshot to be written.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// Arguments of `vmm ctl`.
 #[derive(Debug, Args)]
 pub struct CtlArgs {
@@ -82,6 +85,11 @@ pub fn run(args: CtlArgs) -> ExitCode {
     // SAFETY: restoring the default disposition of SIGPIPE; no handler is involved.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let client = ApiClient::new(&args.api_socket);
+    // Writing a large guest's memory takes longer than any other request.
+    let client = match args.action {
+        Action::Snapshot => client.with_timeout(SNAPSHOT_TIMEOUT),
+        _ => client,
+    };
     let endpoint = args.action.endpoint();
     let path = endpoint.path();
     if let Action::Events = args.action {
