@@ -382,7 +382,8 @@ snapshot)
     echo "$seed-$(cat /proc/sys/kernel/random/uuid)" >/snapshot-token
     sync
     mkdir -p /mnt/memory && mount -t tmpfs tmpfs /mnt/memory
-    (n=0; while :; do n=$((n + 1)); echo "$n" >/mnt/memory/ticks; sleep 0.2; done) &
+    # Written aside and renamed: a reader never sees the file empty between truncate and write.
+    (n=0; while :; do n=$((n + 1)); echo "$n" >/mnt/memory/ticks.new; mv /mnt/memory/ticks.new /mnt/memory/ticks; sleep 0.2; done) &
     ticker=$!
     sleep 1
     if [ -n "$alarm" ]; then
@@ -413,7 +414,8 @@ hibernate)
     echo "@@guest swap rc=$? dev=$resume"
     mkdir -p /mnt/memory && mount -t tmpfs tmpfs /mnt/memory
     echo "$seed-$(cat /proc/sys/kernel/random/uuid)" >/mnt/memory/token
-    (n=0; while :; do n=$((n + 1)); echo "$n" >/mnt/memory/ticks; sleep 0.2; done) &
+    # Written aside and renamed: a reader never sees the file empty between truncate and write.
+    (n=0; while :; do n=$((n + 1)); echo "$n" >/mnt/memory/ticks.new; mv /mnt/memory/ticks.new /mnt/memory/ticks; sleep 0.2; done) &
     ticker=$!
     sleep 1
     echo "@@guest hibernating pid=$ticker token=$(cat /mnt/memory/token) ticks=$(cat /mnt/memory/ticks)"

@@ -176,7 +176,9 @@ fn boot_and_save(scratch: &Scratch, name: &str, cpus: u32, extra: &str, sleep: S
     let before = Before {
         pid: field(&line, "pid").unwrap().to_owned(),
         token: field(&line, "token").unwrap().to_owned(),
-        ticks: field(&line, "ticks").unwrap().parse().unwrap(),
+        ticks: field(&line, "ticks")
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("no number ticks= in {line}")),
         at,
     };
     let taken: Value = serde_json::from_slice(&ctl.stdout).unwrap();
@@ -245,16 +247,21 @@ fn check_resumed(restored: &mut Vmm, before: &Before, cpus: u32) -> String {
     assert_eq!(field(&line, "pid"), Some(before.pid.as_str()), "{line}");
     assert_eq!(field(&line, "alive"), Some("yes"), "{line}");
     assert_eq!(field(&line, "token"), Some(before.token.as_str()), "{line}");
-    let ticks: u64 = field(&line, "ticks").unwrap().parse().unwrap();
-    let later: u64 = field(&line, "ticks_later").unwrap().parse().unwrap();
+    let number = |name| -> u64 {
+        field(&line, name)
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("no number {name}= in {line}"))
+    };
+    let ticks = number("ticks");
+    let later = number("ticks_later");
     assert!(ticks >= before.ticks, "the count went back: {line}");
     assert!(later > ticks, "the counting process does not run: {line}");
-    let pm_exit: u32 = field(&line, "pm_exit").unwrap().parse().unwrap();
+    let pm_exit = number("pm_exit");
     assert!(
         pm_exit >= 1,
         "no `PM: suspend exit` in the guest's log: {line}"
     );
-    let date: u64 = field(&line, "date").unwrap().parse().unwrap();
+    let date = number("date");
     assert!(
         date.abs_diff(now) <= 2,
         "the guest's clock is {date}, the host's {now}: {line}"
