@@ -2,8 +2,10 @@
 # Benchmarks our vmm side by side with QEMU (KVM) in one boot of the emulated arm64 host (or
 # natively on an arm64 KVM host): boot to init, VMM memory overhead, suspend and resume
 # latency next to the bare ioctl floor (also with disks and the rng attached), the host CPU a
-# sleeping guest costs, virtio-blk throughput in the guest, and the network: TCP throughput
-# both ways and TCP round trips over virtio-net on a tap, and (ours only) vsock round trips.
+# sleeping guest costs, virtio-blk throughput in the guest, the network: TCP throughput
+# both ways and TCP round trips over virtio-net on a tap, and (ours only) vsock round trips,
+# and snapshots of a suspended 256 MiB and 2 GiB guest: save, size, restore (QEMU: migration
+# to and from a file).
 # Prints the table and writes bench/results.json and bench/results.svg. Not part of
 # scripts/test.sh; it takes about 35 minutes warm on an idle 2-core x86-64 machine, 13 of them
 # for the network runs (`--only net`, 5 rounds: 790 s on 2026-11-30); a cold build adds about 5.
@@ -13,7 +15,8 @@
 #   scripts/bench.sh --rounds 1 --only disk,devices
 #                                    only some measurements: boot, idle, suspend, floor,
 #                                    disk (throughput), net (TCP and vsock), devices
-#                                    (suspend and idle with disks)
+#                                    (suspend and idle with disks), snapshot (save and
+#                                    restore of a suspended guest)
 #   scripts/bench.sh --profile       ftrace of the suspend and resume paths instead
 #   scripts/bench.sh --host-kernel 6.1
 #                                    the emulated host on another pinned kernel (default 7;

@@ -364,7 +364,9 @@ disk-readonly)
     ;;
 suspend-wait)
     # One `echo mem` with no alarm: only the host (wake button or console byte) can wake it.
+    # Under QEMU the console is the PL011 (ttyAMA0), whose byte must wake its s2idle.
     echo enabled > /sys/class/tty/ttyS0/power/wakeup
+    [ -e /sys/class/tty/ttyAMA0 ] && echo enabled > /sys/class/tty/ttyAMA0/power/wakeup
     before=$(cat /sys/power/suspend_stats/success)
     echo "@@guest suspending mem_sleep=$(cat /sys/power/mem_sleep | tr ' ' ,)"
     echo mem > /sys/power/state

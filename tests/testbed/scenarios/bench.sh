@@ -75,7 +75,8 @@ idle() {
     echo "@@bench idle $tag cpu_ns=$((c1 - c0)) window_ms=$((w1 - w0)) asleep=$asleep"
 }
 
-# wants PART: whether the plan runs PART (boot, idle, suspend, floor, disk, net, devices).
+# wants PART: whether the plan runs PART (boot, idle, suspend, floor, disk, net, devices,
+# snapshot).
 wants() {
     case " $PARTS " in *" $1 "*) return 0 ;; esac
     return 1
@@ -242,6 +243,179 @@ serve_net() {
     server=$!
 }
 
+# console_start: a fresh console FIFO, held open here (fd 6) so that a VMM writing to it never
+# blocks and a read of it never waits past its time limit.
+console_start() {
+    exec 6>&-
+    rm -f "$FIFO"
+    mkfifo "$FIFO"
+    exec 6<>"$FIFO"
+}
+
+# console_wait TEXT: reads the console (fd 6, into $out) until a line has TEXT; false if none
+# comes within RUN_LIMIT seconds.
+console_wait() {
+    while IFS= read -t "$RUN_LIMIT" -r line <&6; do
+        line=${line%"$CR"}
+        echo "$line" >>"$out"
+        case $line in *"$1"*) return 0 ;; esac
+    done
+    return 1
+}
+
+# qmp_wait TEXT: reads QEMU's QMP replies and events (fd 8) until one has TEXT (left in line);
+# false if one says "failed" or none comes within RUN_LIMIT seconds.
+qmp_wait() {
+    while IFS= read -t "$RUN_LIMIT" -r line <&8; do
+        case $line in *"$1"*) return 0 ;; *'"failed"'*) return 1 ;; esac
+    done
+    return 1
+}
+
+# until_suspended SOCKET: polls our vm.info until it says suspended; false after RUN_LIMIT
+# seconds.
+until_suspended() {
+    now_ms; limit=$((ms + RUN_LIMIT * 1000))
+    while [ "$ms" -lt "$limit" ]; do
+        case $("$VMM" ctl --api-socket "$1" --json info 2>/dev/null) in
+        *'"state":"suspended"'*) return 0 ;;
+        esac
+        now_ms
+    done
+    return 1
+}
+
+# snapshot_run MIB VMM: boots the guest with MIB of RAM in its suspend-wait mode on VMM (ours
+# or qemu), saves it once it sleeps (ours: `vmm ctl snapshot --exit`; QEMU: QMP `migrate` to
+# `exec:cat > FILE`, its guest in s2idle), restores it in a new process and wakes it (ours:
+# `vmm ctl wakeup`; QEMU: a byte on its PL011 console). One `@@bench snapshot` line: the Rss
+# of guest RAM before the save (guest_rss_kb), the save's wall time (save_ms; ours also
+# own_ms, the reply's `ms`), what it stored (stored_kb, du), and from the restoring process's
+# start to suspended (restore_ms; ours: vm.info says suspended; QEMU: query-status says
+# running, its guest being in s2idle) and to running (running_ms: the guest's `@@guest
+# resumed` after the wakeup).
+snapshot_run() {
+    mib=$1 vmm=$2 cpus=$SNAPSHOT_CPUS
+    tag="run=snapshot vmm=$vmm cpus=$cpus round=$round disks=0 rng=off memory_mib=$mib"
+    name=snapshot-$vmm-${mib}mib
+    out=/tmp/bench-$name.out err=/tmp/bench-$name.err
+    dir=/tmp/bench-snapshot sock=/tmp/bench-api.sock qmp=/tmp/bench-qmp qin=/tmp/bench-qin
+    rm -rf "$dir" "$sock" "$qmp.in" "$qmp.out" "$qin"
+    : >"$out"
+    reached=none figures=
+    if [ "$vmm" = qemu ]; then
+        # QMP on a pipe pair, and the restored guest's console input on a FIFO, held open here.
+        mkdir "$dir"
+        mkfifo "$qmp.in" "$qmp.out" "$qin"
+        exec 7<>"$qin" 8<>"$qmp.out" 9<>"$qmp.in"
+        set -- "$QEMU_LIBS/ld-linux-aarch64.so.1" --library-path "$QEMU_LIBS" \
+            "$ROOT/qemu/bin/qemu-system-aarch64" -M virt,gic-version=3 -accel kvm -cpu host \
+            -display none -nodefaults -serial stdio -no-reboot -smp "$cpus" -m "$mib" \
+            -kernel "$KERNEL" -initrd "$INITRD" -append "$CMDLINE vmmtest=suspend-wait" \
+            -chardev "pipe,id=qmp,path=$qmp" -mon chardev=qmp,mode=control
+    else
+        set -- "$VMM" -v --cpus "$cpus" --memory "$mib" --kernel "$KERNEL" \
+            --initramfs "$INITRD" --cmdline "$CMDLINE vmmtest=suspend-wait" --no-rng \
+            --api-socket "$sock"
+    fi
+    console_start
+    "$@" </dev/null >&6 2>"$err" &
+    pid=$!
+    if [ "$vmm" = qemu ]; then
+        echo '{"execute":"qmp_capabilities"}' >&9
+        echo '{"execute":"migrate-set-capabilities","arguments":{"capabilities":[{"capability":"events","state":true}]}}' >&9
+    fi
+    (sleep "$RUN_LIMIT"; kill "$pid" 2>/dev/null) &
+    watchdog=$!
+    # Saved once asleep: ours when vm.info says suspended, QEMU's s2idle guest 2 s after its line.
+    if console_wait "@@guest suspending"; then
+        reached=suspending
+        if [ "$vmm" = qemu ]; then sleep 2; else until_suspended "$sock" || reached=not-suspended; fi
+    fi
+    if [ "$reached" = suspending ]; then
+        default_memory=$MEMORY MEMORY=$mib
+        figures=$(memory "$pid")
+        MEMORY=$default_memory
+        now_ms; t0=$ms
+        if [ "$vmm" = qemu ]; then
+            echo "{\"execute\":\"migrate\",\"arguments\":{\"uri\":\"exec:cat > $dir/memory\"}}" >&9
+            qmp_wait '"completed"' && reached=saved
+            now_ms
+            echo '{"execute":"quit"}' >&9
+        else
+            reply=$("$VMM" ctl --api-socket "$sock" --json snapshot "$dir" --exit) && reached=saved
+            now_ms
+            figures="$figures $(echo "$reply" | sed -n 's/.*"ms":\([0-9]*\).*/own_ms=\1/p')"
+        fi
+        figures="$figures save_ms=$((ms - t0))"
+    fi
+    [ "$reached" = saved ] || kill "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+    status=$?
+    kill "$watchdog" 2>/dev/null
+    [ "$reached" = saved ] && [ "$status" != 0 ] && reached=exit-$status
+    if [ "$reached" = saved ]; then
+        sync
+        stored=$(du -sk "$dir")
+        figures="$figures stored_kb=${stored%%[!0-9]*}"
+        rm -f "$sock"
+        console_start
+        now_ms; t0=$ms
+        if [ "$vmm" = qemu ]; then
+            "$@" -incoming "exec:cat $dir/memory" <"$qin" >&6 2>>"$err" &
+            pid=$!
+            echo '{"execute":"qmp_capabilities"}' >&9
+        else
+            "$VMM" -v --restore "$dir" --api-socket "$sock" </dev/null >&6 2>>"$err" &
+            pid=$!
+        fi
+        (sleep "$RUN_LIMIT"; kill "$pid" 2>/dev/null) &
+        watchdog=$!
+        restored=no
+        if [ "$vmm" = qemu ]; then
+            now_ms; limit=$((ms + RUN_LIMIT * 1000))
+            while [ "$ms" -lt "$limit" ]; do
+                echo '{"execute":"query-status"}' >&9
+                qmp_wait '"return": {"status": ' || break
+                case $line in *'"status": "running"'*) restored=yes; break ;; esac
+                now_ms
+            done
+        else
+            until_suspended "$sock" && restored=yes
+        fi
+        if [ "$restored" = yes ]; then
+            now_ms
+            reached=restored
+            figures="$figures restore_ms=$((ms - t0))"
+            if [ "$vmm" = qemu ]; then
+                echo >&7
+            else
+                "$VMM" ctl --api-socket "$sock" wakeup >/dev/null
+            fi
+            if console_wait "@@guest resumed"; then
+                now_ms
+                reached=done
+                figures="$figures running_ms=$((ms - t0))"
+            fi
+        fi
+        [ "$reached" = done ] || kill "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
+        kill "$watchdog" 2>/dev/null
+    fi
+    exec 6>&- 7>&- 8>&- 9>&-
+    rm -rf "$dir" "$sock" "$qmp.in" "$qmp.out" "$qin" "$FIFO"
+    echo "@@bench snapshot $tag $figures reached=$reached"
+    if [ "$reached" = done ]; then
+        verdict=pass
+    else
+        verdict=fail; failures=$((failures + 1))
+        echo "@@bench fail $tag reached=$reached"
+        tail -n 20 "$out" | sed 's/^/[guest] /'
+        tail -n 10 "$err" | sed 's/^/[vmm stderr] /'
+    fi
+    echo "@@result bench-$name-r$round $verdict reached=$reached"
+}
+
 # floor: the bare ioctl sequence of a suspend cycle, at each vCPU count.
 floor() {
     for cpus in $SUSPEND_CPUS; do
@@ -266,7 +440,8 @@ echo "@@bench plan rounds=$ROUNDS parts=$(echo $PARTS | tr ' ' ,) memory_mib=$ME
     "disk_image_mib=$DISK_IMAGE_MIB disk_seconds=$DISK_SECONDS" \
     "net_cpus=$NET_CPUS net_seconds=$NET_SECONDS net_rr_count=$NET_RR_COUNT" \
     "device_disk_mib=$DEVICE_DISK_MIB device_suspend_cpus=$(echo $DEVICE_SUSPEND_CPUS | tr ' ' ,)" \
-    "device_disks=$(echo $DEVICE_DISKS | tr ' ' ,)"
+    "device_disks=$(echo $DEVICE_DISKS | tr ' ' ,)" \
+    "snapshot_mib=$(echo $SNAPSHOT_MIB | tr ' ' ,) snapshot_cpus=$SNAPSHOT_CPUS"
 # The images live in the host's RAM (tmpfs), written in full so that no read hits a hole.
 if wants disk; then
     dd if=/dev/zero of="$DISK_IMAGE" bs=1048576 count="$DISK_IMAGE_MIB" 2>/dev/null
@@ -321,6 +496,11 @@ while [ "$round" -le "$ROUNDS" ]; do
         done
     fi
     wants floor && floor
+    if wants snapshot; then
+        for mib in $SNAPSHOT_MIB; do
+            for vmm in $pair; do snapshot_run "$mib" "$vmm"; done
+        done
+    fi
     round=$((round + 1))
 done
 rm -f "$DISK_IMAGE" /tmp/bench-dev1.img /tmp/bench-dev2.img

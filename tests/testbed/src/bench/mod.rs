@@ -47,11 +47,14 @@ pub enum Part {
     Net,
     /// Ours with disks and the rng attached: suspend and resume latencies, and the idle cost.
     Devices,
+    /// Saving a suspended guest and restoring it, asleep and to running, ours and QEMU
+    /// (migration to a file), at two guest RAM sizes.
+    Snapshot,
 }
 
 impl Part {
     /// Every part.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Boot,
         Self::Idle,
         Self::Suspend,
@@ -59,6 +62,7 @@ impl Part {
         Self::Disk,
         Self::Net,
         Self::Devices,
+        Self::Snapshot,
     ];
 
     /// Its name in the plan (`PARTS`), as `--only` takes it.
@@ -71,6 +75,7 @@ impl Part {
             Self::Disk => "disk",
             Self::Net => "net",
             Self::Devices => "devices",
+            Self::Snapshot => "snapshot",
         }
     }
 }
@@ -147,7 +152,10 @@ pub struct BenchOptions {
 /// The disk-throughput image (raw, 256 MiB, in the emulated host's tmpfs /tmp, next to up to
 /// two 16 MiB images for the `devices` runs) is sized to leave the 3 GiB host room for the
 /// staged initramfs (about 0.3 GiB, in RAM too) and a 256 MiB guest with its VMM. The network
-/// runs measure `NET_SECONDS` of TCP each way and `NET_RR_COUNT` round trips at 1 vCPU.
+/// runs measure `NET_SECONDS` of TCP each way and `NET_RR_COUNT` round trips at 1 vCPU. The
+/// snapshot runs boot 256 MiB and 2 GiB guests: the host's 3 GiB hold the larger, as the guest
+/// touches little of it, and the sparse snapshot (ours) or migration file (QEMU) in tmpfs holds
+/// only what it touched.
 fn plan_env(rounds: u32, time_scale: f64, parts: &[Part]) -> String {
     let run_limit = (240.0 * time_scale).ceil() as u64;
     let parts = if parts.is_empty() {
@@ -183,6 +191,8 @@ fn plan_env(rounds: u32, time_scale: f64, parts: &[Part]) -> String {
          DEVICE_DISK_MIB=16\n\
          DEVICE_SUSPEND_CPUS=\"1 2\"\n\
          DEVICE_DISKS=\"1 2\"\n\
+         SNAPSHOT_MIB=\"256 2048\"\n\
+         SNAPSHOT_CPUS=1\n\
          RUN_LIMIT={run_limit}\n"
     )
 }
@@ -190,7 +200,7 @@ fn plan_env(rounds: u32, time_scale: f64, parts: &[Part]) -> String {
 fn scenario(rounds: u32) -> Scenario {
     Scenario {
         name: "bench",
-        description: "vmm and QEMU side by side: boot, memory, suspend/resume, idle cost, disk, net",
+        description: "vmm and QEMU side by side: boot, memory, suspend/resume, idle cost, disk, net, snapshot",
         timeout: ROUND_LIMIT * rounds + Duration::from_secs(60),
         steps: Steps::Script(include_str!("../../scenarios/bench.sh")),
         default: false,
@@ -346,7 +356,8 @@ mod tests {
     fn the_plan_is_shell_assignments_with_scaled_limits() {
         let env = plan_env(5, 1.5, &[]);
         assert!(env.contains("ROUNDS=5\n"));
-        assert!(env.contains("PARTS=\"boot idle suspend floor disk net devices\"\n"));
+        assert!(env.contains("PARTS=\"boot idle suspend floor disk net devices snapshot\"\n"));
+        assert!(env.contains("SNAPSHOT_MIB=\"256 2048\"\nSNAPSHOT_CPUS=1\n"));
         assert!(env.contains("NET_CPUS=1\nNET_SECONDS=5\nNET_RR_COUNT=2000\n"));
         assert!(env.contains("SUSPEND_CPUS=\"1 2 4 8\"\n"));
         assert!(env.contains("RUN_LIMIT=360\n"));

@@ -87,4 +87,19 @@ mod tests {
         assert_eq!(records[1].fields.len(), 9);
         assert_eq!(records[2].kind, "net-server");
     }
+
+    #[test]
+    fn reads_snapshot_lines_with_the_steps_a_run_got_through() {
+        let log = "@@bench snapshot run=snapshot vmm=ours cpus=1 round=1 disks=0 rng=off memory_mib=2048 rss_kb=80000 guest_rss_kb=71680 overhead_kb=8320 own_ms=100 save_ms=160 stored_kb=75776 restore_ms=50 running_ms=140 reached=done\n\
+                   @@bench snapshot run=snapshot vmm=qemu cpus=1 round=1 disks=0 rng=off memory_mib=256  reached=none\n";
+        let records = records(log);
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[0].kind, "snapshot");
+        assert_eq!(records[0].number("memory_mib"), Some(2048.0));
+        assert_eq!(records[0].number("running_ms"), Some(140.0));
+        assert!(records[0].is("reached", "done"));
+        // An empty figure list leaves only the tag and where the run got.
+        assert_eq!(records[1].fields.len(), 8);
+        assert_eq!(records[1].number("save_ms"), None);
+    }
 }

@@ -55,13 +55,16 @@ impl Subject {
 
 /// The devices a run had attached besides the built-in ones (UART, RTC, GPIO): virtio disks
 /// and our virtio-rng. Runs without any are the device-less ones QEMU (`-nodefaults`) is
-/// compared with.
+/// compared with. The snapshot runs also set the guest's RAM apart here.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Devices {
     /// virtio-blk disks.
     pub disks: u32,
     /// Whether the virtio-rng was there.
     pub rng: bool,
+    /// The guest's RAM in MiB where a run names it (`memory_mib=`, the snapshot runs); 0 for
+    /// the plan's `memory_mib`.
+    pub memory_mib: u32,
 }
 
 impl Devices {
@@ -69,21 +72,24 @@ impl Devices {
     pub const NONE: Self = Self {
         disks: 0,
         rng: false,
+        memory_mib: 0,
     };
     /// The disk-throughput runs: one disk (id `bench`), no rng, on both VMMs.
     pub const DISK_RUN: Self = Self {
         disks: 1,
         rng: false,
+        memory_mib: 0,
     };
     /// The network runs: no disk and no rng. Their virtio-net device (and our vsock) is not
     /// counted here: only the network metrics come from those runs.
     pub const NET_RUN: Self = Self::NONE;
 
-    /// The devices of a record's run (`disks=N rng=on|off`; neither: none).
+    /// The devices of a record's run (`disks=N rng=on|off memory_mib=N`; none of them: none).
     fn of(record: &Record) -> Self {
         Self {
             disks: record.number("disks").map_or(0, |disks| disks as u32),
             rng: record.is("rng", "on"),
+            memory_mib: record.number("memory_mib").map_or(0, |mib| mib as u32),
         }
     }
 }
@@ -140,10 +146,24 @@ pub enum Metric {
     VsockRrMean,
     /// Their 99th percentile, us.
     VsockRrP99,
+    /// Rss of guest RAM just before a snapshot: what the guest touched, MiB.
+    SnapshotTouched,
+    /// Saving the suspended guest, wall time: ours `vmm ctl snapshot --exit`, QEMU's QMP
+    /// `migrate` to `exec:cat > FILE` until its `completed` event, ms.
+    SnapshotSave,
+    /// The same as our reply gives it (`ms`).
+    SnapshotSaveOwn,
+    /// What the snapshot takes on disk (`du`), MiB.
+    SnapshotStored,
+    /// Process start of the restore to the guest back asleep: ours `vm.info` says suspended,
+    /// QEMU (`-incoming`, its guest in s2idle) `query-status` says running, ms.
+    RestoreSuspended,
+    /// Process start of the restore, through the wakeup, to the guest's `@@guest resumed`, ms.
+    RestoreRunning,
 }
 
 impl Metric {
-    const ALL: [Self; 16] = [
+    const ALL: [Self; 22] = [
         Self::BootToInit,
         Self::BootTimer,
         Self::MemoryOverhead,
@@ -160,6 +180,12 @@ impl Metric {
         Self::NetTcpRrP99,
         Self::VsockRrMean,
         Self::VsockRrP99,
+        Self::SnapshotTouched,
+        Self::SnapshotSave,
+        Self::SnapshotSaveOwn,
+        Self::SnapshotStored,
+        Self::RestoreSuspended,
+        Self::RestoreRunning,
     ];
 
     /// The disk-throughput metrics, with their short names.
@@ -213,14 +239,27 @@ impl Metric {
             Self::NetTcpRrP99 => "net_tcp_rr_p99",
             Self::VsockRrMean => "vsock_rr_mean",
             Self::VsockRrP99 => "vsock_rr_p99",
+            Self::SnapshotTouched => "snapshot_guest_ram_touched",
+            Self::SnapshotSave => "snapshot_save",
+            Self::SnapshotSaveOwn => "snapshot_save_own",
+            Self::SnapshotStored => "snapshot_stored",
+            Self::RestoreSuspended => "restore_to_suspended",
+            Self::RestoreRunning => "restore_to_running",
         }
     }
 
     /// Its unit.
     pub fn unit(self) -> &'static str {
         match self {
-            Self::BootToInit | Self::BootTimer | Self::RtcwakeTrip | Self::IdleCpu => "ms",
-            Self::MemoryOverhead => "MiB",
+            Self::BootToInit
+            | Self::BootTimer
+            | Self::RtcwakeTrip
+            | Self::IdleCpu
+            | Self::SnapshotSave
+            | Self::SnapshotSaveOwn
+            | Self::RestoreSuspended
+            | Self::RestoreRunning => "ms",
+            Self::MemoryOverhead | Self::SnapshotTouched | Self::SnapshotStored => "MiB",
             Self::Suspend
             | Self::Resume
             | Self::NetTcpRrMean
@@ -243,6 +282,7 @@ impl Metric {
         let per_second = |count: f64| Some(count * 1e9 / record.number("ns")?.max(1.0));
         // The same for a network measurement (`@@bench net test=NAME rc=0 ...`).
         let net = |test| record.kind == "net" && record.is("rc", "0") && record.is("test", test);
+        let snapshot = record.kind == "snapshot";
         match self {
             Self::BootToInit if boot_run => record.number("boot_ms"),
             Self::BootTimer if boot_run => Some(record.number("timer_us")? / 1e3),
@@ -277,6 +317,13 @@ impl Metric {
             Self::NetTcpRrP99 if net("tcp-rr") => record.number("p99_us"),
             Self::VsockRrMean if net("vsock-rr") => record.number("mean_us"),
             Self::VsockRrP99 if net("vsock-rr") => record.number("p99_us"),
+            // A snapshot run's figures are those of the steps it got through.
+            Self::SnapshotTouched if snapshot => Some(record.number("guest_rss_kb")? / 1024.0),
+            Self::SnapshotSave if snapshot => record.number("save_ms"),
+            Self::SnapshotSaveOwn if snapshot => record.number("own_ms"),
+            Self::SnapshotStored if snapshot => Some(record.number("stored_kb")? / 1024.0),
+            Self::RestoreSuspended if snapshot => record.number("restore_ms"),
+            Self::RestoreRunning if snapshot => record.number("running_ms"),
             _ => None,
         }
     }
@@ -445,6 +492,19 @@ impl Summary {
         sets
     }
 
+    /// The guest RAM sizes the snapshot runs had, smallest first, as their device sets.
+    pub fn snapshot_sizes(&self) -> Vec<Devices> {
+        let mut sizes: Vec<Devices> = self
+            .samples
+            .keys()
+            .filter(|(.., devices)| devices.memory_mib > 0)
+            .map(|&(.., devices)| devices)
+            .collect();
+        sizes.sort_unstable();
+        sizes.dedup();
+        sizes
+    }
+
     /// Median suspend plus median resume, ours or the floor's, at `cpus`, without devices.
     pub fn cycle_median(&self, subject: Subject, cpus: u32) -> Option<f64> {
         self.cycle_median_with(subject, cpus, Devices::NONE)
@@ -589,6 +649,40 @@ impl Summary {
                 (Ours, Devices::NET_RUN),
                 None,
             );
+        }
+        for size in self.snapshot_sizes() {
+            let mib = size.memory_mib;
+            for (metric, what, peer) in [
+                (
+                    Metric::SnapshotTouched,
+                    "guest RAM touched (Rss) before the save, MiB",
+                    true,
+                ),
+                (Metric::SnapshotSave, "save, ms (vs QEMU migrate)", true),
+                (Metric::SnapshotSaveOwn, "save, vmm's own figure, ms", false),
+                (
+                    Metric::SnapshotStored,
+                    "stored on disk, MiB (vs QEMU's file)",
+                    true,
+                ),
+                (
+                    Metric::RestoreSuspended,
+                    "restore to suspended, ms (vs QEMU to running)",
+                    true,
+                ),
+                (
+                    Metric::RestoreRunning,
+                    "restore to running after wake, ms (vs QEMU)",
+                    true,
+                ),
+            ] {
+                add(
+                    format!("snapshot of a {mib} MiB guest: {what}"),
+                    metric,
+                    (Ours, size),
+                    peer.then_some((Qemu, size)),
+                );
+            }
         }
         specs
     }
@@ -775,6 +869,63 @@ impl Summary {
             }),
             met: judge(&latency, |(_, _, ratio)| *ratio <= 1.0),
         });
+
+        let median = |metric, subject, size| {
+            let cpus = *self.cpus_with(metric, subject, size).first()?;
+            Some(self.stats_with(metric, subject, cpus, size)?.median)
+        };
+        let sizes = self.snapshot_sizes();
+        let restore: Vec<_> = sizes
+            .iter()
+            .filter_map(|&size| {
+                let ours = median(Metric::RestoreRunning, Ours, size)?;
+                let qemu = median(Metric::RestoreRunning, Qemu, size)?;
+                Some((size.memory_mib, ours, ours / qemu))
+            })
+            .collect();
+        goals.push(Goal {
+            goal: "restore to running after wake: ours <= 0.1 x QEMU",
+            measured: list(&restore, |(mib, ours, ratio)| {
+                format!("{} ms, {ratio:.2} x QEMU at {mib} MiB", number(*ours))
+            }),
+            met: judge(&restore, |(_, _, ratio)| *ratio <= 0.1),
+        });
+        let flat: Vec<_> = sizes
+            .first()
+            .zip(sizes.last().filter(|_| sizes.len() > 1))
+            .and_then(|(&small, &large)| {
+                let growth = median(Metric::RestoreRunning, Ours, large)?
+                    / median(Metric::RestoreRunning, Ours, small)?;
+                Some((small.memory_mib, large.memory_mib, growth))
+            })
+            .into_iter()
+            .collect();
+        goals.push(Goal {
+            goal: "restore to running flat in guest RAM: <= 1.5 x the smallest guest's",
+            measured: list(&flat, |(small, large, growth)| {
+                format!("{growth:.2} x at {large} MiB vs {small} MiB")
+            }),
+            met: judge(&flat, |(_, _, growth)| *growth <= 1.5),
+        });
+        let stored: Vec<_> = sizes
+            .iter()
+            .filter_map(|&size| {
+                let stored = median(Metric::SnapshotStored, Ours, size)?;
+                let touched = median(Metric::SnapshotTouched, Ours, size)?;
+                Some((size.memory_mib, stored, touched))
+            })
+            .collect();
+        goals.push(Goal {
+            goal: "snapshot size: ours <= the guest RAM it touched + 1 MiB",
+            measured: list(&stored, |(mib, stored, touched)| {
+                format!(
+                    "{} MiB stored, {} MiB touched at {mib} MiB",
+                    number(*stored),
+                    number(*touched)
+                )
+            }),
+            met: judge(&stored, |(_, stored, touched)| *stored <= touched + 1.0),
+        });
         goals
     }
 
@@ -861,6 +1012,17 @@ impl Summary {
                  The vsock round trips are ours only (hybrid vsock to a Unix socket)."
             );
         }
+        if !self.snapshot_sizes().is_empty() {
+            let _ = writeln!(
+                text,
+                "Snapshots: ours `vmm ctl snapshot --exit` of the guest in deep suspend, then \
+                 `vmm --restore` (suspended: vm.info says so) and `vmm ctl wakeup`; QEMU: QMP \
+                 `migrate` to `exec:cat > FILE` of the guest in s2idle, then `-incoming \
+                 exec:cat FILE` (restored: query-status says running) and a byte on the \
+                 console. Restore times run from the restoring process's start; sizes are \
+                 `du` of what is stored."
+            );
+        }
         if let Some(cache) = self.qemu_drive.get("cache") {
             let _ = writeln!(
                 text,
@@ -899,6 +1061,7 @@ impl Summary {
                     "cpus": cpus,
                     "disks": devices.disks,
                     "rng": devices.rng,
+                    "memory_mib": devices.memory_mib,
                     "higher_is_better": metric.higher_is_better(),
                     "unit": metric.unit(),
                     "n": stats.n,
@@ -1065,6 +1228,7 @@ mod tests {
         let one = Devices {
             disks: 1,
             rng: true,
+            memory_mib: 0,
         };
         let two = Devices { disks: 2, ..one };
         // The device-less figures are what they were.
@@ -1133,7 +1297,11 @@ mod tests {
                 Some(true),
                 Some(false),
                 Some(false),
-                Some(true)
+                Some(true),
+                // No snapshot runs.
+                None,
+                None,
+                None
             ]
         );
         assert_eq!(
@@ -1262,5 +1430,84 @@ mod tests {
             .collect();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].ratio(), Some(0.5));
+    }
+
+    const SNAPSHOT_LOG: &str = "\
+@@bench snapshot run=snapshot vmm=ours cpus=1 round=1 disks=0 rng=off memory_mib=256 rss_kb=60000 guest_rss_kb=51200 overhead_kb=8800 own_ms=90 save_ms=150 stored_kb=51300 restore_ms=40 running_ms=60 reached=done
+@@bench snapshot run=snapshot vmm=ours cpus=1 round=2 disks=0 rng=off memory_mib=256 rss_kb=60000 guest_rss_kb=51200 overhead_kb=8800 own_ms=110 save_ms=170 stored_kb=51300 restore_ms=60 running_ms=80 reached=done
+@@bench snapshot run=snapshot vmm=qemu cpus=1 round=1 disks=0 rng=off memory_mib=256 rss_kb=150000 guest_rss_kb=61440 overhead_kb=88560 save_ms=900 stored_kb=40960 restore_ms=700 running_ms=1000 reached=done
+@@bench snapshot run=snapshot vmm=ours cpus=1 round=1 disks=0 rng=off memory_mib=2048 rss_kb=80000 guest_rss_kb=71680 overhead_kb=8320 own_ms=100 save_ms=160 stored_kb=75776 restore_ms=50 running_ms=140 reached=done
+@@bench snapshot run=snapshot vmm=qemu cpus=1 round=1 disks=0 rng=off memory_mib=2048 rss_kb=160000 guest_rss_kb=71680 overhead_kb=88320 save_ms=4000 stored_kb=51200 restore_ms=2500 running_ms=2800 reached=done
+@@bench snapshot run=snapshot vmm=qemu cpus=1 round=2 disks=0 rng=off memory_mib=2048 rss_kb=160000 guest_rss_kb=71680 overhead_kb=88320 save_ms=4200 stored_kb=51200 reached=saved
+@@bench fail run=snapshot vmm=qemu cpus=1 round=2 disks=0 rng=off memory_mib=2048 reached=saved
+";
+
+    #[test]
+    fn snapshot_figures_are_per_guest_size_beside_qemu() {
+        let summary = Summary::new(&records(SNAPSHOT_LOG));
+        let size = |memory_mib| Devices {
+            memory_mib,
+            ..Devices::NONE
+        };
+        let (small, large) = (size(256), size(2048));
+        assert_eq!(summary.snapshot_sizes(), [small, large]);
+        assert_eq!(summary.failures, 1);
+        let stats = |metric, subject, size| summary.stats_with(metric, subject, 1, size).unwrap();
+        assert_eq!(
+            stats(Metric::RestoreRunning, Subject::Ours, small).median,
+            70.0
+        );
+        assert_eq!(
+            stats(Metric::SnapshotStored, Subject::Ours, large).median,
+            74.0
+        );
+        assert_eq!(
+            stats(Metric::SnapshotTouched, Subject::Qemu, small).median,
+            60.0
+        );
+        // A run that got no further than the save gives its save figures only.
+        assert_eq!(stats(Metric::SnapshotSave, Subject::Qemu, large).n, 2);
+        assert_eq!(stats(Metric::RestoreRunning, Subject::Qemu, large).n, 1);
+        // They are no boot or memory-overhead figures, and nothing device-less.
+        assert_eq!(
+            summary.stats(Metric::MemoryOverhead, Subject::Ours, 1),
+            None
+        );
+        assert!(
+            summary
+                .device_sets(Metric::Suspend, Subject::Ours)
+                .is_empty()
+        );
+
+        let rows = summary.rows();
+        let row = |what: &str| rows.iter().find(|row| row.what == what).unwrap();
+        let restore =
+            row("snapshot of a 2048 MiB guest: restore to running after wake, ms (vs QEMU)");
+        assert_eq!(restore.ratio(), Some(0.05));
+        let own = row("snapshot of a 256 MiB guest: save, vmm's own figure, ms");
+        assert_eq!((own.ours.unwrap().median, own.peer), (100.0, None));
+        assert_eq!(rows.len(), 12);
+
+        let goals = summary.goals();
+        let snapshot = &goals[goals.len() - 3..];
+        // Restore 70 ms vs 1000 ms (0.07 x) and 140 vs 2800 (0.05 x); 2 x from 256 MiB to
+        // 2 GiB; stored 50.1 MiB for 50 touched, and 74 for 70.
+        let met: Vec<_> = snapshot.iter().map(|goal| goal.met).collect();
+        assert_eq!(met, [Some(true), Some(false), Some(false)]);
+        assert_eq!(
+            snapshot[0].measured,
+            "70.0 ms, 0.07 x QEMU at 256 MiB; 140 ms, 0.05 x QEMU at 2048 MiB"
+        );
+        assert_eq!(snapshot[1].measured, "2.00 x at 2048 MiB vs 256 MiB");
+        assert_eq!(
+            snapshot[2].measured,
+            "50.1 MiB stored, 50.0 MiB touched at 256 MiB; 74.0 MiB stored, 70.0 MiB touched at 2048 MiB"
+        );
+        let table = summary.markdown();
+        assert!(table.contains(
+            "| snapshot of a 256 MiB guest: stored on disk, MiB (vs QEMU's file) | 1 | 50.1 [50.1-50.1] (2) | 40.0 [40.0-40.0] (1) | 1.25 |"
+        ));
+        let json = summary.json("test");
+        assert_eq!(json["figures"][0]["memory_mib"], 256);
     }
 }
