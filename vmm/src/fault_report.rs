@@ -131,9 +131,10 @@ extern "C" fn on_fault(
     // Returning runs the faulting instruction again, now with the default action.
 }
 
-/// Installs the handler for SIGSEGV and SIGBUS, once per process. For programs, not for
-/// libraries: it replaces Rust's handler, whose stack-overflow message it replaces with the
-/// fault's PC and SP. It runs on the alternate stack Rust gives every thread.
+/// Installs the handler for SIGSEGV and SIGBUS, once per process: the `vmm` binary at start,
+/// and the library when it filters a VM's threads with seccomp. It replaces Rust's handler,
+/// whose stack-overflow message it replaces with the fault's PC and SP. It runs on the
+/// alternate stack Rust gives every thread.
 pub fn install() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {

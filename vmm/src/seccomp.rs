@@ -802,6 +802,12 @@ impl VmFilters {
             // Before any filter: it takes rt_sigaction, which most lists do not allow.
             trap_report::install();
         }
+        if mode != SeccompMode::Off {
+            // Rust's own SIGSEGV/SIGBUS handler calls rt_sigaction, which no filtered thread
+            // may: a fault on a vCPU thread would end as an unexplained SIGSYS, in an
+            // embedding program too. This one names the fault and dies of it.
+            crate::fault_report::install();
+        }
         Ok(std::sync::Arc::new(Self {
             mode,
             vmm: program(Thread::Vmm, mode)?,
