@@ -215,7 +215,8 @@ where
 pub enum BootFrom<'a> {
     /// The kernel and initramfs: a fresh boot.
     Images(BootImages),
-    /// A snapshot of a suspended guest (already checked), its memory file in `dir`.
+    /// A snapshot of a suspended guest, already checked, its memory file in the snapshot's
+    /// directory.
     Snapshot(&'a VmSnapshot),
 }
 

@@ -4,7 +4,6 @@
 //! with guest RAM.
 
 use std::fs::File;
-use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -232,14 +231,6 @@ pub fn map(path: &Path, start: u64, size: u64) -> Result<GuestMemoryMmap, Memory
     GuestMemoryMmap::from_regions(vec![region]).map_err(|_| MemoryFileError::Place(start))
 }
 
-/// Reads a whole small file; for tests and checks.
-#[allow(dead_code)]
-fn read_all(path: &Path) -> std::io::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    File::open(path)?.read_to_end(&mut bytes)?;
-    Ok(bytes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,7 +282,7 @@ mod tests {
             assert_eq!(&word, b"kernel");
             // Writes stay in the process: the file keeps the snapshot.
             restored.write_slice(b"KERNEL", GuestAddress(base)).unwrap();
-            assert_eq!(&read_all(&path).unwrap()[..6], b"kernel");
+            assert_eq!(&std::fs::read(&path).unwrap()[..6], b"kernel");
         }
     }
 
@@ -323,6 +314,6 @@ mod tests {
             write(&path, &guest(MIB), true),
             Err(MemoryFileError::Io { what: "create", .. })
         ));
-        assert_eq!(read_all(&path).unwrap(), b"keep");
+        assert_eq!(std::fs::read(&path).unwrap(), b"keep");
     }
 }
