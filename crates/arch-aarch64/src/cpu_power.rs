@@ -118,9 +118,15 @@ pub struct CpuPowerTable {
 impl CpuPowerTable {
     /// A table for vCPUs with these MPIDRs, by index: vCPU 0 boots on, the others off.
     pub fn new(mpidrs: Vec<u64>) -> Self {
+        Self::with_only_on(mpidrs, 0)
+    }
+
+    /// A table where only vCPU `on` is on: at boot vCPU 0, and for a guest restored while
+    /// suspended, the caller, the only vCPU SYSTEM_SUSPEND left on.
+    pub fn with_only_on(mpidrs: Vec<u64>, on: usize) -> Self {
         let states = (0..mpidrs.len())
             .map(|index| {
-                if index == 0 {
+                if index == on {
                     CpuPower::On
                 } else {
                     CpuPower::Off
@@ -129,20 +135,6 @@ impl CpuPowerTable {
             .collect();
         let mpidrs = mpidrs.into_iter().map(|id| id & MPIDR_HWID_MASK).collect();
         Self { mpidrs, states }
-    }
-
-    /// A table where only vCPU `on` is on: a guest restored while suspended, whose caller
-    /// is the only vCPU SYSTEM_SUSPEND left on.
-    pub fn with_only_on(mpidrs: Vec<u64>, on: usize) -> Self {
-        let mut table = Self::new(mpidrs);
-        for (index, state) in table.states.iter_mut().enumerate() {
-            *state = if index == on {
-                CpuPower::On
-            } else {
-                CpuPower::Off
-            };
-        }
-        table
     }
 
     /// vCPU `index`'s state; `Off` for an index out of range.
