@@ -51,6 +51,7 @@ fn raw(socket: &Path, request: &[u8]) -> u16 {
 
 #[test]
 fn api_sees_a_guest_suspend_and_wakes_it_with_the_gpio_button() {
+    test_utils::require_kvm!();
     let mut vmm = start("wake", "suspend-wait", 2);
     let mode = std::fs::metadata(&vmm.socket).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
@@ -99,6 +100,7 @@ fn ticks(vmm: &Vmm) -> Vec<(u64, u64)> {
 
 #[test]
 fn pause_and_resume_keep_the_guest_clock_and_the_power_button_powers_it_off() {
+    test_utils::require_kvm!();
     let mut vmm = start("pause", "ticker", 1);
     vmm.wait_console("@@guest tick n=3 ", Duration::from_secs(120));
 
@@ -138,6 +140,7 @@ fn pause_and_resume_keep_the_guest_clock_and_the_power_button_powers_it_off() {
 
 #[test]
 fn bad_requests_get_clear_errors_and_the_guest_is_unaffected() {
+    test_utils::require_kvm!();
     let mut vmm = start("bad", "ticker", 1);
     vmm.wait_console("@@guest tick n=2 ", Duration::from_secs(120));
     let socket = vmm.socket.clone();
@@ -219,6 +222,7 @@ fn bad_requests_get_clear_errors_and_the_guest_is_unaffected() {
 
 #[test]
 fn a_stale_socket_is_replaced_and_a_live_one_refused() {
+    test_utils::require_kvm!();
     let dir = std::env::temp_dir().join(format!("vmm-api-{}-stale", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let stale = dir.join("api.sock");

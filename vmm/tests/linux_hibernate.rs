@@ -51,6 +51,7 @@ fn host_kernel() -> (u32, u32) {
 
 #[test]
 fn a_guest_hibernates_to_its_swap_partition_and_the_next_boot_resumes_it() {
+    test_utils::require_kvm!();
     let disks = scratch("linux-hibernate-");
     let swap = disks.as_path().join("swap.img");
     swap_disk(&swap, 512 * MIB);

@@ -87,6 +87,7 @@ fn pings_both_ways(guest: &Guest, guest_ip: Ipv4Addr) {
 
 #[test]
 fn ping_works_both_ways_with_one_vcpu() {
+    test_utils::require_kvm!();
     let (guest, _) = boot_on_tap("net", "", 1, "vmmnet1", 101);
     pings_both_ways(&guest, addresses(101).1);
     guest.powers_off();
@@ -125,6 +126,7 @@ fn add_permanent_arp(tap: &str, ip: Ipv4Addr, mac: MacAddress) {
 
 #[test]
 fn a_tcp_connection_survives_ten_suspends_and_frames_wait_for_a_sleeping_guest() {
+    test_utils::require_kvm!();
     const CYCLES: u32 = 10;
     let subnet = 104;
     let (host, guest_ip) = addresses(subnet);

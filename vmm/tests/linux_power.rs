@@ -21,6 +21,7 @@ const CYCLES: usize = 20;
 
 #[test]
 fn vm_info_every_10_ms_does_not_disturb_20_suspend_cycles() {
+    test_utils::require_kvm!();
     let scratch = guest::scratch("linux-power-");
     let config = guest::config(
         &scratch,
@@ -122,6 +123,7 @@ fn vm_info_every_10_ms_does_not_disturb_20_suspend_cycles() {
 /// a kick. On the KVM path the decision kicks those 7 out of `KVM_RUN`.
 #[test]
 fn an_8_vcpu_linux_guest_suspends_with_its_secondaries_off_and_no_kick() {
+    test_utils::require_kvm!();
     const CYCLES: usize = 2;
     let scratch = guest::scratch("linux-power-8-");
     let config = guest::config(

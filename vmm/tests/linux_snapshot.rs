@@ -277,6 +277,7 @@ fn check_resumed(restored: &mut Vmm, before: &Before, cpus: u32) -> String {
 
 #[test]
 fn a_guest_saved_to_disk_comes_back_asleep_in_a_new_vmm_and_the_wake_button_resumes_it() {
+    test_utils::require_kvm!();
     let scratch = Scratch::new("button");
     let before = boot_and_save(&scratch, "button", 1, "", Sleep::ByItself);
     bad_snapshots_are_refused(&scratch);
@@ -306,6 +307,7 @@ fn a_guest_saved_to_disk_comes_back_asleep_in_a_new_vmm_and_the_wake_button_resu
 /// Also one host command from a running guest to disk: `vmm ctl snapshot --sleep --exit`.
 #[test]
 fn an_rtc_alarm_that_fell_due_on_disk_wakes_the_guest_as_soon_as_it_is_restored() {
+    test_utils::require_kvm!();
     let scratch = Scratch::new("rtc");
     // Long enough for the suspend and the snapshot in the emulated host (an alarm that fires
     // before the snapshot wakes the guest, and the snapshot is refused); the guest set it
@@ -335,6 +337,7 @@ fn an_rtc_alarm_that_fell_due_on_disk_wakes_the_guest_as_soon_as_it_is_restored(
 
 #[test]
 fn four_vcpus_come_back_from_disk_woken_by_a_console_byte_and_suspend_five_more_times() {
+    test_utils::require_kvm!();
     let scratch = Scratch::new("four");
     let before = boot_and_save(&scratch, "four", 4, "more=5", Sleep::ByItself);
     let mut restored = restore(&scratch.snapshot(), "four-restored", Stdio::piped());
@@ -352,6 +355,7 @@ fn four_vcpus_come_back_from_disk_woken_by_a_console_byte_and_suspend_five_more_
 
 #[test]
 fn a_guest_that_is_not_suspended_is_not_saved_and_runs_on() {
+    test_utils::require_kvm!();
     let scratch = std::env::temp_dir().join(format!("vmm-snapshot-{}-busy", std::process::id()));
     let cmdline = "console=ttyS0 quiet panic=-1 vmmtest=ticker";
     let vmm = Vmm::start("busy", &guest_args(cmdline, 1, 128));

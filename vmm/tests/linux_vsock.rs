@@ -59,6 +59,7 @@ fn agent_works(socket: &Path, when: &str) {
 
 #[test]
 fn a_host_program_drives_a_guest_agent_over_vsock_across_five_suspends() {
+    test_utils::require_kvm!();
     let scratch = guest::scratch("linux-vsock-");
     let socket = scratch.as_path().join("vm.vsock");
     let mut config = guest::config(&scratch, "vsock", "cycles=5 wake=3 retry=1", 2, true);

@@ -129,6 +129,7 @@ fn suspend_then_wake(cpus: u32, root_disk: bool, source: WakeSource, wake: impl 
 
 #[test]
 fn the_gpio_wake_button_wakes_a_suspended_guest_with_its_disk_and_rng() {
+    test_utils::require_kvm!();
     suspend_then_wake(2, true, WakeSource::Gpio, |handle| {
         handle.press_wake_button().unwrap()
     });
@@ -136,6 +137,7 @@ fn the_gpio_wake_button_wakes_a_suspended_guest_with_its_disk_and_rng() {
 
 #[test]
 fn a_byte_on_the_serial_console_wakes_a_suspended_guest() {
+    test_utils::require_kvm!();
     suspend_then_wake(1, false, WakeSource::Serial, |handle| {
         assert_eq!(handle.send_console_input(b"\r").unwrap(), 1);
     });

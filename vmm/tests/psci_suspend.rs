@@ -262,6 +262,7 @@ fn suspend_and_wake_by_rtc(name: &str, function: u32, context_id: u64) {
 
 #[test]
 fn features_reports_system_suspend_only_when_enabled() {
+    test_utils::require_kvm!();
     for (suspend, expected) in [
         (true, PsciReturn::Success),
         (false, PsciReturn::NotSupported),
@@ -288,11 +289,13 @@ fn features_reports_system_suspend_only_when_enabled() {
 
 #[test]
 fn suspend_64_resumes_at_the_entry_on_an_rtc_alarm() {
+    test_utils::require_kvm!();
     suspend_and_wake_by_rtc("rtc64", SYSTEM_SUSPEND_64, CONTEXT_ID);
 }
 
 #[test]
 fn suspend_32_uses_w1_and_w2() {
+    test_utils::require_kvm!();
     // The upper halves of x1 and x2 must be ignored for the SMC32 function id.
     let mut asm = program();
     enable_spi(&mut asm, 32 + 2);
@@ -315,6 +318,7 @@ fn suspend_32_uses_w1_and_w2() {
 
 #[test]
 fn denied_while_a_secondary_started_with_cpu_on_is_on() {
+    test_utils::require_kvm!();
     let mut asm = program();
     asm.psci_call(CPU_ON_64, &[1, LOAD + SPIN_OFFSET, 0]);
     report(&mut asm, b'O', 0);
@@ -356,6 +360,7 @@ fn denied_while_a_secondary_started_with_cpu_on_is_on() {
 /// kicks the 7 secondaries out of `KVM_RUN` to read their MP states.
 #[test]
 fn seven_secondaries_off_again_and_the_suspend_is_decided_without_a_kick() {
+    test_utils::require_kvm!();
     let mut asm = program();
     enable_spi(&mut asm, 32 + 2);
     // CPU_ON vCPUs 1..=7 at the CPU_OFF entry, reporting each result.
@@ -426,6 +431,7 @@ fn seven_secondaries_off_again_and_the_suspend_is_decided_without_a_kick() {
 
 #[test]
 fn cpu_on_answers_already_on_and_invalid_parameters() {
+    test_utils::require_kvm!();
     let mut asm = program();
     asm.psci_call(CPU_ON_64, &[0, LOAD + SPIN_OFFSET, 0]);
     report(&mut asm, b'A', 0);
@@ -442,6 +448,7 @@ fn cpu_on_answers_already_on_and_invalid_parameters() {
 
 #[test]
 fn invalid_address_for_an_entry_outside_ram() {
+    test_utils::require_kvm!();
     let mut asm = program();
     asm.psci_call(SYSTEM_SUSPEND_64, &[0x1000, CONTEXT_ID]);
     report(&mut asm, b'S', 0);
@@ -460,6 +467,7 @@ fn invalid_address_for_an_entry_outside_ram() {
 /// good request next to them is served, and vmm keeps running.
 #[test]
 fn malformed_virtio_chains_get_errors_and_vmm_keeps_running() {
+    test_utils::require_kvm!();
     // Queue and buffers inside the loaded image, above the code.
     const QUEUE: u64 = LOAD + 0x2000;
     const AVAIL: u64 = QUEUE + 0x100;

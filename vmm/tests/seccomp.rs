@@ -267,6 +267,7 @@ fn path_arg(path: &Path) -> &str {
 
 #[test]
 fn every_thread_of_a_running_vmm_has_exactly_its_filters() {
+    test_utils::require_kvm!();
     let dir = TempDir::new_with_prefix(std::env::temp_dir().join("vmm-seccomp-")).unwrap();
     let root = dir.as_path().join("rootfs.ext4");
     std::fs::copy(guest_file("VMM_TEST_ROOTFS"), &root).unwrap();
@@ -462,6 +463,7 @@ fn stop_at_syscall_entry(tid: i32) {
 
 #[test]
 fn a_forbidden_system_call_on_a_vcpu_thread_kills_vmm() {
+    test_utils::require_kvm!();
     let (mut vmm, vcpu) = idle_vmm_with_filtered_vcpu0();
     progress!(
         "seccomp test: stopping vcpu0 ({}) at its next system call",
@@ -506,6 +508,7 @@ fn a_forbidden_system_call_on_a_vcpu_thread_kills_vmm() {
 /// same handler as a real one (the fork test in `fault_report` covers a real one).
 #[test]
 fn a_fault_on_a_vcpu_thread_kills_vmm_with_sigsegv_and_names_the_thread() {
+    test_utils::require_kvm!();
     let (mut vmm, vcpu) = idle_vmm_with_filtered_vcpu0();
     let pid = vmm.child.id();
     // SAFETY: a signal to a thread of our own child.
@@ -597,6 +600,7 @@ fn ioctl(request: u32) -> i64 {
 
 #[test]
 fn a_call_outside_a_threads_list_kills_its_process() {
+    test_utils::require_kvm!();
     // The vCPU list: no files, no KVM_CREATE_VM, no sockets, no programs.
     for (what, call) in [
         ("openat", openat as fn() -> i64),
@@ -649,6 +653,7 @@ fn a_call_outside_a_threads_list_kills_its_process() {
 
 #[test]
 fn log_mode_lets_the_call_through_and_trap_mode_names_it() {
+    test_utils::require_kvm!();
     let (status, _) = in_child(Thread::Vcpu, SeccompMode::Log, openat);
     assert_eq!(exited(status), Some(0), "{status:#x}");
     let (status, stderr) = in_child(Thread::Vcpu, SeccompMode::Trap, openat);

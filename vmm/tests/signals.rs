@@ -150,6 +150,7 @@ fn scratch_kernel(code: &Assembler) -> (TempDir, PathBuf) {
 
 #[test]
 fn a_stop_signal_ends_vmm_even_while_the_guest_keeps_resetting() {
+    test_utils::require_kvm!();
     let mut code = Assembler::new();
     code.psci_call(SYSTEM_RESET, &[]);
     let (_dir, kernel) = scratch_kernel(&code);
@@ -170,6 +171,7 @@ fn a_stop_signal_ends_vmm_even_while_the_guest_keeps_resetting() {
 
 #[test]
 fn a_stop_signal_ends_vmm_while_the_guest_is_suspended() {
+    test_utils::require_kvm!();
     // SYSTEM_SUSPEND with no wakeup source armed: the guest would sleep forever.
     let mut code = Assembler::new();
     code.psci_call(SYSTEM_SUSPEND_64, &[LOAD, 0]);
@@ -256,6 +258,7 @@ fn fill_console_pipe(vmm: &mut Vmm) {
 
 #[test]
 fn a_console_nobody_reads_does_not_keep_vmm_from_stopping() {
+    test_utils::require_kvm!();
     let (dir, kernel) = scratch_kernel(&console_flood());
     // `vmm ... | sleep 3600`: the pipe's reader never reads.
     let mut vmm = Vmm::start_with(&kernel, &["--cpus", "2"], Stdio::piped());

@@ -155,6 +155,7 @@ fn timer_suspend_loop(cycles: u64) -> Vec<u8> {
 #[test]
 #[ignore = "soak: run by `testbed run soak`"]
 fn a_thousand_timer_woken_suspends_with_four_vcpus() {
+    test_utils::require_kvm!();
     const CYCLES: u64 = 1000;
     let dir = TempDir::new_with_prefix(std::env::temp_dir().join("soak-bare-")).unwrap();
     let kernel = dir.as_path().join("Image");
@@ -175,6 +176,7 @@ fn a_thousand_timer_woken_suspends_with_four_vcpus() {
 #[test]
 #[ignore = "soak: run by `testbed run soak`"]
 fn two_hundred_linux_suspends_with_four_vcpus_and_the_disk_busy() {
+    test_utils::require_kvm!();
     const CYCLES: u64 = 200;
     let dir = TempDir::new_with_prefix(std::env::temp_dir().join("soak-linux-")).unwrap();
     let root = dir.as_path().join("rootfs.ext4");
@@ -239,6 +241,7 @@ fn two_hundred_linux_suspends_with_four_vcpus_and_the_disk_busy() {
 #[test]
 #[ignore = "soak: run by `testbed run soak`"]
 fn a_subscriber_that_never_reads_while_the_guest_loops_on_refused_suspends() {
+    test_utils::require_kvm!();
     use arch_aarch64::psci::CPU_ON_64;
     // vCPU 1 is started and spins, so every SYSTEM_SUSPEND of vCPU 0 is refused (DENIED):
     // four events and a log line per call, as fast as the guest can call.

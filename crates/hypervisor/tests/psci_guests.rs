@@ -103,6 +103,7 @@ fn halt(asm: &mut Assembler) {
 
 #[test]
 fn psci_system_off_gives_a_shutdown_exit() {
+    test_utils::require_kvm!();
     let mut asm = program();
     asm.psci_call(SYSTEM_OFF, &[]);
     halt(&mut asm);
@@ -116,6 +117,7 @@ fn psci_system_off_gives_a_shutdown_exit() {
 
 #[test]
 fn psci_system_reset_gives_a_reset_exit() {
+    test_utils::require_kvm!();
     let mut asm = program();
     asm.psci_call(SYSTEM_RESET, &[]);
     halt(&mut asm);
@@ -129,6 +131,7 @@ fn psci_system_reset_gives_a_reset_exit() {
 
 #[test]
 fn with_the_cap_features_reports_system_suspend_and_the_call_exits_to_userspace() {
+    test_utils::require_kvm!();
     let mut asm = program();
     report_features(&mut asm, SYSTEM_SUSPEND_64);
     report_features(&mut asm, SYSTEM_SUSPEND_32);
@@ -159,6 +162,7 @@ fn with_the_cap_features_reports_system_suspend_and_the_call_exits_to_userspace(
 
 #[test]
 fn without_the_cap_features_and_the_call_return_not_supported() {
+    test_utils::require_kvm!();
     let mut asm = program();
     report_features(&mut asm, SYSTEM_SUSPEND_64);
     report_features(&mut asm, SYSTEM_SUSPEND_32);
@@ -194,6 +198,7 @@ const SYSTEM_OFF2_64: u32 = 0xC400_0015;
 
 #[test]
 fn cpu_on_exits_to_userspace_when_forwarded_on_hosts_with_the_smccc_filter() {
+    test_utils::require_kvm!();
     // CPU_ON for this very vCPU (MPIDR affinity 0): KVM itself would say ALREADY_ON.
     let mut asm = program();
     asm.psci_call(CPU_ON_64, &[0, ENTRY, CONTEXT_ID]);
@@ -241,6 +246,7 @@ fn cpu_on_exits_to_userspace_when_forwarded_on_hosts_with_the_smccc_filter() {
 
 #[test]
 fn the_psci_version_can_be_read_and_lowered_before_the_first_run() {
+    test_utils::require_kvm!();
     let mut asm = program();
     asm.psci_call(PSCI_VERSION, &[]);
     asm.str_x(0, REPORT_REG, 0);
@@ -272,6 +278,7 @@ fn the_psci_version_can_be_read_and_lowered_before_the_first_run() {
 
 #[test]
 fn system_off2_is_a_shutdown_with_the_hibernation_flag_on_6_13_hosts() {
+    test_utils::require_kvm!();
     let mut asm = program();
     // Type 0: what Linux passes, and what the PSCI 1.3 F.b spec allows for HIBERNATE_OFF.
     asm.psci_call(SYSTEM_OFF2_64, &[0, 0]);
@@ -333,6 +340,7 @@ fn run_or_explain(guest: &mut Guest, limit: std::time::Duration, reports: &mut V
 
 #[test]
 fn vm_after_vm_in_one_process_each_runs_its_own_program() {
+    test_utils::require_kvm!();
     // vmm builds a new VM at every guest reboot, in the same process.
     for round in 1..=4u64 {
         let mut asm = program();

@@ -200,6 +200,7 @@ fn interrupt_taking_guest() -> Assembler {
 
 #[test]
 fn gic_state_saved_from_one_vm_restores_into_a_fresh_one_and_delivers_its_interrupts() {
+    test_utils::require_kvm!();
     let mut a = Machine::new(&gic_programming_guest());
     let (reports, exit) = a.run(1, Duration::from_secs(20));
     assert_eq!((reports.as_slice(), exit), (&[1][..], None));
@@ -256,6 +257,7 @@ fn gic_state_saved_from_one_vm_restores_into_a_fresh_one_and_delivers_its_interr
 
 #[test]
 fn gic_restore_refuses_a_state_of_another_shape() {
+    test_utils::require_kvm!();
     let a = Machine::new(&Assembler::new());
     let mut state = a.gic.save(&a.mpidrs).unwrap();
     assert!(a.gic.restore(&a.mpidrs[..1], &state).is_err());
@@ -269,6 +271,7 @@ fn gic_restore_refuses_a_state_of_another_shape() {
 
 #[test]
 fn the_guest_counter_starts_at_the_value_set_on_a_fresh_vm() {
+    test_utils::require_kvm!();
     let mut asm = Assembler::new();
     asm.mov_imm(REPORT_REG, REPORT_ADDR);
     asm.isb();
@@ -318,6 +321,7 @@ fn the_guest_counter_starts_at_the_value_set_on_a_fresh_vm() {
 
 #[test]
 fn a_fresh_vcpu_set_suspended_stays_in_kvm_run_until_an_interrupt_then_wakes() {
+    test_utils::require_kvm!();
     const WAKE_SPI: u32 = 3;
     let mut machine = Machine::new(&Assembler::new());
     assert!(machine.vm.system_suspend_enabled());

@@ -34,7 +34,10 @@ macro_rules! require_kvm {
         if let Some(reason) = $crate::kvm::missing() {
             // libtest names each test's thread after the test.
             let thread = std::thread::current();
-            eprintln!("skipped {}: {reason}", thread.name().unwrap_or(module_path!()));
+            eprintln!(
+                "skipped {}: {reason}",
+                thread.name().unwrap_or(module_path!())
+            );
             return;
         }
     };
