@@ -72,6 +72,18 @@ impl SnapshotError {
     }
 }
 
+/// Whether a VM in `state` (and paused by the host or not) may be saved: only a guest that is
+/// suspended, and not paused, is. Anything else is the [`SnapshotError`] the API answers 409 to.
+pub fn may_snapshot(state: SuspendState, paused: bool) -> Result<(), SnapshotError> {
+    if paused {
+        return Err(SnapshotError::Paused);
+    }
+    if state != SuspendState::Suspended {
+        return Err(SnapshotError::NotSuspended(state_name(state)));
+    }
+    Ok(())
+}
+
 /// How a state reads in an error.
 pub fn state_name(state: SuspendState) -> &'static str {
     match state {
@@ -79,5 +91,29 @@ pub fn state_name(state: SuspendState) -> &'static str {
         SuspendState::Suspending => "suspending",
         SuspendState::Suspended => "suspended",
         SuspendState::Resuming => "resuming",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_suspended_guest_that_is_not_paused_may_be_saved() {
+        use SuspendState::*;
+        assert!(may_snapshot(Suspended, false).is_ok());
+        for state in [Running, Suspending, Resuming] {
+            let refused = may_snapshot(state, false).unwrap_err();
+            assert_eq!(refused.http_status(), 409, "{state:?}");
+            assert!(refused.to_string().contains(state_name(state)), "{refused}");
+        }
+        for state in [Running, Suspending, Suspended, Resuming] {
+            let refused = may_snapshot(state, true).unwrap_err();
+            assert!(
+                matches!(refused, SnapshotError::Paused),
+                "{state:?}: {refused}"
+            );
+            assert_eq!(refused.http_status(), 409);
+        }
     }
 }

@@ -22,14 +22,14 @@ use super::dir::{MEMORY_FILE, STATE_FILE, publish};
 use super::disks::DiskFingerprint;
 use super::state::{DevicesState, SuspendedVcpu, VmSnapshot};
 use super::{
-    AfterSnapshot, SnapshotError, SnapshotPort, SnapshotRequest, SnapshotTaken, file, memory,
-    state_name,
+    AfterSnapshot, SnapshotError, SnapshotPort, SnapshotRequest, SnapshotTaken, file, may_snapshot,
+    memory, state_name,
 };
 use crate::config::{CpuPowerMode, VmConfig};
 use crate::control::{ExitReason, VmControl};
 use crate::event_loop::Rtc;
 use crate::events::VmEventKind;
-use crate::suspend::{PauseError, SuspendCoordinator, SuspendState};
+use crate::suspend::{PauseError, SuspendCoordinator};
 
 /// What a snapshot reads, shared with the running VM.
 pub(crate) struct SnapshotSource {
@@ -72,13 +72,7 @@ impl SnapshotSource {
     /// Takes the snapshot `request` asks for and does what it says next.
     pub fn take(&self, request: &SnapshotRequest) -> Result<SnapshotTaken, SnapshotError> {
         let started = Instant::now();
-        if self.suspend.is_paused() {
-            return Err(SnapshotError::Paused);
-        }
-        let state = self.suspend.state();
-        if state != SuspendState::Suspended {
-            return Err(SnapshotError::NotSuspended(state_name(state)));
-        }
+        may_snapshot(self.suspend.state(), self.suspend.is_paused())?;
         self.suspend.pause().map_err(|err| match err {
             PauseError::AlreadyPaused => SnapshotError::Paused,
             PauseError::Stopping => SnapshotError::Stopped,
