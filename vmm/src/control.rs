@@ -63,7 +63,7 @@ impl ExitReason {
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     /// The exit eventfd could not be created.
-    #[error("Failed to create the VM exit eventfd")]
+    #[error("Cannot create the VM exit eventfd")]
     EventFd(#[source] std::io::Error),
 }
 
@@ -94,7 +94,7 @@ impl VmControl {
         }
         self.stopping.store(true, Ordering::SeqCst);
         if let Err(err) = self.exit_event.write(1) {
-            log::error!("Failed to signal the VM exit: {err}");
+            log::error!("Cannot signal the VM exit: {err}");
         }
     }
 

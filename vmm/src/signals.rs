@@ -11,10 +11,10 @@ use vmm_sys_util::signal::register_signal_handler;
 #[derive(Debug, thiserror::Error)]
 pub enum SignalError {
     /// The eventfd could not be created.
-    #[error("Failed to create the signal eventfd")]
+    #[error("Cannot create the signal eventfd")]
     EventFd(#[source] std::io::Error),
     /// `sigaction` failed.
-    #[error("Failed to install the handler for signal {0}")]
+    #[error("Cannot install the handler for signal {0}")]
     Handler(i32, #[source] std::io::Error),
 }
 

@@ -133,7 +133,7 @@ pub struct VirtioMmioNode {
 #[derive(Debug, thiserror::Error)]
 pub enum FdtError {
     /// vm-fdt rejected a node or property.
-    #[error("Failed to write the device tree")]
+    #[error("Cannot write the device tree")]
     Write(#[from] vm_fdt::Error),
     /// No vCPU was given.
     #[error("No vCPUs")]

@@ -50,7 +50,7 @@ pub enum GpioError {
         pin: u32,
     },
     /// The interrupt line could not be driven.
-    #[error("Failed to drive the GPIO interrupt")]
+    #[error("Cannot drive the GPIO interrupt")]
     Irq(#[source] IrqError),
 }
 

@@ -12,7 +12,7 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum IrqError {
     /// The host refused to raise the line.
-    #[error("Failed to assert interrupt line {line}")]
+    #[error("Cannot assert interrupt line {line}")]
     Assert {
         /// The line's number as the implementation knows it (e.g. the SPI).
         line: u32,
@@ -21,7 +21,7 @@ pub enum IrqError {
         source: io::Error,
     },
     /// The host refused to lower the line.
-    #[error("Failed to deassert interrupt line {line}")]
+    #[error("Cannot deassert interrupt line {line}")]
     Deassert {
         /// The line's number as the implementation knows it (e.g. the SPI).
         line: u32,

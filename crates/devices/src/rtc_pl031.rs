@@ -50,13 +50,13 @@ const AMBA_IDS: [u8; 8] = [0x31, 0x10, 0x14, 0x00, 0x0d, 0xf0, 0x05, 0xb1];
 #[derive(Debug, Error)]
 pub enum RtcError {
     /// The host timer backing the alarm could not be created.
-    #[error("Failed to create the RTC alarm timer")]
+    #[error("Cannot create the RTC alarm timer")]
     CreateTimer(#[source] io::Error),
     /// Arming, disarming or reading the host timer failed.
-    #[error("Failed to program the RTC alarm timer")]
+    #[error("Cannot program the RTC alarm timer")]
     Timer(#[source] io::Error),
     /// The alarm interrupt line could not be driven.
-    #[error("Failed to drive the RTC interrupt")]
+    #[error("Cannot drive the RTC interrupt")]
     Irq(#[source] IrqError),
 }
 

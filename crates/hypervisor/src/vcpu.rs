@@ -48,7 +48,7 @@ impl MpState {
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
     /// `KVM_RUN` failed.
-    #[error("Failed to run vCPU {index}")]
+    #[error("Cannot run vCPU {index}")]
     Run {
         /// The vCPU index.
         index: u32,
@@ -57,7 +57,7 @@ pub enum VcpuError {
         source: std::io::Error,
     },
     /// A register access failed.
-    #[error("Failed to access register {id:#x} of vCPU {index}")]
+    #[error("Cannot access register {id:#x} of vCPU {index}")]
     Register {
         /// The vCPU index.
         index: u32,
@@ -68,7 +68,7 @@ pub enum VcpuError {
         source: std::io::Error,
     },
     /// Reading or writing the MP state failed.
-    #[error("Failed to access the MP state of vCPU {index}")]
+    #[error("Cannot access the MP state of vCPU {index}")]
     MpState {
         /// The vCPU index.
         index: u32,
@@ -77,7 +77,7 @@ pub enum VcpuError {
         source: std::io::Error,
     },
     /// `KVM_ARM_VCPU_INIT` failed.
-    #[error("Failed to initialise vCPU {index}")]
+    #[error("Cannot initialise vCPU {index}")]
     Init {
         /// The vCPU index.
         index: u32,

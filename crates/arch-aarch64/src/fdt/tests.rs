@@ -388,7 +388,7 @@ fn writer_errors_keep_their_source() {
         ..config()
     })
     .unwrap_err();
-    assert_eq!(err.to_string(), "Failed to write the device tree");
+    assert_eq!(err.to_string(), "Cannot write the device tree");
     let source = std::error::Error::source(&err).unwrap();
     assert_eq!(source.to_string(), vm_fdt::Error::InvalidString.to_string());
 }

@@ -11,10 +11,10 @@ use kvm_ioctls::{DeviceFd, VmFd};
 #[derive(Debug, thiserror::Error)]
 pub enum GicError {
     /// `KVM_CREATE_DEVICE` failed: the host has no GICv3.
-    #[error("Failed to create the vGICv3 device")]
+    #[error("Cannot create the vGICv3 device")]
     Create(#[source] std::io::Error),
     /// Setting a device attribute failed.
-    #[error("Failed to set vGIC attribute {what}")]
+    #[error("Cannot set vGIC attribute {what}")]
     Attribute {
         /// Which attribute.
         what: &'static str,

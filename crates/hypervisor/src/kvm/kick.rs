@@ -18,10 +18,10 @@ use crate::VcpuKick;
 #[derive(Debug, thiserror::Error)]
 pub enum KickError {
     /// The vCPU fd could not be duplicated.
-    #[error("Failed to duplicate the vCPU fd")]
+    #[error("Cannot duplicate the vCPU fd")]
     Dup(#[source] std::io::Error),
     /// The kick signal handler could not be installed.
-    #[error("Failed to install the vCPU kick signal handler")]
+    #[error("Cannot install the vCPU kick signal handler")]
     SignalHandler(#[source] std::io::Error),
 }
 

@@ -16,10 +16,10 @@ use super::{GicV3, Hypervisor, KvmVcpu, VcpuKicker, gic::GicError};
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
     /// `KVM_CREATE_VM` failed.
-    #[error("Failed to create the VM")]
+    #[error("Cannot create the VM")]
     Create(#[source] std::io::Error),
     /// A guest memory region could not be registered.
-    #[error("Failed to register guest memory at {guest_addr:#x}")]
+    #[error("Cannot register guest memory at {guest_addr:#x}")]
     Memory {
         /// Start of the region.
         guest_addr: u64,
@@ -28,10 +28,10 @@ pub enum VmError {
         source: std::io::Error,
     },
     /// `KVM_ARM_PREFERRED_TARGET` failed.
-    #[error("Failed to query the preferred vCPU target")]
+    #[error("Cannot query the preferred vCPU target")]
     PreferredTarget(#[source] std::io::Error),
     /// Enabling `KVM_CAP_ARM_SYSTEM_SUSPEND` failed although KVM reported it.
-    #[error("Failed to enable KVM_CAP_ARM_SYSTEM_SUSPEND")]
+    #[error("Cannot enable KVM_CAP_ARM_SYSTEM_SUSPEND")]
     EnableSystemSuspend(#[source] std::io::Error),
     /// Installing the SMCCC filter failed although KVM reported it.
     #[error("Cannot forward SMCCC functions {first:#x}..{end:#x} to the VMM")]
@@ -45,7 +45,7 @@ pub enum VmError {
         source: std::io::Error,
     },
     /// `KVM_CREATE_VCPU` or `KVM_ARM_VCPU_INIT` failed.
-    #[error("Failed to create vCPU {index}")]
+    #[error("Cannot create vCPU {index}")]
     CreateVcpu {
         /// The vCPU index.
         index: u32,
@@ -54,10 +54,10 @@ pub enum VmError {
         source: std::io::Error,
     },
     /// The vGIC could not be created.
-    #[error("Failed to create the vGICv3")]
+    #[error("Cannot create the vGICv3")]
     Gic(#[source] GicError),
     /// `KVM_IRQFD` failed.
-    #[error("Failed to register an irqfd for SPI {spi}")]
+    #[error("Cannot register an irqfd for SPI {spi}")]
     Irqfd {
         /// The SPI number.
         spi: u32,
@@ -66,7 +66,7 @@ pub enum VmError {
         source: std::io::Error,
     },
     /// `KVM_IOEVENTFD` failed.
-    #[error("Failed to register an ioeventfd at {addr:#x}")]
+    #[error("Cannot register an ioeventfd at {addr:#x}")]
     Ioeventfd {
         /// The guest-physical address.
         addr: u64,
@@ -75,7 +75,7 @@ pub enum VmError {
         source: std::io::Error,
     },
     /// `KVM_IRQ_LINE` failed.
-    #[error("Failed to set SPI {spi}")]
+    #[error("Cannot set SPI {spi}")]
     IrqLine {
         /// The SPI number (INTID - 32).
         spi: u32,
