@@ -59,7 +59,7 @@ pub struct ApiServerOptions {
     pub max_event_streams: usize,
     /// The seccomp filter of the server's threads ([`Thread::Api`](crate::seccomp::Thread)),
     /// which the accept thread installs and the connection threads inherit. Its list covers
-    /// what [`VmRouter`](crate::routes::VmRouter) does; a router of your own that needs more
+    /// what [`VmRouter`](super::VmRouter) does; a router of your own that needs more
     /// system calls needs `Off`.
     pub seccomp: crate::seccomp::SeccompMode,
 }

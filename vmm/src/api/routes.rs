@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::api::{ApiReply, ApiRouter};
+use super::{ApiReply, ApiRouter};
 use crate::snapshot::SnapshotRequest;
 use crate::vm::{HandleError, VmHandle};
 
