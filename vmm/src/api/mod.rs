@@ -9,6 +9,9 @@
 //! - [`client`]: [`ApiClient`] for `vmm ctl`.
 //! - [`routes`]: the [`Endpoint`]s and [`VmRouter`], each endpoint a thin call on a
 //!   [`VmHandle`](crate::VmHandle).
+//!
+//! `openapi.json` in this directory describes the API for clients (OpenAPI 3.0), and its tests
+//! hold it to the code.
 
 pub mod client;
 pub mod http;
