@@ -15,7 +15,6 @@ pub mod events;
 pub mod fault_report;
 #[cfg(target_arch = "aarch64")]
 mod machine;
-pub mod routes;
 #[cfg(target_arch = "aarch64")]
 mod runner;
 pub mod seccomp;

@@ -100,6 +100,54 @@ impl HttpError {
     pub fn to_json(&self) -> Value {
         error_body(&self.to_string())
     }
+
+    /// Whether the server answers the request with this error: not when the peer closed or
+    /// the connection failed, as nobody would read the answer.
+    pub(crate) fn is_answered(&self) -> bool {
+        // No catch-all arm, so that a new error is placed here, and in `answered` too.
+        match self {
+            Self::Closed | Self::Io(_) => false,
+            Self::Incomplete
+            | Self::Timeout
+            | Self::RequestLineTooLong
+            | Self::HeadersTooLarge
+            | Self::TooManyHeaders
+            | Self::LineEnding
+            | Self::RequestLine
+            | Self::Method
+            | Self::Target
+            | Self::Version
+            | Self::Header
+            | Self::ContentLength
+            | Self::DuplicateContentLength
+            | Self::TransferEncoding
+            | Self::BodyTooLarge => true,
+        }
+    }
+
+    /// One of each error the server answers, for the statuses they map to.
+    pub(crate) fn answered() -> Vec<Self> {
+        let every = [
+            Self::Closed,
+            Self::Incomplete,
+            Self::Timeout,
+            Self::Io(io::Error::other("")),
+            Self::RequestLineTooLong,
+            Self::HeadersTooLarge,
+            Self::TooManyHeaders,
+            Self::LineEnding,
+            Self::RequestLine,
+            Self::Method,
+            Self::Target,
+            Self::Version,
+            Self::Header,
+            Self::ContentLength,
+            Self::DuplicateContentLength,
+            Self::TransferEncoding,
+            Self::BodyTooLarge,
+        ];
+        every.into_iter().filter(Self::is_answered).collect()
+    }
 }
 
 impl From<io::Error> for HttpError {

@@ -1,14 +1,21 @@
 //! The control API: HTTP/1.1 with JSON bodies on a Unix socket, like Firecracker's and Cloud
 //! Hypervisor's, served by a small strict server on std threads (no async runtime, nothing on
-//! the vCPU path). This module is the transport; what the paths mean is an [`ApiRouter`]'s.
+//! the vCPU path). The transport knows nothing of the paths; an [`ApiRouter`] gives them
+//! meaning, and [`VmRouter`] is the one that drives a VM.
 //!
 //! - [`http`]: the request parser and the response writers, with the limits.
 //! - [`socket`]: the socket file: mode 0600, stale sockets replaced, live ones refused.
 //! - [`server`]: [`ApiServer`], one thread per connection, one request per connection.
 //! - [`client`]: [`ApiClient`] for `vmm ctl`.
+//! - [`routes`]: the [`Endpoint`]s and [`VmRouter`], each endpoint a thin call on a
+//!   [`VmHandle`](crate::VmHandle).
+//!
+//! `openapi.json` in this directory describes the API for clients (OpenAPI 3.0), and its tests
+//! hold it to the code.
 
 pub mod client;
 pub mod http;
+pub mod routes;
 pub mod server;
 pub mod socket;
 
@@ -17,6 +24,7 @@ mod tests;
 
 pub use client::{ApiClient, ApiClientError, ApiStream};
 pub use http::{HttpError, Request};
+pub use routes::{API_PREFIX, Endpoint, VmRouter};
 pub use server::{ApiServer, ApiServerError, ApiServerOptions};
 pub use socket::{ApiSocket, ApiSocketError};
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use super::http::{self, HttpError, NdjsonWriter, Version};
+use super::http::{self, NdjsonWriter, Version};
 use super::socket::{self, ApiSocket, ApiSocketError, NoSigPipe};
 use super::{ApiReply, ApiRouter};
 
@@ -26,6 +26,11 @@ pub const MAX_CONNECTIONS: usize = 16;
 /// The most event streams held open at once; more are answered 503. They have their own
 /// limit, so that open streams never keep `vm.info` or `vm.shutdown` from a slot.
 pub const MAX_EVENT_STREAMS: usize = 16;
+/// The status of a request refused because the server is at [`MAX_CONNECTIONS`] or
+/// [`MAX_EVENT_STREAMS`].
+pub(crate) const BUSY_STATUS: u16 = 503;
+/// The status of a request whose router panicked or answered a status outside 200 to 599.
+pub(crate) const ROUTER_FAILED_STATUS: u16 = 500;
 /// Pause after a failed accept (EMFILE...) so that the accept thread does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -59,7 +64,7 @@ pub struct ApiServerOptions {
     pub max_event_streams: usize,
     /// The seccomp filter of the server's threads ([`Thread::Api`](crate::seccomp::Thread)),
     /// which the accept thread installs and the connection threads inherit. Its list covers
-    /// what [`VmRouter`](crate::routes::VmRouter) does; a router of your own that needs more
+    /// what [`VmRouter`](super::VmRouter) does; a router of your own that needs more
     /// system calls needs `Off`.
     pub seccomp: crate::seccomp::SeccompMode,
 }
@@ -243,7 +248,7 @@ fn dispatch(stream: UnixStream, shared: &Arc<Shared>) {
         // A fresh socket's buffer takes this small reply without blocking the accept thread.
         let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
         let body = http::error_body("Too many connections");
-        let _ = http::write_json(&mut NoSigPipe(&stream), 503, &body);
+        let _ = http::write_json(&mut NoSigPipe(&stream), BUSY_STATUS, &body);
         discard_pending(&stream);
         return;
     }
@@ -308,8 +313,7 @@ fn respond(stream: &UnixStream, shared: &Shared) {
     let mut reader = BufReader::new(DeadlineReader { stream, deadline });
     let request = match http::read_request(&mut reader) {
         Ok(request) => request,
-        // Nobody to answer.
-        Err(HttpError::Closed | HttpError::Io(_)) => return,
+        Err(err) if !err.is_answered() => return,
         Err(err) => {
             log::debug!("Rejected an API request: {err}");
             let _ = http::write_json(&mut NoSigPipe(stream), err.status(), &err.to_json());
@@ -329,7 +333,7 @@ fn respond(stream: &UnixStream, shared: &Shared) {
             request.target
         );
         ApiReply::Json {
-            status: 500,
+            status: ROUTER_FAILED_STATUS,
             body: http::error_body("Internal error"),
         }
     });
@@ -340,7 +344,7 @@ fn respond(stream: &UnixStream, shared: &Shared) {
             let status = if (200..=599).contains(&status) {
                 status
             } else {
-                500
+                ROUTER_FAILED_STATUS
             };
             let _ = if head {
                 http::write_json_head(&mut out, status, &body)
@@ -351,7 +355,7 @@ fn respond(stream: &UnixStream, shared: &Shared) {
         ApiReply::Stream(events) => {
             let Some(_slot) = StreamSlot::take(shared) else {
                 let body = http::error_body("Too many event streams");
-                let _ = http::write_json(&mut out, 503, &body);
+                let _ = http::write_json(&mut out, BUSY_STATUS, &body);
                 return;
             };
             stream_events(stream, request.version, head, events)

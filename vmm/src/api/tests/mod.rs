@@ -3,6 +3,7 @@
 mod client;
 mod fuzz;
 mod http;
+mod openapi;
 mod server;
 
 use std::io::{Read, Write};

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, ValueEnum};
 use serde_json::Value;
 use vmm::api::ApiClient;
-use vmm::routes::Endpoint;
+use vmm::api::Endpoint;
 
 /// How long `vmm ctl snapshot` waits for the snapshot to be written.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);

@@ -9,8 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
-use vmm::api::{ApiServer, ApiServerOptions};
-use vmm::routes::VmRouter;
+use vmm::api::{ApiServer, ApiServerOptions, VmRouter};
 use vmm::seccomp::{SeccompMode, Thread};
 use vmm::{
     ConfigError, CpuPowerMode, DiskConfig, ExitReason, NetConfig, PsciVersion, Vm, VmConfig,
