@@ -22,7 +22,7 @@
 #                                    the emulated host on another pinned kernel (default 7;
 #                                    resources/kernels.pin); the guests run 6.1 either way
 #
-# Other arguments go to `testbed bench` (see `cargo run -p testbed -- bench --help`).
+# Other arguments go to the `bench` binary (tests/bench; see `cargo run -p bench -- --help`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,6 +39,6 @@ step "cross build (aarch64, bench-release profile)"
 scripts/build-aarch64.sh build --profile bench-release --locked
 
 step "benchmark"
-cargo run --quiet --locked -p testbed -- bench "$@"
+cargo run --quiet --locked -p bench -- "$@"
 
 step "benchmark done in $((SECONDS - started)) s"

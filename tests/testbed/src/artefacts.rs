@@ -71,17 +71,6 @@ pub enum ArtefactError {
         /// Where it was looked for.
         path: PathBuf,
     },
-    /// An artefact only the benchmark needs is missing.
-    #[error(
-        "Missing {what} at {path} (run scripts/bench.sh, or scripts/setup-bench.sh and \
-         scripts/build-aarch64.sh build --profile bench-release)"
-    )]
-    MissingBench {
-        /// What it is.
-        what: &'static str,
-        /// Where it was looked for.
-        path: PathBuf,
-    },
     /// A pinned kernel for the emulated host was not fetched.
     #[error(
         "Missing host kernel {name} at {dir} (run scripts/setup.sh --host-kernel {name}, or \
@@ -166,7 +155,7 @@ pub struct TestExecutable {
 
 impl TestExecutable {
     /// Its file name in the initramfs.
-    pub fn staged_name(&self) -> String {
+    pub(crate) fn staged_name(&self) -> String {
         format!("{}-{}", self.package, self.target)
     }
 }
@@ -182,7 +171,10 @@ pub struct GuestKernel {
 
 impl GuestKernel {
     /// The kernel `name` under `artefacts_dir/kernels`, or `None` when it was not fetched.
-    pub fn locate(artefacts_dir: &Path, name: KernelName) -> Result<Option<Self>, ArtefactError> {
+    pub(crate) fn locate(
+        artefacts_dir: &Path,
+        name: KernelName,
+    ) -> Result<Option<Self>, ArtefactError> {
         let dir = artefacts_dir.join("kernels").join(name.name());
         let image = dir.join("Image");
         let modules = dir.join("modules");
@@ -255,65 +247,10 @@ impl Artefacts {
     }
 
     /// The test executable of `package`'s target `target`.
-    pub fn test(&self, package: &str, target: &str) -> Option<&TestExecutable> {
+    pub(crate) fn test(&self, package: &str, target: &str) -> Option<&TestExecutable> {
         self.tests
             .iter()
             .find(|test| test.package == package && test.target == target)
-    }
-}
-
-/// The cargo profile of the benchmark's binaries: release code, built faster.
-pub const BENCH_PROFILE: &str = "bench-release";
-
-/// What only `testbed bench` stages: QEMU for arm64 from scripts/setup-bench.sh, and our
-/// binaries built with [`BENCH_PROFILE`].
-#[derive(Clone, Debug)]
-pub struct BenchArtefacts {
-    /// `qemu-system-aarch64`.
-    pub qemu: PathBuf,
-    /// The shared libraries it loads, the dynamic loader among them.
-    pub qemu_libs: Vec<PathBuf>,
-    /// The Debian version of the QEMU package.
-    pub qemu_version: PathBuf,
-    /// The optimised `vmm`.
-    pub vmm: PathBuf,
-    /// The hypervisor crate's `suspend_floor` example.
-    pub floor: PathBuf,
-    /// The optimised `disk-pattern`, whose `bench` measures disk throughput in the guest.
-    pub disk_pattern: PathBuf,
-}
-
-impl BenchArtefacts {
-    /// Looks in `dir`, or in the default cache, and in the aarch64 build of [`BENCH_PROFILE`].
-    pub fn locate(dir: Option<PathBuf>) -> Result<Self, ArtefactError> {
-        let qemu_dir = dir.unwrap_or_else(default_dir).join("qemu-arm64");
-        let build = Path::new("target/aarch64/aarch64-unknown-linux-gnu").join(BENCH_PROFILE);
-        let bench = |what, path: PathBuf| {
-            if path.exists() {
-                Ok(path)
-            } else {
-                Err(ArtefactError::MissingBench { what, path })
-            }
-        };
-        bench("QEMU for arm64", qemu_dir.join(".complete"))?;
-        let lib_dir = qemu_dir.join("lib");
-        let qemu_libs = std::fs::read_dir(&lib_dir)
-            .and_then(|entries| entries.map(|entry| Ok(entry?.path())).collect())
-            .map_err(|_| ArtefactError::MissingBench {
-                what: "QEMU's libraries",
-                path: lib_dir,
-            })?;
-        Ok(Self {
-            qemu: bench(
-                "qemu-system-aarch64",
-                qemu_dir.join("bin/qemu-system-aarch64"),
-            )?,
-            qemu_libs,
-            qemu_version: bench("QEMU's version", qemu_dir.join("version"))?,
-            vmm: bench("optimised vmm", build.join("vmm"))?,
-            floor: bench("suspend_floor", build.join("examples/suspend_floor"))?,
-            disk_pattern: bench("optimised disk-pattern", build.join("disk-pattern"))?,
-        })
     }
 }
 

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::artefacts::{Artefacts, BenchArtefacts, HostKernel};
+use crate::artefacts::{Artefacts, HostKernel};
 use crate::scenarios::{Scenario, Steps};
 
 /// Failures staging or packing the initramfs.
@@ -62,6 +62,43 @@ pub struct Staged {
     pub root: PathBuf,
     /// The scenarios it runs, with their time limits already scaled.
     pub scenarios: Vec<(String, u64)>,
+}
+
+impl Staged {
+    /// Copies `from` into the tree as `path`, relative to its root: for a harness that boots
+    /// more than the scenarios need (the benchmark's QEMU).
+    pub fn add_file(&self, from: &Path, path: impl AsRef<Path>) -> Result<(), InitramfsError> {
+        copy(from, &self.root.join(path))
+    }
+
+    /// Writes `text` into the tree as the plain file `path`, relative to its root.
+    pub fn add_text(&self, path: impl AsRef<Path>, text: &str) -> Result<(), InitramfsError> {
+        write(&self.root.join(path), text, false)
+    }
+
+    /// Packs the nested guest's initramfs again with `extra` files, each `(from, path in the
+    /// guest)`, as `path` in the tree (`guest/initrd-NAME.cpio`), so that only the runs that
+    /// boot it carry them; the default `guest/initrd.cpio` stays as it is.
+    pub fn add_guest_initramfs(
+        &self,
+        path: impl AsRef<Path>,
+        extra: &[(&Path, &str)],
+    ) -> Result<(), InitramfsError> {
+        let guest_root = self
+            .root
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(GUEST_ROOT);
+        for (from, to) in extra {
+            copy(from, &guest_root.join(to))?;
+        }
+        cpio(&guest_root, &self.root.join(path))?;
+        for (_, to) in extra {
+            let staged = guest_root.join(to);
+            std::fs::remove_file(&staged).map_err(io_err(&staged))?;
+        }
+        Ok(())
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> InitramfsError + '_ {
@@ -467,41 +504,6 @@ const SHELL_INIT: &str = r#"echo "host: the emulated arm64 host (Linux $(uname -
 setsid cttyhack sh /testbed/shell.sh
 poweroff -f
 "#;
-
-/// Adds what only the benchmark needs to a staged tree: QEMU under `qemu/` (run through its
-/// own loader, `qemu/lib/ld-linux-aarch64.so.1 --library-path qemu/lib`), the floor program
-/// as `bin/suspend_floor`, the optimised `guest_agent` as `bin/guest-agent` (the host's end of
-/// the network runs), the plan as `testbed/bench.env`, `guest/initrd-disk.cpio`: the nested
-/// guest's initramfs with the optimised `bin/disk-pattern` in it, for the disk throughput runs,
-/// and `guest/initrd-net.cpio`: the same with `bin/guest-agent`, for the network runs (the
-/// other runs keep booting the initramfs without either).
-pub fn stage_bench(
-    staged: &Staged,
-    bench: &BenchArtefacts,
-    guest_agent: &Path,
-    plan_env: &str,
-) -> Result<(), InitramfsError> {
-    let root = &staged.root;
-    copy(&bench.qemu, &root.join("qemu/bin/qemu-system-aarch64"))?;
-    copy(&bench.qemu_version, &root.join("qemu/version"))?;
-    for lib in &bench.qemu_libs {
-        if let Some(name) = lib.file_name() {
-            copy(lib, &root.join("qemu/lib").join(name))?;
-        }
-    }
-    copy(&bench.floor, &root.join("bin/suspend_floor"))?;
-    let guest_root = root.parent().unwrap_or(Path::new(".")).join(GUEST_ROOT);
-    let disk_pattern = guest_root.join("bin/disk-pattern");
-    copy(&bench.disk_pattern, &disk_pattern)?;
-    cpio(&guest_root, &root.join("guest/initrd-disk.cpio"))?;
-    std::fs::remove_file(&disk_pattern).map_err(io_err(&disk_pattern))?;
-    copy(guest_agent, &root.join("bin/guest-agent"))?;
-    let staged_agent = guest_root.join("bin/guest-agent");
-    copy(guest_agent, &staged_agent)?;
-    cpio(&guest_root, &root.join("guest/initrd-net.cpio"))?;
-    std::fs::remove_file(&staged_agent).map_err(io_err(&staged_agent))?;
-    write(&root.join("testbed/bench.env"), plan_env, false)
-}
 
 /// Packs the staged tree into `work_dir/arm64-host.cpio`.
 pub fn pack(staged: &Staged) -> Result<PathBuf, InitramfsError> {

@@ -8,13 +8,6 @@
 //! enforces each scenario's time limit, and parses the result lines. On a native arm64 host
 //! with `/dev/kvm` it runs the same scenario scripts directly, on that machine's own kernel.
 
-mod artefacts;
-mod bench;
-mod console;
-mod initramfs;
-mod report;
-mod scenarios;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -22,9 +15,10 @@ use std::time::Instant;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand};
 
-use crate::artefacts::{Artefacts, HostKernel, KernelName};
-use crate::report::KernelRun;
-use crate::scenarios::Scenario;
+use testbed::artefacts::{self, Artefacts, HostKernel, KernelName};
+use testbed::report::{self, KernelRun};
+use testbed::scenarios::{self, Scenario};
+use testbed::{console, initramfs};
 
 /// Runs KVM scenarios inside an emulated arm64 host, or natively on one.
 #[derive(Debug, Parser)]
@@ -92,41 +86,6 @@ enum Command {
         #[arg(long, default_value = "target/testbed")]
         work_dir: PathBuf,
     },
-    /// Benchmarks vmm against QEMU in one boot of the emulated host (scripts/bench.sh):
-    /// prints a table, writes results.json and results.svg.
-    Bench {
-        /// Repetitions of every measurement, alternating the VMMs.
-        #[arg(long, default_value_t = 5)]
-        rounds: u32,
-        /// Runs only these measurements (comma-separated), e.g. `--only disk,devices` for the
-        /// disk-throughput and with-devices rows; all of them by default.
-        #[arg(long, value_enum, value_delimiter = ',', value_name = "PART")]
-        only: Vec<bench::Part>,
-        /// The unpacked arm64 artefacts, QEMU's included (scripts/setup-bench.sh).
-        #[arg(long, env = "VMM_ARTEFACTS")]
-        artefacts: Option<PathBuf>,
-        /// The emulated host's kernel (resources/kernels.pin); the guests run 6.1.
-        #[arg(long, value_enum, default_value_t = KernelName::V7)]
-        host_kernel: KernelName,
-        /// Where the initramfs and the console log go.
-        #[arg(long, default_value = "target/bench")]
-        work_dir: PathBuf,
-        /// Where results.json and results.svg go.
-        #[arg(long, default_value = "bench")]
-        out_dir: PathBuf,
-        /// Multiplies every time limit, for slow machines.
-        #[arg(long, default_value_t = 1.0)]
-        time_scale: f64,
-        /// Forces the emulated host even on a native arm64 KVM host.
-        #[arg(long)]
-        emulate: bool,
-        /// Re-reads the console log of an earlier run instead of running.
-        #[arg(long, value_name = "LOG")]
-        from_log: Option<PathBuf>,
-        /// Profiles the suspend and resume paths with ftrace instead of benchmarking.
-        #[arg(long)]
-        profile: bool,
-    },
 }
 
 /// The pinned kernels `run --host-kernel` names: one, or every one for `all`.
@@ -165,26 +124,11 @@ pub enum TestbedError {
     /// The host could not be booted or watched.
     #[error(transparent)]
     Console(#[from] console::ConsoleError),
-    /// The benchmark could not run or report.
-    #[error(transparent)]
-    Bench(#[from] bench::BenchError),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(err) => {
-            eprintln!("testbed: {err}");
-            let mut source = std::error::Error::source(&err);
-            while let Some(cause) = source {
-                eprintln!("  caused by: {cause}");
-                source = cause.source();
-            }
-            ExitCode::from(2)
-        }
-    }
+    report::exit_code("testbed", run(cli))
 }
 
 fn run(cli: Cli) -> Result<bool, TestbedError> {
@@ -296,29 +240,6 @@ fn run(cli: Cli) -> Result<bool, TestbedError> {
             println!("initramfs:   {}", image.display());
             Ok(true)
         }
-        Command::Bench {
-            rounds,
-            only,
-            artefacts,
-            host_kernel,
-            work_dir,
-            out_dir,
-            time_scale,
-            emulate,
-            from_log,
-            profile,
-        } => Ok(bench::run(bench::BenchOptions {
-            artefacts,
-            host_kernel,
-            work_dir,
-            out_dir,
-            rounds,
-            only,
-            time_scale,
-            emulate,
-            from_log,
-            profile,
-        })?),
     }
 }
 
@@ -380,6 +301,5 @@ mod tests {
                 ..
             }
         ));
-        assert!(Cli::try_parse_from(["testbed", "bench", "--host-kernel", "all"]).is_err());
     }
 }

@@ -5,6 +5,7 @@
 //! (`@@result NAME pass|fail [detail]`).
 
 use std::io::Write;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::scenarios::Scenario;
@@ -81,7 +82,7 @@ pub struct Outcome {
 
 /// A marker the watcher acts on.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Marker {
+pub(crate) enum Marker {
     /// The host reached its init.
     Ready,
     /// A scenario started, with its time limit in seconds.
@@ -99,7 +100,7 @@ pub enum Marker {
 
 impl Outcome {
     /// An outcome where nothing ran yet.
-    pub fn new(scenarios: &[(String, u64)]) -> Self {
+    pub(crate) fn new(scenarios: &[(String, u64)]) -> Self {
         Self {
             scenarios: scenarios
                 .iter()
@@ -120,7 +121,7 @@ impl Outcome {
     }
 
     /// Takes one console line seen `now` after the start.
-    pub fn feed(&mut self, line: &str, now: Duration) -> Option<Marker> {
+    pub(crate) fn feed(&mut self, line: &str, now: Duration) -> Option<Marker> {
         let line = line.trim();
         if let Some(rest) = line.strip_prefix("@@testbed ") {
             return self.marker(rest, now);
@@ -261,7 +262,7 @@ impl Outcome {
     }
 
     /// Cuts the run short: the running scenario, if any, is marked aborted.
-    pub fn abort(&mut self, reason: String) {
+    pub(crate) fn abort(&mut self, reason: String) {
         if let Some(index) = self.current.take() {
             self.scenarios[index].status = ScenarioStatus::Aborted(reason.clone());
         }
@@ -280,6 +281,25 @@ pub struct Totals {
     pub skipped: usize,
     /// Whether everything passed: no failure, no abort, every scenario ran and reported.
     pub ok: bool,
+}
+
+/// The exit status of a harness (`program`) from what its run returned: 0 when everything
+/// passed, 1 when something failed inside the host, and 2 when the harness itself could not
+/// go on, after printing the error with each of its causes on a line of its own.
+pub fn exit_code(program: &str, result: Result<bool, impl std::error::Error>) -> ExitCode {
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(err) => {
+            eprintln!("{program}: {err}");
+            let mut source = err.source();
+            while let Some(cause) = source {
+                eprintln!("  caused by: {cause}");
+                source = cause.source();
+            }
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// Writes the summary of one boot to `out`, naming the emulated host's kernel `host` when there

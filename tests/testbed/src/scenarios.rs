@@ -11,7 +11,8 @@ pub enum Steps {
     /// Only the `#[ignore]`d tests of these executables (long runs kept out of the default
     /// set), run with `--ignored`.
     IgnoredCargoTests(&'static [(&'static str, &'static str)]),
-    /// A shell script from `tests/testbed/scenarios/`, which boots nested Linux guests.
+    /// A shell script, which boots nested Linux guests: one of `tests/testbed/scenarios/`, or
+    /// a harness's own (the benchmark's).
     Script(&'static str),
 }
 

@@ -1,11 +1,11 @@
 #!/bin/sh
-# Benchmarks our vmm against QEMU (with KVM) on this arm64 host, for `testbed bench`. Both boot
+# Benchmarks our vmm against QEMU (with KVM) on this arm64 host, for the `bench` harness. Both boot
 # the same kernel, initramfs and command line (no console=: each VMM's device tree names its
 # UART as stdout-path), with the guest's `vmmtest=bench` mode, `vmmtest=bench-disk` for disk
 # throughput or `vmmtest=bench-net` for the network. Runs alternate between the VMMs in each
 # round. Every figure is one `@@bench KIND run=... vmm=... cpus=... round=... disks=N
 # rng=on|off key=value` line; the runner on the other side aggregates them. The plan comes from bench.env; PARTS says which
-# measurements run (testbed bench --only).
+# measurements run (bench --only).
 #
 # Devices: runs without disks are device-less on both sides (ours with --no-rng, QEMU with
 # -nodefaults). The disk-throughput runs give both the same one disk and no rng. The `devices`

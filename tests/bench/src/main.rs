@@ -1,25 +1,31 @@
-//! `testbed bench`: our `vmm` side by side with QEMU (KVM) in one boot of the emulated arm64
-//! host, with the bare ioctl floor of a suspend cycle next to them.
+//! `bench`: our `vmm` side by side with QEMU (KVM) in one boot of the testbed's emulated
+//! arm64 host, with the bare ioctl floor of a suspend cycle next to them.
 //!
 //! The host runs `scenarios/bench.sh`, which alternates the VMMs over the same guest kernel,
 //! initramfs and command line for a number of rounds and prints one `@@bench` line per figure.
-//! This module stages it with QEMU and the optimised binaries, then reads the console log back
-//! ([`parse`]), sorts it into medians, minima and maxima and judges the goals ([`summary`]),
-//! prints the table and writes `results.json` and `results.svg` ([`plot`]). Figures from an
-//! emulated host are only comparable with each other: every goal is a ratio within one run.
+//! This binary stages it with the testbed library, adding QEMU and the optimised binaries
+//! ([`artefacts`]), then reads the console log back ([`parse`]), sorts it into medians, minima
+//! and maxima and judges the goals ([`summary`]), prints the table and writes `results.json`
+//! and `results.svg` ([`plot`]). Figures from an emulated host are only comparable with each
+//! other: every goal is a ratio within one run.
 
+mod artefacts;
 mod parse;
 mod plot;
 mod summary;
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::artefacts::{ArtefactError, Artefacts, BenchArtefacts, HostKernel, KernelName};
-use crate::console::{self, ConsoleError};
-use crate::initramfs::{self, InitramfsError};
-use crate::report;
-use crate::scenarios::{Scenario, Steps};
+use clap::Parser;
+use testbed::artefacts::{ArtefactError, Artefacts, HostKernel, KernelName};
+use testbed::console::{self, ConsoleError};
+use testbed::initramfs::{self, InitramfsError};
+use testbed::report;
+use testbed::scenarios::{Scenario, Steps};
+
+use crate::artefacts::{BenchArtefacts, MissingArtefact};
 
 /// The most rounds a run may ask for; each takes about five minutes here.
 const MAX_ROUNDS: u32 = 50;
@@ -28,7 +34,7 @@ const MAX_ROUNDS: u32 = 50;
 /// long on a busy one).
 const ROUND_LIMIT: Duration = Duration::from_secs(1080);
 
-/// The measurements of a round, which `testbed bench --only` picks from.
+/// The measurements of a round, which `bench --only` picks from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Part {
     /// Boot to init and memory overhead, ours and QEMU.
@@ -86,9 +92,12 @@ pub enum BenchError {
     /// The round count is out of range.
     #[error("Invalid round count {0}: must be 1 to {MAX_ROUNDS}")]
     Rounds(u32),
-    /// The artefacts are missing.
+    /// The testbed's artefacts are missing.
     #[error(transparent)]
     Artefacts(#[from] ArtefactError),
+    /// QEMU or an optimised binary is missing.
+    #[error(transparent)]
+    BenchArtefacts(#[from] MissingArtefact),
     /// The initramfs could not be assembled.
     #[error(transparent)]
     Initramfs(#[from] InitramfsError),
@@ -121,29 +130,47 @@ pub enum BenchError {
     Plot(#[from] plot::PlotError),
 }
 
-/// How to run the benchmark.
-#[derive(Debug)]
-pub struct BenchOptions {
-    /// The arm64 artefacts directory, or the default cache.
-    pub artefacts: Option<PathBuf>,
-    /// The emulated host's kernel (not used natively).
-    pub host_kernel: KernelName,
-    /// Where the initramfs and the console log go.
-    pub work_dir: PathBuf,
-    /// Where `results.json` and `results.svg` go.
-    pub out_dir: PathBuf,
+/// Benchmarks vmm against QEMU in one boot of the emulated host (scripts/bench.sh): prints a
+/// table, writes results.json and results.svg.
+#[derive(Debug, Parser)]
+#[command(name = "bench", version)]
+struct Cli {
     /// Repetitions of every measurement, alternating the VMMs.
-    pub rounds: u32,
-    /// The measurements to run; none means all.
-    pub only: Vec<Part>,
-    /// Multiplies the time limits.
-    pub time_scale: f64,
-    /// Forces the emulated host on a native arm64 KVM host.
-    pub emulate: bool,
-    /// Reads this console log of an earlier run instead of running.
-    pub from_log: Option<PathBuf>,
-    /// Runs `scenarios/bench-profile.sh` instead: ftrace of the suspend and resume paths.
-    pub profile: bool,
+    #[arg(long, default_value_t = 5)]
+    rounds: u32,
+    /// Runs only these measurements (comma-separated), e.g. `--only disk,devices` for the
+    /// disk-throughput and with-devices rows; all of them by default.
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "PART")]
+    only: Vec<Part>,
+    /// The unpacked arm64 artefacts, QEMU's included (scripts/setup-bench.sh).
+    #[arg(long, env = "VMM_ARTEFACTS")]
+    artefacts: Option<PathBuf>,
+    /// The emulated host's kernel (resources/kernels.pin); the guests run 6.1.
+    #[arg(long, value_enum, default_value_t = KernelName::V7)]
+    host_kernel: KernelName,
+    /// Where the initramfs and the console log go.
+    #[arg(long, default_value = "target/bench")]
+    work_dir: PathBuf,
+    /// Where results.json and results.svg go.
+    #[arg(long, default_value = "bench")]
+    out_dir: PathBuf,
+    /// Multiplies every time limit, for slow machines.
+    #[arg(long, default_value_t = 1.0)]
+    time_scale: f64,
+    /// Forces the emulated host even on a native arm64 KVM host.
+    #[arg(long)]
+    emulate: bool,
+    /// Re-reads the console log of an earlier run instead of running.
+    #[arg(long, value_name = "LOG")]
+    from_log: Option<PathBuf>,
+    /// Profiles the suspend and resume paths with ftrace instead of benchmarking.
+    #[arg(long)]
+    profile: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    report::exit_code("bench", run(&cli))
 }
 
 /// The plan for `scenarios/bench.sh`, as shell assignments: `parts` (all when empty) at
@@ -170,7 +197,7 @@ fn plan_env(rounds: u32, time_scale: f64, parts: &[Part]) -> String {
         .collect();
     let parts = parts.join(" ");
     format!(
-        "# Written by `testbed bench`.\n\
+        "# Written by `bench`.\n\
          ROUNDS={rounds}\n\
          PARTS=\"{parts}\"\n\
          MEMORY=256\n\
@@ -202,7 +229,7 @@ fn scenario(rounds: u32) -> Scenario {
         name: "bench",
         description: "vmm and QEMU side by side: boot, memory, suspend/resume, idle cost, disk, net, snapshot",
         timeout: ROUND_LIMIT * rounds + Duration::from_secs(60),
-        steps: Steps::Script(include_str!("../../scenarios/bench.sh")),
+        steps: Steps::Script(include_str!("../scenarios/bench.sh")),
         default: false,
     }
 }
@@ -212,20 +239,20 @@ fn profile_scenario() -> Scenario {
         name: "bench-profile",
         description: "ftrace of the suspend and resume paths of vmm and of the ioctl floor",
         timeout: Duration::from_secs(900),
-        steps: Steps::Script(include_str!("../../scenarios/bench-profile.sh")),
+        steps: Steps::Script(include_str!("../scenarios/bench-profile.sh")),
         default: false,
     }
 }
 
 /// Runs the benchmark (or reads an earlier run's log), prints the table and writes the
 /// results. Returns whether every run inside the host succeeded.
-pub fn run(options: BenchOptions) -> Result<bool, BenchError> {
+fn run(options: &Cli) -> Result<bool, BenchError> {
     if !(1..=MAX_ROUNDS).contains(&options.rounds) {
         return Err(BenchError::Rounds(options.rounds));
     }
     let (log, ran_ok) = match &options.from_log {
         Some(log) => (log.clone(), true),
-        None => (options.work_dir.join("console.log"), execute(&options)?),
+        None => (options.work_dir.join("console.log"), execute(options)?),
     };
     let text = std::fs::read_to_string(&log).map_err(|source| BenchError::ReadLog {
         path: log.clone(),
@@ -280,19 +307,9 @@ pub fn run(options: BenchOptions) -> Result<bool, BenchError> {
 }
 
 /// Stages the host with QEMU and the optimised binaries, and runs the scenario.
-fn execute(options: &BenchOptions) -> Result<bool, BenchError> {
+fn execute(options: &Cli) -> Result<bool, BenchError> {
     let artefacts = Artefacts::locate(options.artefacts.clone())?;
-    let bench = BenchArtefacts::locate(options.artefacts.clone())?;
-    // The optimised guest-agent is built next to the optimised vmm (build-aarch64.sh builds
-    // both): the host serves the network runs with it, their guest measures with it.
-    let guest_agent = bench.vmm.with_file_name("guest-agent");
-    if !guest_agent.exists() {
-        return Err(ArtefactError::MissingBench {
-            what: "optimised guest-agent",
-            path: guest_agent,
-        }
-        .into());
-    }
+    let bench = BenchArtefacts::locate(&artefacts.dir)?;
     let artefacts = Artefacts {
         vmm: Some(bench.vmm.clone()),
         // The benchmark boots the default guest only: a smaller initramfs to stage and boot.
@@ -317,10 +334,8 @@ fn execute(options: &BenchOptions) -> Result<bool, BenchError> {
         &scenarios,
         options.time_scale,
     )?;
-    initramfs::stage_bench(
+    bench.stage(
         &staged,
-        &bench,
-        &guest_agent,
         &plan_env(options.rounds, options.time_scale, &options.only),
     )?;
     let outcome = match &host {
@@ -371,18 +386,28 @@ mod tests {
 
     #[test]
     fn rejects_bad_round_counts_before_touching_anything() {
-        let options = BenchOptions {
-            artefacts: None,
-            host_kernel: KernelName::V7,
-            work_dir: PathBuf::from("/nonexistent"),
-            out_dir: PathBuf::from("/nonexistent"),
-            rounds: 0,
-            only: Vec::new(),
-            time_scale: 1.0,
-            emulate: false,
-            from_log: None,
-            profile: false,
-        };
-        assert!(matches!(run(options), Err(BenchError::Rounds(0))));
+        let cli = Cli::try_parse_from([
+            "bench",
+            "--rounds",
+            "0",
+            "--artefacts",
+            "/nonexistent",
+            "--work-dir",
+            "/nonexistent",
+            "--out-dir",
+            "/nonexistent",
+        ])
+        .unwrap();
+        assert!(matches!(run(&cli), Err(BenchError::Rounds(0))));
+    }
+
+    #[test]
+    fn takes_one_pinned_host_kernel_and_parts_by_name() {
+        let cli =
+            Cli::try_parse_from(["bench", "--host-kernel", "6.1", "--only", "net,disk"]).unwrap();
+        assert_eq!(cli.host_kernel, KernelName::V6_1);
+        assert_eq!(cli.only, [Part::Net, Part::Disk]);
+        assert!(Cli::try_parse_from(["bench", "--host-kernel", "all"]).is_err());
+        assert!(Cli::try_parse_from(["bench", "--only", "cpu"]).is_err());
     }
 }

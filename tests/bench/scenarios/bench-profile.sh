@@ -1,5 +1,5 @@
 #!/bin/sh
-# Profiles the suspend and resume paths with ftrace, for `testbed bench --profile`: one
+# Profiles the suspend and resume paths with ftrace, for `bench --profile` (tests/bench): one
 # `rtcwake -m mem` cycle of the bench guest on our vmm at each vCPU count, and the ioctl floor,
 # with the scheduler, KVM-exit and syscall events of their threads recorded. For each suspend
 # (suspend exit to KVM_SET_MP_STATE) and resume (wakeup exit to the next KVM_RUN) it prints a

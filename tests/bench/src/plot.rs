@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::summary::{Devices, Metric, Stats, Subject, Summary, number};
+use crate::summary::{Devices, Metric, Stats, Subject, Summary, number};
 
 /// The plot could not be drawn or written.
 #[derive(Debug, thiserror::Error)]
@@ -464,8 +464,8 @@ fn category(names: &[String], x: f64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::parse::records;
     use super::*;
+    use crate::parse::records;
 
     #[test]
     fn draws_an_svg_even_with_missing_figures() {

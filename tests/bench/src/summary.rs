@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use serde_json::{Value, json};
 
-use super::parse::Record;
+use crate::parse::Record;
 
 /// Who a figure is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -1130,8 +1130,8 @@ fn round(value: f64) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::parse::records;
     use super::*;
+    use crate::parse::records;
 
     const LOG: &str = "\
 @@bench host date=2026-11-25T03:00:00Z kernel=6.1.0-56-arm64 cpus=2 qemu=1:7.2
