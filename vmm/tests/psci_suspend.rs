@@ -7,14 +7,14 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arch_aarch64::a64::{
-    Assembler, CURRENT_EL, ICC_IGRPEN1_EL1, ICC_PMR_EL1, ICC_SRE_EL1, SCTLR_EL1,
-};
 use arch_aarch64::image::ImageHeader;
 use arch_aarch64::layout::{GIC_DIST_BASE, RAM_START, RTC_BASE, UART_BASE, VIRTIO_MMIO_BASE};
 use arch_aarch64::psci::{
     AFFINITY_INFO_64, CPU_OFF, CPU_ON_64, PSCI_FEATURES, PsciReturn, SYSTEM_OFF, SYSTEM_SUSPEND_32,
     SYSTEM_SUSPEND_64,
+};
+use test_utils::a64::{
+    Assembler, CURRENT_EL, ICC_IGRPEN1_EL1, ICC_PMR_EL1, ICC_SRE_EL1, SCTLR_EL1,
 };
 use vmm::events::{VmEventKind, WakeSource};
 use vmm::{Console, CpuPowerMode, DiskConfig, ExitReason, Vm, VmConfig};

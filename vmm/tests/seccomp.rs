@@ -29,9 +29,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use arch_aarch64::a64::Assembler;
 use arch_aarch64::image::ImageHeader;
 use seccompiler::{BpfProgram, sock_filter};
+use test_utils::a64::Assembler;
 use vmm::api::ApiClient;
 use vmm::seccomp::{SeccompMode, Thread, ioctl, nr, program};
 use vmm_sys_util::tempdir::TempDir;

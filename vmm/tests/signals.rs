@@ -13,10 +13,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use arch_aarch64::a64::Assembler;
 use arch_aarch64::image::ImageHeader;
 use arch_aarch64::layout::{RAM_START, UART_BASE};
 use arch_aarch64::psci::{CPU_ON_64, SYSTEM_RESET, SYSTEM_SUSPEND_64};
+use test_utils::a64::Assembler;
 use vmm_sys_util::tempdir::TempDir;
 
 use common::{exit_within, vmm_binary};

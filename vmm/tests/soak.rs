@@ -12,12 +12,12 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arch_aarch64::a64::{
-    Assembler, CNTFRQ_EL0, CNTV_CTL_EL0, CNTV_TVAL_EL0, ICC_IGRPEN1_EL1, ICC_PMR_EL1, ICC_SRE_EL1,
-};
 use arch_aarch64::image::ImageHeader;
 use arch_aarch64::layout::{GIC_DIST_BASE, GIC_REDIST_BASE, GIC_REDIST_SIZE, RAM_START};
 use arch_aarch64::psci::{SYSTEM_OFF, SYSTEM_SUSPEND_64};
+use test_utils::a64::{
+    Assembler, CNTFRQ_EL0, CNTV_CTL_EL0, CNTV_TVAL_EL0, ICC_IGRPEN1_EL1, ICC_PMR_EL1, ICC_SRE_EL1,
+};
 use vmm::events::{EventReceiver, VmEventKind};
 use vmm::{Console, DiskConfig, ExitReason, Vm, VmConfig};
 use vmm_sys_util::tempdir::TempDir;

@@ -4,7 +4,7 @@
 //! (KVM_IRQ_LINE on an SPI, an irqfd, a test double), which keeps this crate free of KVM.
 
 use std::io;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use thiserror::Error;
 
@@ -80,81 +80,12 @@ impl vm_superio::Trigger for IrqLineTrigger {
     }
 }
 
-/// A test double that records every level it is driven to.
-///
-/// Public so that other crates' tests can observe device interrupts.
-#[derive(Debug, Default)]
-pub struct RecordingIrqLine {
-    inner: Mutex<Recording>,
-}
-
-#[derive(Debug, Default)]
-struct Recording {
-    levels: Vec<bool>,
-    failing: bool,
-}
-
-impl RecordingIrqLine {
-    /// A line that starts low with nothing recorded.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    fn recording(&self) -> std::sync::MutexGuard<'_, Recording> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Every level set so far, oldest first.
-    pub fn levels(&self) -> Vec<bool> {
-        self.recording().levels.clone()
-    }
-
-    /// The current level (low if never driven).
-    pub fn is_high(&self) -> bool {
-        self.recording().levels.last().copied().unwrap_or(false)
-    }
-
-    /// How many low-to-high transitions were recorded (a pulse counts once).
-    pub fn rising_edges(&self) -> usize {
-        let rec = self.recording();
-        let mut previous = false;
-        rec.levels
-            .iter()
-            .filter(|&&level| {
-                let rising = level && !previous;
-                previous = level;
-                rising
-            })
-            .count()
-    }
-
-    /// Forgets the recorded levels (the current level is then reported as low).
-    pub fn clear(&self) {
-        self.recording().levels.clear();
-    }
-
-    /// Makes later [`IrqLine::set_level`] calls fail (and not record) while `failing`.
-    pub fn set_failing(&self, failing: bool) {
-        self.recording().failing = failing;
-    }
-}
-
-impl IrqLine for RecordingIrqLine {
-    fn set_level(&self, high: bool) -> Result<(), IrqError> {
-        let mut rec = self.recording();
-        if rec.failing {
-            return Err(IrqError::set_level(0, high, io::Error::other("injected")));
-        }
-        rec.levels.push(high);
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use vm_superio::Trigger;
 
     use super::*;
+    use crate::test_utils::RecordingIrqLine;
 
     #[test]
     fn pulse_is_one_rising_edge_and_ends_low() {

@@ -16,7 +16,6 @@
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use log::{debug, warn};
@@ -76,38 +75,6 @@ impl Clock for SystemClock {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
-    }
-}
-
-/// A clock that only moves when told to; clones share the same time.
-#[derive(Debug, Clone, Default)]
-pub struct ManualClock {
-    nanos: Arc<AtomicU64>,
-}
-
-impl ManualClock {
-    /// A clock reading `since_epoch`.
-    pub fn new(since_epoch: Duration) -> Self {
-        let clock = Self::default();
-        clock.set(since_epoch);
-        clock
-    }
-
-    /// Jumps to `since_epoch` (backwards too). Saturates about 584 years after 1970.
-    pub fn set(&self, since_epoch: Duration) {
-        let nanos = u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX);
-        self.nanos.store(nanos, Ordering::SeqCst);
-    }
-
-    /// Moves forward by `by`.
-    pub fn advance(&self, by: Duration) {
-        self.set(self.now().saturating_add(by));
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> Duration {
-        Duration::from_nanos(self.nanos.load(Ordering::SeqCst))
     }
 }
 

@@ -49,10 +49,6 @@ fn main() -> std::process::ExitCode {
 mod floor {
     use std::time::{Duration, Instant};
 
-    use arch_aarch64::a64::{
-        Assembler, CNTFRQ_EL0, CNTV_CTL_EL0, CNTV_TVAL_EL0, ICC_IGRPEN1_EL1, ICC_PMR_EL1,
-        ICC_SRE_EL1,
-    };
     use arch_aarch64::layout::{GIC_DIST_BASE, GIC_REDIST_BASE, GIC_REDIST_SIZE, RAM_START};
     use arch_aarch64::psci::{SYSTEM_OFF, SYSTEM_SUSPEND_64};
     use arch_aarch64::regs::{PC, PSTATE, PSTATE_EL1H_DAIF_MASKED, xreg};
@@ -65,6 +61,10 @@ mod floor {
         kvm_enable_cap, kvm_mp_state, kvm_userspace_memory_region, kvm_vcpu_init,
     };
     use kvm_ioctls::{DeviceFd, Kvm, VcpuExit, VcpuFd, VmFd};
+    use test_utils::a64::{
+        Assembler, CNTFRQ_EL0, CNTV_CTL_EL0, CNTV_TVAL_EL0, ICC_IGRPEN1_EL1, ICC_PMR_EL1,
+        ICC_SRE_EL1,
+    };
 
     const RAM_SIZE: usize = 1 << 20;
     /// The most vCPUs whose redistributors fit before the device area.

@@ -3,13 +3,13 @@
 //! They need an arm64 host with `/dev/kvm`; the testbed runs them inside an emulated one.
 #![cfg(target_arch = "aarch64")]
 
-use arch_aarch64::a64::Assembler;
 use arch_aarch64::psci::{
     PSCI_FEATURES, PsciReturn, SYSTEM_OFF, SYSTEM_RESET, SYSTEM_SUSPEND_32, SYSTEM_SUSPEND_64,
 };
 use arch_aarch64::regs;
 use hypervisor::kvm::{Hypervisor, KvmVcpu, Vm, VmOptions};
 use hypervisor::{SystemEvent, Vcpu, VmExit};
+use test_utils::a64::Assembler;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const RAM_BASE: u64 = 0x4000_0000;

@@ -7,7 +7,6 @@
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use arch_aarch64::a64::{Assembler, ICC_IGRPEN1_EL1, ICC_PMR_EL1, ICC_SRE_EL1, SysReg};
 use arch_aarch64::layout::{GIC_DIST_BASE, GIC_REDIST_BASE};
 use arch_aarch64::regs;
 use hypervisor::gic_state::active_priority_registers;
@@ -15,6 +14,7 @@ use hypervisor::kvm::{
     GicV3, Hypervisor, KvmVcpu, Vm, VmOptions, host_counter, host_counter_frequency,
 };
 use hypervisor::{CounterPath, GicState, MpState, SystemEvent, Vcpu, VcpuKick, VmExit};
+use test_utils::a64::{Assembler, ICC_IGRPEN1_EL1, ICC_PMR_EL1, ICC_SRE_EL1, SysReg};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const RAM_BASE: u64 = 0x4000_0000;

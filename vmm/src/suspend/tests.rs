@@ -8,7 +8,7 @@ use std::sync::{Barrier, PoisonError};
 use std::thread::{self, JoinHandle};
 
 use arch_aarch64::psci::PsciReturn;
-use devices::irq::RecordingIrqLine;
+use devices::test_utils::RecordingIrqLine;
 
 use super::*;
 use crate::control::ExitReason;
