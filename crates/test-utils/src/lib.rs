@@ -2,4 +2,5 @@
 //! here is part of a crate's API.
 
 pub mod a64;
+pub mod fake_vcpu;
 pub mod kvm;
