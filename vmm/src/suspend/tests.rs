@@ -11,6 +11,7 @@ use std::thread::{self, JoinHandle};
 use arch_aarch64::psci::PsciReturn;
 use devices::irq::{IrqError, IrqLine};
 use devices::test_utils::RecordingIrqLine;
+use hypervisor::{SystemEvent, VmExit};
 use test_utils::fake_vcpu::FakeVcpu;
 
 use super::*;
@@ -623,29 +624,68 @@ fn a_failed_suspend_releases_the_parked_vcpus() {
     rig.stop(others);
 }
 
-/// Every `(from, to)` pair among `all` that `may_go` allows, in order.
-fn allowed_changes<T: Copy>(all: &[T], may_go: impl Fn(T, T) -> bool) -> Vec<(T, T)> {
-    all.iter()
-        .flat_map(|&from| all.iter().map(move |&to| (from, to)))
-        .filter(|&(from, to)| may_go(from, to))
-        .collect()
-}
-
+/// A guest's SYSTEM_SUSPEND through the real vCPU loop, as a client of the figures and the
+/// event stream sees it: refused while a secondary is on, accepted once it is off, and resumed
+/// at the entry point by the wake button.
 #[test]
-fn only_the_documented_transitions_are_allowed() {
-    use SuspendState::*;
-    let all = [Running, Suspending, Suspended, Resuming];
-    let allowed = allowed_changes(&all, SuspendState::may_go);
+fn the_state_a_client_reads_follows_the_guests_suspend_calls() {
+    let rig = Rig::new(&[MpState::Runnable, MpState::Runnable]);
+    let threads = vec![rig.spawn_run_vcpu(0), rig.spawn_run_vcpu(1)];
+    let caller = &rig.vcpus[0];
+    guest_calls(caller, 0xC400_000E, ENTRY, CONTEXT);
+    caller.push_exit(VmExit::SystemEvent(SystemEvent::Suspend));
+    wait_for(|| rig.coordinator.stats().denied_count == 1);
+    assert_eq!(rig.coordinator.state(), SuspendState::Running);
+    assert_eq!(caller.peek_reg(xreg(0)), sign_extended(PsciReturn::Denied));
+
+    // KVM handles the secondary's CPU_OFF; the guest calls again.
+    rig.vcpus[1].kvm_sets_mp_state(MpState::Stopped);
+    guest_calls(caller, 0xC400_000E, ENTRY, CONTEXT);
+    caller.push_exit(VmExit::SystemEvent(SystemEvent::Suspend));
+    wait_for(|| rig.coordinator.state() == SuspendState::Suspended);
     assert_eq!(
-        allowed,
-        [
-            (Running, Suspending),
-            (Suspending, Running),
-            (Suspending, Suspended),
-            (Suspended, Resuming),
-            (Resuming, Running),
-        ]
+        rig.coordinator.suspended_call().map(|(vcpu, _)| vcpu),
+        Some(0)
     );
+    assert_eq!(
+        rig.coordinator.census().unwrap(),
+        [Some(MpState::Suspended), Some(MpState::Stopped)]
+    );
+
+    let button = WakeSourceIrqLine::wrap(
+        Arc::new(InterruptOf(rig.vcpu(0))),
+        rig.tracker.clone(),
+        WakeSource::Gpio,
+    );
+    button.set_level(true).unwrap();
+    wait_for(|| rig.coordinator.stats().resume_count == 1);
+    let stats = rig.coordinator.stats();
+    assert_eq!(stats.state, SuspendState::Running);
+    assert_eq!(
+        (stats.suspend_count, stats.denied_count),
+        (1, 1),
+        "{stats:?}"
+    );
+    assert_eq!(stats.last_wake_source, Some(WakeSource::Gpio));
+    assert_eq!(caller.peek_reg(PC), ENTRY);
+    assert_eq!(caller.peek_reg(xreg(0)), CONTEXT);
+    assert!(matches!(
+        rig.events()[..],
+        [
+            VmEventKind::SuspendRequested { vcpu: 0, .. },
+            VmEventKind::SuspendDenied {
+                vcpu: 0,
+                reason: Denial::OtherCpusOn { count: 1 }
+            },
+            VmEventKind::SuspendRequested { vcpu: 0, .. },
+            VmEventKind::Suspended { vcpu: 0, .. },
+            VmEventKind::Woken {
+                source: WakeSource::Gpio
+            },
+            VmEventKind::Resumed { vcpu: 0, .. },
+        ]
+    ));
+    rig.stop_threads(threads);
 }
 
 #[test]

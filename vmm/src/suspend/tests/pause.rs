@@ -3,7 +3,6 @@
 use std::sync::mpsc::RecvTimeoutError;
 
 use devices::bus::MmioBus;
-use hypervisor::{SystemEvent, VmExit};
 
 use super::*;
 use crate::vcpu::{VcpuContext, run_vcpu};
@@ -413,19 +412,28 @@ fn a_suspend_exit_racing_a_pause_ends_cleanly() {
 }
 
 #[test]
-fn only_the_documented_hold_changes_are_allowed() {
-    use Hold::*;
-    let all = [Free, Census, Pausing, Paused];
-    let allowed = super::allowed_changes(&all, Hold::may_go);
+fn a_pause_asked_during_a_census_waits_for_it_then_holds_every_vcpu() {
+    let rig = Rig::new(&[MpState::Runnable, MpState::Runnable]);
+    // vCPU 1 parks late, so the census stays in progress.
+    let mut others = vec![rig.spawn(0)];
+    let coordinator = rig.coordinator.clone();
+    let census = start(move || coordinator.census());
+    wait_for(|| rig.mp_reads()[0] == 1);
+    let coordinator = rig.coordinator.clone();
+    let pause = start(move || coordinator.pause());
+    assert!(still_blocked(&pause), "a pause during a census");
+    assert!(!rig.coordinator.is_paused());
+
+    others.push(rig.spawn(1));
     assert_eq!(
-        allowed,
-        [
-            (Free, Census),
-            (Free, Pausing),
-            (Census, Free),
-            (Pausing, Free),
-            (Pausing, Paused),
-            (Paused, Free),
-        ]
+        done(&census),
+        Ok(vec![Some(MpState::Runnable), Some(MpState::Runnable)])
     );
+    assert_eq!(done(&pause), Ok(()));
+    assert!(rig.coordinator.is_paused());
+    rig.assert_none_runs();
+    assert_eq!(rig.mp_reads(), [2, 2], "parked once for each");
+    rig.resume().unwrap();
+    rig.wait_all_in_guest();
+    rig.stop(others);
 }
