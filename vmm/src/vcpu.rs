@@ -128,7 +128,7 @@ fn step<V: Vcpu>(vcpu: &mut V, context: &VcpuContext) -> Option<ExitReason> {
 mod tests {
     use std::sync::Mutex;
 
-    use arch_aarch64::psci::RamRange;
+    use arch_aarch64::layout::GuestRegion;
     use devices::bus::MmioDevice;
     use hypervisor::{MmioData, MpState};
     use test_utils::fake_vcpu::FakeVcpu;
@@ -158,7 +158,7 @@ mod tests {
         let control = Arc::new(VmControl::new().unwrap());
         let suspend = Arc::new(SuspendCoordinator::new(
             1,
-            vec![RamRange {
+            vec![GuestRegion {
                 start: 0x4000_0000,
                 size: 1 << 20,
             }],

@@ -8,6 +8,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::mpsc::{self, Receiver};
 use std::thread::{self, JoinHandle};
 
+use arch_aarch64::layout::GuestRegion;
 use arch_aarch64::psci::PsciReturn;
 use devices::irq::{IrqError, IrqLine};
 use devices::test_utils::RecordingIrqLine;
@@ -18,7 +19,7 @@ use super::*;
 use crate::control::ExitReason;
 use crate::events::{EventReceiver, WakeSourceIrqLine};
 
-const RAM: RamRange = RamRange {
+const RAM: GuestRegion = GuestRegion {
     start: 0x4000_0000,
     size: 0x1000_0000,
 };
