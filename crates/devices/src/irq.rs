@@ -57,6 +57,41 @@ pub trait IrqLine: Send + Sync {
     }
 }
 
+/// The output of a level-triggered device (PL031, PL061): drives its [`IrqLine`] only when the
+/// level changes, and again after a failed attempt.
+pub(crate) struct LevelIrq {
+    line: Arc<dyn IrqLine>,
+    /// The level last driven successfully; `None` makes the next [`LevelIrq::set`] drive it.
+    driven: Option<bool>,
+}
+
+impl LevelIrq {
+    /// A line that is low, as after a device's reset.
+    pub(crate) fn new(line: Arc<dyn IrqLine>) -> Self {
+        Self {
+            line,
+            driven: Some(false),
+        }
+    }
+
+    /// A line whose level is not known (a device being restored): the first
+    /// [`LevelIrq::set`] drives it whatever the level.
+    pub(crate) fn unknown(line: Arc<dyn IrqLine>) -> Self {
+        Self { line, driven: None }
+    }
+
+    /// Drives the line to `high` unless it is known to be there already.
+    pub(crate) fn set(&mut self, high: bool) -> Result<(), IrqError> {
+        if self.driven == Some(high) {
+            return Ok(());
+        }
+        self.driven = None;
+        self.line.set_level(high)?;
+        self.driven = Some(high);
+        Ok(())
+    }
+}
+
 /// Adapts an [`IrqLine`] to `vm_superio::Trigger`, whose devices only ever "trigger".
 ///
 /// Each trigger is a [`IrqLine::pulse`], so the line must be edge-triggered in the DT.
@@ -116,6 +151,25 @@ mod tests {
         trigger.trigger().unwrap();
         assert_eq!(line.rising_edges(), 2);
         assert!(!line.is_high());
+    }
+
+    #[test]
+    fn a_level_line_is_driven_on_changes_and_again_after_a_failure() {
+        let line = Arc::new(RecordingIrqLine::new());
+        let mut level = LevelIrq::new(line.clone());
+        level.set(false).unwrap();
+        level.set(true).unwrap();
+        level.set(true).unwrap();
+        assert_eq!(line.levels(), [true]);
+        line.set_failing(true);
+        assert!(level.set(false).is_err());
+        line.set_failing(false);
+        level.set(false).unwrap();
+        assert_eq!(line.levels(), [true, false]);
+
+        let mut restored = LevelIrq::unknown(line.clone());
+        restored.set(false).unwrap();
+        assert_eq!(line.levels(), [true, false, false]);
     }
 
     #[test]

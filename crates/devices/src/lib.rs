@@ -3,6 +3,7 @@
 //! The PL031 alarm, a gpio-keys button on the PL061 and serial input are the guest's
 //! wakeup sources for suspend-to-RAM.
 
+mod amba;
 pub mod boot_timer;
 pub mod bus;
 pub mod gpio_pl061;

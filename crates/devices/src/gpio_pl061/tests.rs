@@ -1,4 +1,5 @@
 use super::*;
+use crate::amba::ID_START;
 use crate::test_utils::RecordingIrqLine;
 
 const KEY_PIN: u32 = 3;

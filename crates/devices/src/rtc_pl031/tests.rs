@@ -1,6 +1,7 @@
 use std::sync::Mutex;
 
 use super::*;
+use crate::amba::ID_START;
 use crate::test_utils::{ManualClock, RecordingIrqLine};
 
 /// An arbitrary wall-clock start, in the middle of a second to catch rounding.
