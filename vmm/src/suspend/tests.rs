@@ -122,6 +122,13 @@ impl Rig {
         self.vcpus[index as usize].clone()
     }
 
+    /// The interrupt line of the device that wakes the guest as `source`, routed to vCPU
+    /// `index`: raising it wakes that vCPU if it is SUSPENDED, as the vGIC would.
+    fn wake_line(&self, index: u32, source: WakeSource) -> Arc<dyn IrqLine> {
+        let line = Arc::new(InterruptOf(self.vcpu(index)));
+        WakeSourceIrqLine::wrap(line, self.tracker.clone(), source)
+    }
+
     /// Kicks vCPU `index` as another thread of the VMM would.
     fn kick(&self, index: usize) {
         self.vcpus[index].kicker().kick();
@@ -653,11 +660,7 @@ fn the_state_a_client_reads_follows_the_guests_suspend_calls() {
         [Some(MpState::Suspended), Some(MpState::Stopped)]
     );
 
-    let button = WakeSourceIrqLine::wrap(
-        Arc::new(InterruptOf(rig.vcpu(0))),
-        rig.tracker.clone(),
-        WakeSource::Gpio,
-    );
+    let button = rig.wake_line(0, WakeSource::Gpio);
     button.set_level(true).unwrap();
     wait_for(|| rig.coordinator.stats().resume_count == 1);
     let stats = rig.coordinator.stats();

@@ -66,6 +66,19 @@ impl Rig {
         wait_for(|| self.vcpus.iter().all(FakeVcpu::is_in_run));
     }
 
+    /// Starts `hold` (a pause or a census) on a host thread while only vCPU 0 runs, and waits
+    /// until vCPU 0 has parked for it; vCPU 1 has no thread yet, so the round stays open.
+    pub(super) fn start_hold_without_vcpu_1<T: Send + 'static>(
+        &self,
+        hold: impl FnOnce(&SuspendCoordinator) -> T + Send + 'static,
+    ) -> (Other, Receiver<T>) {
+        let other = self.spawn(0);
+        let coordinator = self.coordinator.clone();
+        let result = start(move || hold(&coordinator));
+        wait_for(|| self.mp_reads()[0] == 1);
+        (other, result)
+    }
+
     /// Runs vCPU `index` in the real [`run_vcpu`] loop on a thread.
     pub(super) fn spawn_run_vcpu(&self, index: u32) -> JoinHandle<()> {
         let context = VcpuContext {
@@ -149,11 +162,7 @@ fn a_guest_suspended_across_a_pause_sleeps_until_its_wakeup() {
     assert_ne!(rig.vcpus[0].peek_reg(PC), ENTRY, "resumed without a wakeup");
 
     // The RTC's alarm, as the vGIC delivers it to the sleeping vCPU.
-    let alarm = WakeSourceIrqLine::wrap(
-        Arc::new(InterruptOf(rig.vcpu(0))),
-        rig.tracker.clone(),
-        WakeSource::Rtc,
-    );
+    let alarm = rig.wake_line(0, WakeSource::Rtc);
     alarm.set_level(true).unwrap();
     wait_for(|| rig.coordinator.stats().resume_count == 1);
     assert_eq!(rig.vcpus[0].peek_reg(PC), ENTRY);
@@ -267,11 +276,9 @@ fn shutdown_while_paused_releases_every_thread_without_a_resume() {
 #[test]
 fn shutdown_while_pausing_fails_the_pause() {
     let rig = Rig::new(&[MpState::Runnable, MpState::Runnable]);
-    // vCPU 1 has no thread: it never parks.
-    let others = vec![rig.spawn(0)];
-    let coordinator = rig.coordinator.clone();
-    let pause = start(move || coordinator.pause());
-    wait_for(|| rig.mp_reads()[0] == 1);
+    // vCPU 1 never gets a thread: it never parks.
+    let (other, pause) = rig.start_hold_without_vcpu_1(SuspendCoordinator::pause);
+    let others = vec![other];
     assert!(still_blocked(&pause));
     assert!(!rig.coordinator.is_paused());
     assert!(rig.vcpus[1].kicks() >= 1);
@@ -286,10 +293,8 @@ fn shutdown_while_pausing_fails_the_pause() {
 fn while_pausing_suspend_is_denied_and_resume_waits() {
     let rig = Rig::new(&[MpState::Runnable, MpState::Stopped]);
     // vCPU 1 parks late, so the pause stays in progress.
-    let mut others = vec![rig.spawn(0)];
-    let coordinator = rig.coordinator.clone();
-    let pause = start(move || coordinator.pause());
-    wait_for(|| rig.mp_reads()[0] == 1);
+    let (other, pause) = rig.start_hold_without_vcpu_1(SuspendCoordinator::pause);
+    let mut others = vec![other];
 
     // A SYSTEM_SUSPEND exit vCPU 1 took just before its kick is refused at once.
     guest_calls(&rig.vcpus[1], 0xC400_000E, ENTRY, CONTEXT);
@@ -415,10 +420,8 @@ fn a_suspend_exit_racing_a_pause_ends_cleanly() {
 fn a_pause_asked_during_a_census_waits_for_it_then_holds_every_vcpu() {
     let rig = Rig::new(&[MpState::Runnable, MpState::Runnable]);
     // vCPU 1 parks late, so the census stays in progress.
-    let mut others = vec![rig.spawn(0)];
-    let coordinator = rig.coordinator.clone();
-    let census = start(move || coordinator.census());
-    wait_for(|| rig.mp_reads()[0] == 1);
+    let (other, census) = rig.start_hold_without_vcpu_1(SuspendCoordinator::census);
+    let mut others = vec![other];
     let coordinator = rig.coordinator.clone();
     let pause = start(move || coordinator.pause());
     assert!(still_blocked(&pause), "a pause during a census");
