@@ -378,13 +378,15 @@ fn disk_images_are_checked_and_locked() {
 
 // --- the transport ---
 
-fn read_reg(transport: &mut MmioTransport, offset: u32) -> u32 {
+/// Reads the transport register at `offset` as the guest does.
+pub(crate) fn read_reg(transport: &mut MmioTransport, offset: u32) -> u32 {
     let mut data = [0u8; 4];
     transport.read(u64::from(offset), &mut data);
     u32::from_le_bytes(data)
 }
 
-fn write_reg(transport: &mut MmioTransport, offset: u32, value: u32) {
+/// Writes the transport register at `offset` as the guest does.
+pub(crate) fn write_reg(transport: &mut MmioTransport, offset: u32, value: u32) {
     transport.write(u64::from(offset), &value.to_le_bytes());
 }
 

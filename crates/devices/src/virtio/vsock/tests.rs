@@ -26,6 +26,7 @@ use super::packet::*;
 use super::*;
 use crate::bus::MmioDevice;
 use crate::virtio::MmioTransport;
+use crate::virtio::tests::{read_reg, write_reg};
 
 const CID: u64 = 42;
 const MEMORY_SIZE: usize = 0x80_0000;
@@ -1080,16 +1081,6 @@ fn cids_and_socket_paths_are_checked() {
     std::fs::write(&path, b"other").unwrap();
     drop(device);
     assert_eq!(std::fs::read(&path).unwrap(), b"other");
-}
-
-fn read_reg(transport: &mut MmioTransport, offset: u32) -> u32 {
-    let mut data = [0u8; 4];
-    transport.read(u64::from(offset), &mut data);
-    u32::from_le_bytes(data)
-}
-
-fn write_reg(transport: &mut MmioTransport, offset: u32, value: u32) {
-    transport.write(u64::from(offset), &value.to_le_bytes());
 }
 
 /// Negotiates like Linux's virtio_mmio driver and sets the three queues up.
