@@ -16,7 +16,8 @@ use std::sync::Arc;
 
 use devices::bus::MmioDevice;
 use devices::gpio_pl061::PL061_PIN_COUNT;
-use devices::{Pl061Gpio, RecordingIrqLine};
+use devices::Pl061Gpio;
+use devices::test_utils::RecordingIrqLine;
 
 use crate::{Input, access_size};
 

@@ -10,8 +10,9 @@
 //! has no other vCPU on and a 4-byte aligned entry inside some range; a denial maps to DENIED
 //! or INVALID_ADDRESS; every return code round-trips through x0.
 
+use arch_aarch64::layout::GuestRegion;
 use arch_aarch64::psci::{
-    CallWidth, PsciReturn, RamRange, ResumeState, SYSTEM_SUSPEND_32, SYSTEM_SUSPEND_64,
+    CallWidth, PsciReturn, ResumeState, SYSTEM_SUSPEND_32, SYSTEM_SUSPEND_64,
     SuspendDenial, SystemSuspendCall, validate_system_suspend,
 };
 
@@ -24,9 +25,9 @@ pub fn run(data: &[u8]) {
     let x1 = input.u64().unwrap_or(0x4000_0000);
     let x2 = input.u64().unwrap_or(0);
     let others = usize::from(input.u8().unwrap_or(0));
-    let ram: Vec<RamRange> = (0..input.u8().unwrap_or(1) % 4)
+    let ram: Vec<GuestRegion> = (0..input.u8().unwrap_or(1) % 4)
         .map_while(|_| {
-            Some(RamRange {
+            Some(GuestRegion {
                 start: input.u64()?,
                 size: input.u64()?,
             })

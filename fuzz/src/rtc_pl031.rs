@@ -23,7 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use devices::bus::MmioDevice;
-use devices::{AlarmTimer, ManualClock, Pl031Rtc, RecordingIrqLine};
+use devices::test_utils::{ManualClock, RecordingIrqLine};
+use devices::{AlarmTimer, Pl031Rtc};
 
 use crate::{Input, access_size};
 

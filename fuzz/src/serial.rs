@@ -18,7 +18,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use devices::bus::MmioDevice;
-use devices::{RecordingIrqLine, Serial16550};
+use devices::Serial16550;
+use devices::test_utils::RecordingIrqLine;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::{Input, Sink, access_size};

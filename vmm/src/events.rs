@@ -449,7 +449,7 @@ impl IrqLine for WakeSourceIrqLine {
 
 #[cfg(test)]
 mod tests {
-    use devices::irq::RecordingIrqLine;
+    use devices::test_utils::RecordingIrqLine;
 
     use super::*;
 

@@ -7,7 +7,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arch_aarch64::cpu_power::CpuPowerTable;
-use arch_aarch64::psci::RamRange;
 use hypervisor::kvm::{Hypervisor, VcpuKicker};
 use hypervisor::{Vcpu, VcpuKick};
 use vmm_sys_util::eventfd::EventFd;
@@ -176,10 +175,7 @@ fn run_machine(
         .collect();
     let mut suspend = SuspendCoordinator::new(
         vcpus.len(),
-        vec![RamRange {
-            start: ram.start,
-            size: ram.size,
-        }],
+        vec![ram],
         kickers,
         shared.events(),
         wake,

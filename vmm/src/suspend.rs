@@ -31,7 +31,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use arch_aarch64::cpu_power::CpuPowerTable;
-use arch_aarch64::psci::{RamRange, ResumeState, SystemSuspendCall, validate_system_suspend};
+use arch_aarch64::layout::GuestRegion;
+use arch_aarch64::psci::{ResumeState, SystemSuspendCall, validate_system_suspend};
 use arch_aarch64::regs::{PC, PSTATE, xreg};
 use hypervisor::{MpState, Vcpu, VcpuError, VcpuKick};
 use serde::{Deserialize, Serialize};
@@ -234,7 +235,7 @@ struct Inner {
 /// The VM-wide SYSTEM_SUSPEND state machine; one per VM, shared by the vCPU threads.
 pub struct SuspendCoordinator {
     vcpus: usize,
-    ram: Vec<RamRange>,
+    ram: Vec<GuestRegion>,
     kickers: Vec<Arc<dyn VcpuKick>>,
     events: Arc<EventBus>,
     wake: Arc<WakeSourceTracker>,
@@ -257,7 +258,7 @@ impl SuspendCoordinator {
     /// out of `KVM_RUN`. Waits end when `control` says the VM is stopping.
     pub fn new(
         vcpus: usize,
-        ram: Vec<RamRange>,
+        ram: Vec<GuestRegion>,
         kickers: Vec<Arc<dyn VcpuKick>>,
         events: Arc<EventBus>,
         wake: Arc<WakeSourceTracker>,

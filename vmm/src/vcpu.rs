@@ -126,65 +126,15 @@ fn step<V: Vcpu>(vcpu: &mut V, context: &VcpuContext) -> Option<ExitReason> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::VecDeque;
     use std::sync::Mutex;
 
-    use arch_aarch64::psci::RamRange;
+    use arch_aarch64::layout::GuestRegion;
     use devices::bus::MmioDevice;
-
-    use crate::events::{EventBus, WakeSourceTracker};
-    use hypervisor::{MmioData, MpState, VcpuError};
+    use hypervisor::{MmioData, MpState};
+    use test_utils::fake_vcpu::FakeVcpu;
 
     use super::*;
-
-    /// A vCPU that replays scripted exits and records the MMIO data it is given.
-    struct ScriptedVcpu {
-        exits: VecDeque<VmExit>,
-        completed_reads: Arc<Mutex<Vec<Vec<u8>>>>,
-    }
-
-    impl Vcpu for ScriptedVcpu {
-        fn index(&self) -> u32 {
-            0
-        }
-        fn run(&mut self) -> Result<VmExit, VcpuError> {
-            match self.exits.pop_front() {
-                // Stands for a bug in an exit handler: unwinds like a panic, without the panic
-                // message in the test output.
-                Some(VmExit::Unhandled(text)) if text == "panic" => {
-                    std::panic::resume_unwind(Box::new("vcpu bug"))
-                }
-                Some(exit) => Ok(exit),
-                None => Ok(VmExit::Unhandled("script ended".into())),
-            }
-        }
-        fn complete_mmio_read(&mut self, data: &[u8]) -> Result<(), VcpuError> {
-            self.completed_reads.lock().unwrap().push(data.to_vec());
-            Ok(())
-        }
-        fn reg(&self, _: u64) -> Result<u64, VcpuError> {
-            Ok(0)
-        }
-        fn set_reg(&self, _: u64, _: u64) -> Result<(), VcpuError> {
-            Ok(())
-        }
-        fn mp_state(&self) -> Result<MpState, VcpuError> {
-            Ok(MpState::Runnable)
-        }
-        fn set_mp_state(&self, _: MpState) -> Result<(), VcpuError> {
-            Ok(())
-        }
-        fn reset(&mut self) -> Result<(), VcpuError> {
-            Ok(())
-        }
-    }
-
-    struct NoKick;
-    impl VcpuKick for NoKick {
-        fn bind_current_thread(&self) {}
-        fn unbind_thread(&self) {}
-        fn kick(&self) {}
-    }
+    use crate::events::{EventBus, WakeSourceTracker};
 
     /// A register file: reads return what was last written.
     struct Register(u64);
@@ -200,35 +150,40 @@ mod tests {
         }
     }
 
-    fn run_script(exits: Vec<VmExit>) -> (Option<ExitReason>, Vec<Vec<u8>>) {
+    /// A one-vCPU VM whose bus has a [`Register`] at 0x1000, for `vcpu`.
+    fn context(vcpu: &FakeVcpu) -> VcpuContext {
         let mut bus = MmioBus::new();
         bus.insert(0x1000, 0x100, Arc::new(Mutex::new(Register(0))))
             .unwrap();
         let control = Arc::new(VmControl::new().unwrap());
         let suspend = Arc::new(SuspendCoordinator::new(
             1,
-            vec![RamRange {
+            vec![GuestRegion {
                 start: 0x4000_0000,
                 size: 1 << 20,
             }],
-            vec![Arc::new(NoKick)],
+            vec![vcpu.kicker() as Arc<dyn VcpuKick>],
             Arc::new(EventBus::new()),
             Arc::new(WakeSourceTracker::new()),
             Arc::clone(&control),
         ));
-        let context = VcpuContext {
+        VcpuContext {
             bus: Arc::new(bus),
             control,
             suspend,
-        };
-        let reads = Arc::new(Mutex::new(Vec::new()));
-        let vcpu = ScriptedVcpu {
-            exits: exits.into(),
-            completed_reads: Arc::clone(&reads),
-        };
-        run_vcpu(vcpu, &NoKick, &context);
-        let reads = reads.lock().unwrap().clone();
-        (context.control.exit_reason(), reads)
+        }
+    }
+
+    /// Runs a vCPU whose guest makes `exits`, the last of which must end the VM; returns why
+    /// it ended and the data of the MMIO reads the guest got.
+    fn run_script(exits: Vec<VmExit>) -> (Option<ExitReason>, Vec<Vec<u8>>) {
+        let vcpu = FakeVcpu::new(0, MpState::Runnable);
+        for exit in exits {
+            vcpu.push_exit(exit);
+        }
+        let context = context(&vcpu);
+        run_vcpu(vcpu.clone(), &*vcpu.kicker(), &context);
+        (context.control.exit_reason(), vcpu.completed_reads())
     }
 
     #[test]
@@ -260,27 +215,16 @@ mod tests {
 
     #[test]
     fn a_vcpu_that_panics_stops_the_vm_with_an_error() {
-        let control = Arc::new(VmControl::new().unwrap());
-        let context = VcpuContext {
-            bus: Arc::new(MmioBus::new()),
-            control: Arc::clone(&control),
-            suspend: Arc::new(SuspendCoordinator::new(
-                1,
-                vec![],
-                vec![Arc::new(NoKick)],
-                Arc::new(EventBus::new()),
-                Arc::new(WakeSourceTracker::new()),
-                Arc::clone(&control),
-            )),
-        };
-        let vcpu = ScriptedVcpu {
-            exits: vec![VmExit::Interrupted, VmExit::Unhandled("panic".into())].into(),
-            completed_reads: Arc::default(),
-        };
-        run_vcpu_guarded(vcpu, &NoKick, &context);
+        let vcpu = FakeVcpu::new(0, MpState::Runnable);
+        vcpu.push_exit(VmExit::Interrupted);
+        vcpu.push_panic();
+        let context = context(&vcpu);
+        run_vcpu_guarded(vcpu.clone(), &*vcpu.kicker(), &context);
         assert_eq!(
-            control.exit_reason(),
-            Some(ExitReason::Error("vCPU 0 panicked: vcpu bug".into()))
+            context.control.exit_reason(),
+            Some(ExitReason::Error(
+                "vCPU 0 panicked: scripted vCPU panic".into()
+            ))
         );
     }
 

@@ -15,6 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use vmm::api::ApiClient;
+use vmm::api::server::MAX_CONNECTIONS;
 
 use common::process::{Vmm, follow_events, guest_args, wait_event};
 use common::{guest_file, vmm_binary};
@@ -47,6 +48,32 @@ fn raw(socket: &Path, request: &[u8]) -> u16 {
         .and_then(|rest| rest.get(..3))
         .and_then(|code| code.parse().ok())
         .unwrap_or(0)
+}
+
+/// How many connection threads the `vmm` process has.
+fn connection_threads(vmm: &Vmm) -> usize {
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", vmm.child.id())).unwrap();
+    tasks
+        .filter_map(Result::ok)
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|name| name.trim_end() == "api-conn")
+        })
+        .count()
+}
+
+/// Waits until the `vmm` process has `count` connection threads; the server ends a stream whose
+/// client hung up within a second.
+fn wait_connection_threads(vmm: &Vmm, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while connection_threads(vmm) != count {
+        assert!(
+            Instant::now() < deadline,
+            "{} connection threads, not {count}",
+            connection_threads(vmm)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -179,15 +206,26 @@ fn bad_requests_get_clear_errors_and_the_guest_is_unaffected() {
     // A client that connects and never sends is told 408 after the server's read timeout.
     assert_eq!(raw(&socket, b""), 408, "silent client");
 
-    // A client that disconnects in the middle of the event stream.
-    {
-        let mut stream = UnixStream::connect(&socket).unwrap();
-        stream
-            .write_all(b"GET /api/v1/vm.events HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        let mut head = [0u8; 64];
-        let _ = stream.read(&mut head);
-    }
+    // Clients that hang up in the middle of the event stream, as many at once as the server
+    // takes: each connection ends with its client, so none is left holding a slot.
+    wait_connection_threads(&vmm, 0);
+    let streams: Vec<UnixStream> = (0..MAX_CONNECTIONS)
+        .map(|_| {
+            let mut stream = UnixStream::connect(&socket).unwrap();
+            stream
+                .write_all(b"GET /api/v1/vm.events HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            let mut status = [0u8; 12];
+            stream.read_exact(&mut status).unwrap();
+            assert_eq!(&status, b"HTTP/1.1 200", "an event stream");
+            stream
+        })
+        .collect();
+    assert_eq!(connection_threads(&vmm), MAX_CONNECTIONS);
+    let info = b"GET /api/v1/vm.info HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert_eq!(raw(&socket, info), 503, "a client beyond the limit");
+    drop(streams);
+    wait_connection_threads(&vmm, 0);
 
     // The guest kept running, and the API still answers, also through `vmm ctl`.
     let (n, _) = *ticks(&vmm).last().unwrap();

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use common::guest::{Guest, field, scratch};
 use common::guest_file;
+use test_utils::kvm::host_kernel;
 use vmm::events::VmEventKind;
 use vmm::{DiskConfig, ExitReason, VmConfig};
 
@@ -38,15 +39,6 @@ fn swap_disk(path: &Path, size: u64) {
     mbr[511] = 0xAA;
     file.seek(SeekFrom::Start(0)).unwrap();
     file.write_all(&mbr).unwrap();
-}
-
-/// The host kernel's `major.minor`, from `/proc/sys/kernel/osrelease`.
-fn host_kernel() -> (u32, u32) {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
-    let mut numbers = release
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|part| part.parse().unwrap_or(0));
-    (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0))
 }
 
 #[test]

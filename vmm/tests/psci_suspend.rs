@@ -7,21 +7,18 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arch_aarch64::a64::{
-    Assembler, CURRENT_EL, ICC_IGRPEN1_EL1, ICC_PMR_EL1, ICC_SRE_EL1, SCTLR_EL1,
-};
-use arch_aarch64::image::ImageHeader;
-use arch_aarch64::layout::{GIC_DIST_BASE, RAM_START, RTC_BASE, UART_BASE, VIRTIO_MMIO_BASE};
+use arch_aarch64::layout::{GIC_DIST_BASE, RTC_BASE, UART_BASE, VIRTIO_MMIO_BASE};
 use arch_aarch64::psci::{
     AFFINITY_INFO_64, CPU_OFF, CPU_ON_64, PSCI_FEATURES, PsciReturn, SYSTEM_OFF, SYSTEM_SUSPEND_32,
     SYSTEM_SUSPEND_64,
 };
+use test_utils::a64::{Assembler, CURRENT_EL, SCTLR_EL1};
+use test_utils::image::{LOAD, kernel_image, write_kernel};
+use test_utils::kvm::host_kernel;
 use vmm::events::{VmEventKind, WakeSource};
 use vmm::{Console, CpuPowerMode, DiskConfig, ExitReason, Vm, VmConfig};
 use vmm_sys_util::tempdir::TempDir;
 
-/// Where the kernel Image is loaded: RAM + 2 MiB.
-const LOAD: u64 = RAM_START + 0x20_0000;
 /// Offsets in the image of the resume entry point, the secondary's spin loop, and a secondary
 /// entry that calls CPU_OFF at once.
 const RESUME_OFFSET: u64 = 0x800;
@@ -53,14 +50,7 @@ fn enable_spi(asm: &mut Assembler, intid: u32) {
     asm.mov_imm(11, 1 << (intid % 32));
     asm.str_w(11, 10, 0x80 + bank); // GICD_IGROUPRn: group 1
     asm.str_w(11, 10, 0x100 + bank); // GICD_ISENABLERn
-    asm.mov_imm(11, 7);
-    asm.msr(ICC_SRE_EL1, 11);
-    asm.isb();
-    asm.mov_imm(11, 0xFF);
-    asm.msr(ICC_PMR_EL1, 11);
-    asm.mov_imm(11, 1);
-    asm.msr(ICC_IGRPEN1_EL1, 11);
-    asm.isb();
+    asm.enable_gic_cpu_interface(11, 0xFF);
 }
 
 /// Arms the PL031 alarm two seconds ahead with its interrupt unmasked.
@@ -95,22 +85,14 @@ fn image(main: &Assembler) -> Vec<u8> {
     let here = off.offset();
     off.b_to(here);
 
-    let header = ImageHeader {
-        text_offset: 0,
-        image_size: 0x1_0000,
-    };
-    let mut bytes = header.to_bytes().to_vec();
-    bytes.resize(0x1000, 0);
-    let code = main.to_bytes();
-    assert!(64 + code.len() <= RESUME_OFFSET as usize, "main too long");
-    bytes[64..64 + code.len()].copy_from_slice(&code);
-    let code = resume.to_bytes();
-    bytes[RESUME_OFFSET as usize..][..code.len()].copy_from_slice(&code);
-    let code = spin.to_bytes();
-    bytes[SPIN_OFFSET as usize..][..code.len()].copy_from_slice(&code);
-    let code = off.to_bytes();
-    bytes[OFF_OFFSET as usize..][..code.len()].copy_from_slice(&code);
-    bytes
+    kernel_image(
+        main,
+        &[
+            (RESUME_OFFSET, &resume),
+            (SPIN_OFFSET, &spin),
+            (OFF_OFFSET, &off),
+        ],
+    )
 }
 
 fn program() -> Assembler {
@@ -126,15 +108,6 @@ struct Run {
     exit: ExitReason,
     /// The suspend figures' vCPU kick count, last read while the VM ran.
     kicks: u64,
-}
-
-/// The host kernel's `major.minor`, from `/proc/sys/kernel/osrelease`.
-fn host_kernel() -> (u32, u32) {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
-    let mut numbers = release
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|part| part.parse().unwrap_or(0));
-    (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0))
 }
 
 /// Whether `mode` has the VMM keep the power states on this host.
@@ -162,8 +135,7 @@ fn boot(name: &str, main: &Assembler, cpus: u32, suspend: bool) -> Run {
 fn boot_with(name: &str, main: &Assembler, cpus: u32, suspend: bool, mode: CpuPowerMode) -> Run {
     let prefix = std::env::temp_dir().join(format!("psci-suspend-{name}-{mode:?}-"));
     let dir = TempDir::new_with_prefix(prefix).unwrap();
-    let kernel = dir.as_path().join("Image");
-    std::fs::write(&kernel, image(main)).unwrap();
+    let kernel = write_kernel(dir.as_path(), &image(main));
     let mut config = VmConfig::new(&kernel);
     config.cpus = cpus;
     config.memory_mib = 64;

@@ -25,18 +25,17 @@ mod common;
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use arch_aarch64::a64::Assembler;
-use arch_aarch64::image::ImageHeader;
 use seccompiler::{BpfProgram, sock_filter};
-use vmm::api::ApiClient;
+use test_utils::a64::Assembler;
+use test_utils::image::{kernel_image, write_kernel};
 use vmm::seccomp::{SeccompMode, Thread, ioctl, nr, program};
 use vmm_sys_util::tempdir::TempDir;
 
-use common::{exit_within, guest_file, vmm_binary};
+use common::process::{Launch, Vmm, guest_args, path_text};
+use common::{exit_within, guest_file};
 
 /// Far longer than anything here takes in the emulated host, unless something hangs; short
 /// enough that every test here ends within the testbed's limit for the executable.
@@ -206,63 +205,26 @@ fn expected_filters(name: &str, main: bool) -> Option<Vec<Thread>> {
     })
 }
 
-/// A `vmm` process with its files in a scratch directory.
-struct Vmm {
-    child: Child,
-    dir: TempDir,
-}
-
-impl Vmm {
-    fn start(dir: TempDir, args: &[&str]) -> Self {
-        let child = Command::new(vmm_binary())
-            .args(args)
-            .arg("-v")
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.as_path().join("console.log")).unwrap())
-            .stderr(std::fs::File::create(dir.as_path().join("stderr.log")).unwrap())
-            .spawn()
-            .expect("start vmm");
-        Self { child, dir }
-    }
-
-    fn file(&self, name: &str) -> PathBuf {
-        self.dir.as_path().join(name)
-    }
-
-    fn read(&self, name: &str) -> String {
-        std::fs::read_to_string(self.file(name)).unwrap_or_default()
-    }
-
-    fn wait_for(&mut self, what: &str, done: impl Fn(&Self) -> bool) {
-        let deadline = Instant::now() + HANG;
-        while !done(self) {
-            let exited = self.child.try_wait().expect("wait for vmm");
-            if exited.is_some() || Instant::now() > deadline {
-                let report = format!(
-                    "no {what}: vmm {}\n--- console\n{}\n--- stderr\n{}\n--- seccomp audit\n{}",
-                    exited.map_or_else(|| "still running".to_owned(), |s| format!("{s:?}")),
-                    self.read("console.log"),
-                    self.read("stderr.log"),
-                    seccomp_audit()
-                );
-                progress!("{report}");
-                panic!("{report}");
-            }
-            std::thread::sleep(Duration::from_millis(100));
+/// Waits up to [`HANG`] until `done` says `vmm` got there; on failure reports its console,
+/// stderr and the kernel's seccomp records.
+fn wait_for(vmm: &mut Vmm, what: &str, done: impl Fn(&Vmm) -> bool) {
+    let deadline = Instant::now() + HANG;
+    while !done(vmm) {
+        let exited = vmm.child.try_wait().expect("wait for vmm");
+        if exited.is_some() || Instant::now() > deadline {
+            let report = format!(
+                "no {what}: vmm {}\n--- console\n{}\n--- stderr\n{}\n--- seccomp audit\n{}",
+                exited.map_or_else(|| "still running".to_owned(), |s| format!("{s:?}")),
+                vmm.console_text(),
+                vmm.stderr(),
+                seccomp_audit()
+            );
+            progress!("{report}");
+            panic!("{report}");
         }
-        progress!("seccomp test: {what}");
+        std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-impl Drop for Vmm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn path_arg(path: &Path) -> &str {
-    path.to_str().unwrap()
+    progress!("seccomp test: {what}");
 }
 
 #[test]
@@ -271,36 +233,21 @@ fn every_thread_of_a_running_vmm_has_exactly_its_filters() {
     let dir = TempDir::new_with_prefix(std::env::temp_dir().join("vmm-seccomp-")).unwrap();
     let root = dir.as_path().join("rootfs.ext4");
     std::fs::copy(guest_file("VMM_TEST_ROOTFS"), &root).unwrap();
-    let socket = dir.as_path().join("api.sock");
-    let (kernel, initrd) = (guest_file("VMM_TEST_KERNEL"), guest_file("VMM_TEST_INITRD"));
-    let disk = format!("path={},id=root", path_arg(&root));
-    let mut vmm = Vmm::start(
-        dir,
-        &[
-            "--kernel",
-            path_arg(&kernel),
-            "--initramfs",
-            path_arg(&initrd),
-            "--cmdline",
-            "console=ttyS0 quiet panic=-1 vmmtest=ticker root=/dev/vda rw",
-            "--cpus",
-            "2",
-            "--memory",
-            "256",
-            "--disk",
-            &disk,
-            "--api-socket",
-            path_arg(&socket),
-        ],
-    );
-    vmm.wait_for("tick from the guest", |vmm| {
-        vmm.read("console.log").contains("@@guest tick n=2 ")
+    let cmdline = "console=ttyS0 quiet panic=-1 vmmtest=ticker root=/dev/vda rw";
+    let mut args = guest_args(cmdline, 2, 256);
+    args.extend([
+        "--disk".into(),
+        format!("path={},id=root", path_text(&root)),
+    ]);
+    let mut vmm = Vmm::start("seccomp-threads", &args);
+    wait_for(&mut vmm, "tick from the guest", |vmm| {
+        vmm.console_text().contains("@@guest tick n=2 ")
     });
     // A connection thread exists while an event stream is open.
-    let client = ApiClient::new(&socket);
+    let client = vmm.client();
     let events = client.stream("/api/v1/vm.events").expect("vm.events");
     let pid = vmm.child.id();
-    vmm.wait_for("api-conn thread", |_| {
+    wait_for(&mut vmm, "api-conn thread", |_| {
         tasks(pid).iter().any(|task| task.name == "api-conn")
     });
 
@@ -394,43 +341,35 @@ fn every_thread_of_a_running_vmm_has_exactly_its_filters() {
         status.code(),
         Some(0),
         "{status:?}\n{}\n{}\n{}",
-        vmm.read("console.log"),
-        vmm.read("stderr.log"),
+        vmm.console_text(),
+        vmm.stderr(),
         seccomp_audit()
     );
-    assert!(!vmm.read("stderr.log").contains("seccomp"));
+    assert!(!vmm.stderr().contains("seccomp"));
 }
 
-/// A bare-metal guest that waits for interrupts forever.
-fn idle_kernel(dir: &TempDir) -> PathBuf {
+/// A `vmm` running a bare-metal guest that waits for interrupts forever, once its vCPU 0
+/// thread installed its own filter on top of the vmm thread's; and the directory of its kernel.
+fn idle_vmm_with_filtered_vcpu0(name: &str) -> (TempDir, Vmm, Task) {
     let mut code = Assembler::new();
     let top = code.offset();
     code.wfi();
     code.b_to(top);
-    let header = ImageHeader {
-        text_offset: 0,
-        image_size: 0x1_0000,
-    };
-    let mut bytes = header.to_bytes().to_vec();
-    bytes.extend(code.to_bytes());
-    let kernel = dir.as_path().join("Image");
-    std::fs::write(&kernel, bytes).unwrap();
-    kernel
-}
-
-/// A `vmm` running [`idle_kernel`], once its vCPU 0 thread installed its own filter on top of
-/// the vmm thread's.
-fn idle_vmm_with_filtered_vcpu0() -> (Vmm, Task) {
     let dir = TempDir::new_with_prefix(std::env::temp_dir().join("vmm-seccomp-")).unwrap();
-    let kernel = idle_kernel(&dir);
-    let mut vmm = Vmm::start(dir, &["--kernel", path_arg(&kernel), "--memory", "64"]);
+    let kernel = write_kernel(dir.as_path(), &kernel_image(&code, &[]));
+    let launch = Launch {
+        api: false,
+        ..Launch::default()
+    };
+    let args = ["--kernel", path_text(&kernel), "--memory", "64"];
+    let mut vmm = Vmm::launch(name, &args, launch);
     let pid = vmm.child.id();
     let vcpu0 = || tasks(pid).into_iter().find(|task| task.name == "vcpu0");
-    vmm.wait_for("filtered vcpu0", |_| {
+    wait_for(&mut vmm, "filtered vcpu0", |_| {
         vcpu0().is_some_and(|task| task.filters == "2")
     });
     let vcpu = vcpu0().unwrap();
-    (vmm, vcpu)
+    (dir, vmm, vcpu)
 }
 
 /// Stops the traced thread `tid` at the entry of its next system call.
@@ -464,7 +403,7 @@ fn stop_at_syscall_entry(tid: i32) {
 #[test]
 fn a_forbidden_system_call_on_a_vcpu_thread_kills_vmm() {
     test_utils::require_kvm!();
-    let (mut vmm, vcpu) = idle_vmm_with_filtered_vcpu0();
+    let (_dir, mut vmm, vcpu) = idle_vmm_with_filtered_vcpu0("seccomp-openat");
     progress!(
         "seccomp test: stopping vcpu0 ({}) at its next system call",
         vcpu.tid
@@ -489,7 +428,7 @@ fn a_forbidden_system_call_on_a_vcpu_thread_kills_vmm() {
     let Some(status) = exit_within(&mut vmm.child, HANG) else {
         panic!(
             "vmm survived a forbidden openat:\n{}\n{}",
-            vmm.read("stderr.log"),
+            vmm.stderr(),
             seccomp_audit()
         );
     };
@@ -499,7 +438,7 @@ fn a_forbidden_system_call_on_a_vcpu_thread_kills_vmm() {
         status.signal(),
         Some(libc::SIGSYS),
         "{status:?}\n{}",
-        vmm.read("stderr.log")
+        vmm.stderr()
     );
 }
 
@@ -509,18 +448,15 @@ fn a_forbidden_system_call_on_a_vcpu_thread_kills_vmm() {
 #[test]
 fn a_fault_on_a_vcpu_thread_kills_vmm_with_sigsegv_and_names_the_thread() {
     test_utils::require_kvm!();
-    let (mut vmm, vcpu) = idle_vmm_with_filtered_vcpu0();
+    let (_dir, mut vmm, vcpu) = idle_vmm_with_filtered_vcpu0("seccomp-sigsegv");
     let pid = vmm.child.id();
     // SAFETY: a signal to a thread of our own child.
     let sent = unsafe { libc::syscall(libc::SYS_tgkill, pid, vcpu.tid, libc::SIGSEGV) };
     assert_eq!(sent, 0, "tgkill: {}", std::io::Error::last_os_error());
     let Some(status) = exit_within(&mut vmm.child, HANG) else {
-        panic!(
-            "vmm survived a SIGSEGV on vcpu0:\n{}",
-            vmm.read("stderr.log")
-        );
+        panic!("vmm survived a SIGSEGV on vcpu0:\n{}", vmm.stderr());
     };
-    let stderr = vmm.read("stderr.log");
+    let stderr = vmm.stderr();
     progress!("seccomp test: vmm after a SIGSEGV on vcpu0: {status:?}");
     assert_eq!(
         status.signal(),

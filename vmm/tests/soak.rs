@@ -12,21 +12,16 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arch_aarch64::a64::{
-    Assembler, CNTFRQ_EL0, CNTV_CTL_EL0, CNTV_TVAL_EL0, ICC_IGRPEN1_EL1, ICC_PMR_EL1, ICC_SRE_EL1,
-};
-use arch_aarch64::image::ImageHeader;
-use arch_aarch64::layout::{GIC_DIST_BASE, GIC_REDIST_BASE, GIC_REDIST_SIZE, RAM_START};
-use arch_aarch64::psci::{SYSTEM_OFF, SYSTEM_SUSPEND_64};
+use arch_aarch64::psci::SYSTEM_SUSPEND_64;
+use test_utils::a64::Assembler;
+use test_utils::image::{CODE, kernel_image, write_kernel};
+use test_utils::programs::timer_woken_suspends;
 use vmm::events::{EventReceiver, VmEventKind};
 use vmm::{Console, DiskConfig, ExitReason, Vm, VmConfig};
 use vmm_sys_util::tempdir::TempDir;
 
 use common::guest_file;
 
-/// Where the kernel Image is loaded: RAM + 2 MiB; its code starts after the 64-byte header.
-const LOAD: u64 = RAM_START + 0x20_0000;
-const CODE: u64 = LOAD + 64;
 /// The most RSS a soak may add once it runs: far less than a leak per cycle would.
 const RSS_SLACK_KIB: u64 = 2048;
 
@@ -108,48 +103,13 @@ fn report(name: &str, cycles: u64, before: (u64, usize), after: (u64, usize)) {
 }
 
 /// A guest that suspends `cycles` times, woken each time by its virtual timer about 8 ms
-/// later, then powers off. The context id counts the cycles left; the resume entry is `CODE`
-/// plus the loop's offset.
+/// later, then powers off.
 fn timer_suspend_loop(cycles: u64) -> Vec<u8> {
     let mut asm = Assembler::new();
     asm.mov_imm(0, cycles);
     let top = asm.offset();
-    let off = top + 4;
-    let mut body = Assembler::new();
-    // The distributor and vCPU 0's redistributor: group 1, the virtual timer's PPI 27 on.
-    body.mov_imm(10, GIC_DIST_BASE)
-        .mov_imm(11, 1 << 1)
-        .str_w(11, 10, 0);
-    body.mov_imm(10, GIC_REDIST_BASE + GIC_REDIST_SIZE / 2)
-        .mov_imm(11, 1 << 27)
-        .str_w(11, 10, 0x80)
-        .str_w(11, 10, 0x100);
-    body.mov_imm(11, 0x7).msr(ICC_SRE_EL1, 11).isb();
-    body.mov_imm(11, 0xff).msr(ICC_PMR_EL1, 11);
-    body.mov_imm(11, 1).msr(ICC_IGRPEN1_EL1, 11).isb();
-    // CNTFRQ / 128 ticks from now; interrupts stay masked, so it only wakes the vCPU.
-    body.mrs(12, CNTFRQ_EL0)
-        .lsr_imm(12, 12, 7)
-        .msr(CNTV_TVAL_EL0, 12)
-        .mov_imm(12, 1)
-        .msr(CNTV_CTL_EL0, 12)
-        .isb();
-    body.sub_imm(2, 0, 1);
-    body.mov_imm(1, CODE + top);
-    body.mov_imm(0, u64::from(SYSTEM_SUSPEND_64)).hvc(0);
-    // cbz x0, off: with no cycle left, power off (also where a refused call lands).
-    asm.cbz_to(0, off + body.offset());
-    for word in body.to_bytes().chunks_exact(4) {
-        asm.word(u32::from_le_bytes(word.try_into().unwrap()));
-    }
-    asm.psci_call(SYSTEM_OFF, &[]);
-    let header = ImageHeader {
-        text_offset: 0,
-        image_size: 0x1_0000,
-    };
-    let mut bytes = header.to_bytes().to_vec();
-    bytes.extend(asm.to_bytes());
-    bytes
+    asm.append(&timer_woken_suspends(CODE + top));
+    kernel_image(&asm, &[])
 }
 
 #[test]
@@ -158,8 +118,7 @@ fn a_thousand_timer_woken_suspends_with_four_vcpus() {
     test_utils::require_kvm!();
     const CYCLES: u64 = 1000;
     let dir = TempDir::new_with_prefix(std::env::temp_dir().join("soak-bare-")).unwrap();
-    let kernel = dir.as_path().join("Image");
-    std::fs::write(&kernel, timer_suspend_loop(CYCLES)).unwrap();
+    let kernel = write_kernel(dir.as_path(), &timer_suspend_loop(CYCLES));
     let mut config = VmConfig::new(&kernel);
     config.cpus = 4;
     config.memory_mib = 64;
@@ -250,23 +209,13 @@ fn a_subscriber_that_never_reads_while_the_guest_loops_on_refused_suspends() {
     let spin = asm.offset();
     asm.b_to(spin);
     let start = asm.offset();
+    asm.patch_b(0, start);
     asm.psci_call(CPU_ON_64, &[1, CODE + spin, 0]);
     let again = asm.offset();
     asm.psci_call(SYSTEM_SUSPEND_64, &[CODE, 0]);
     asm.b_to(again);
-    let mut code = asm.to_bytes();
-    let mut skip = Assembler::new();
-    skip.b_to(start);
-    code[..4].copy_from_slice(&skip.to_bytes());
-    let header = ImageHeader {
-        text_offset: 0,
-        image_size: 0x1_0000,
-    };
-    let mut bytes = header.to_bytes().to_vec();
-    bytes.extend(code);
     let dir = TempDir::new_with_prefix(std::env::temp_dir().join("soak-lag-")).unwrap();
-    let kernel = dir.as_path().join("Image");
-    std::fs::write(&kernel, bytes).unwrap();
+    let kernel = write_kernel(dir.as_path(), &kernel_image(&asm, &[]));
     let mut config = VmConfig::new(&kernel);
     config.cpus = 2;
     config.memory_mib = 64;

@@ -5,7 +5,8 @@
 //! (Linux 6.4+). With the table in the VMM, SYSTEM_SUSPEND's rule "every other CPU is OFF" is
 //! a lookup: no vCPU has to leave the guest to report its state.
 
-use crate::psci::{PsciReturn, RamRange};
+use crate::layout::GuestRegion;
+use crate::psci::PsciReturn;
 
 /// `CPU_ON`, SMC32 calling convention.
 pub const CPU_ON_32: u32 = 0x8400_0003;
@@ -160,7 +161,7 @@ impl CpuPowerTable {
         target: u64,
         entry: u64,
         context_id: u64,
-        ram: &[RamRange],
+        ram: &[GuestRegion],
     ) -> Result<usize, PsciReturn> {
         let index = self
             .mpidrs
@@ -241,7 +242,7 @@ impl CpuPowerTable {
 mod tests {
     use super::*;
 
-    const RAM: [RamRange; 1] = [RamRange {
+    const RAM: [GuestRegion; 1] = [GuestRegion {
         start: 0x4000_0000,
         size: 0x1000_0000,
     }];

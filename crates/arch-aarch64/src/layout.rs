@@ -201,15 +201,10 @@ impl GuestRegion {
     pub const fn end(self) -> u64 {
         self.start.saturating_add(self.size)
     }
-}
 
-// PSCI validates SYSTEM_SUSPEND entry points against RAM in its own type.
-impl From<GuestRegion> for crate::psci::RamRange {
-    fn from(region: GuestRegion) -> Self {
-        Self {
-            start: region.start,
-            size: region.size,
-        }
+    /// Whether `addr` is in the region.
+    pub const fn contains(self, addr: u64) -> bool {
+        addr >= self.start && addr - self.start < self.size
     }
 }
 

@@ -3,7 +3,6 @@
 //! Nothing here calls KVM, so every module builds and is unit-tested on any host. The
 //! `hypervisor` crate turns these values into ioctls; the `vmm` crate decides with them.
 
-pub mod a64;
 pub mod boot;
 pub mod cpu_power;
 pub mod fdt;

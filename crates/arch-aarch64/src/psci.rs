@@ -4,6 +4,7 @@
 //! KVM does no precondition checks for SYSTEM_SUSPEND (Linux commit bfbab4456877): it exits
 //! with the call's registers in place and expects userspace to honour or deny it.
 
+use crate::layout::GuestRegion;
 use crate::regs::PSTATE_EL1H_DAIF_MASKED;
 
 /// `PSCI_VERSION`.
@@ -195,21 +196,6 @@ impl SystemSuspendCall {
     }
 }
 
-/// A range of guest RAM, `[start, start + size)`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RamRange {
-    /// First guest physical address.
-    pub start: u64,
-    /// Length in bytes.
-    pub size: u64,
-}
-
-impl RamRange {
-    pub(crate) fn contains(&self, addr: u64) -> bool {
-        addr >= self.start && addr - self.start < self.size
-    }
-}
-
 /// Why a SYSTEM_SUSPEND call is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SuspendDenial {
@@ -241,7 +227,7 @@ impl SuspendDenial {
 /// `other_vcpus_on` is the number of vCPUs, the caller excluded, whose power state is not OFF.
 pub fn validate_system_suspend(
     call: &SystemSuspendCall,
-    ram: &[RamRange],
+    ram: &[GuestRegion],
     other_vcpus_on: usize,
 ) -> Result<(), SuspendDenial> {
     if other_vcpus_on > 0 {
@@ -284,7 +270,7 @@ impl ResumeState {
 mod tests {
     use super::*;
 
-    const RAM: [RamRange; 1] = [RamRange {
+    const RAM: [GuestRegion; 1] = [GuestRegion {
         start: 0x4000_0000,
         size: 0x1000_0000,
     }];

@@ -16,8 +16,9 @@ use log::{debug, warn};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::amba;
 use crate::bus::MmioDevice;
-use crate::irq::{IrqError, IrqLine};
+use crate::irq::{IrqError, IrqLine, LevelIrq};
 
 /// How many GPIO lines a PL061 has.
 pub const PL061_PIN_COUNT: u32 = 8;
@@ -33,12 +34,9 @@ const GPIORIS: u64 = 0x414;
 const GPIOMIS: u64 = 0x418;
 const GPIOIC: u64 = 0x41C;
 const GPIOAFSEL: u64 = 0x420;
-const ID_START: u64 = 0xFE0;
-const ID_END: u64 = 0xFFC;
 
-/// PeriphID0..3 then PCellID0..3, one byte per word: Linux's amba bus matches 0x00041061
-/// (mask 0x000fffff) and cell id 0xb105f00d.
-const AMBA_IDS: [u8; 8] = [0x61, 0x10, 0x04, 0x00, 0x0d, 0xf0, 0x05, 0xb1];
+/// PeriphID0..3: Linux's amba bus matches 0x00041061 (mask 0x000fffff).
+const PERIPH_ID: [u8; 4] = [0x61, 0x10, 0x04, 0x00];
 
 /// Errors from driving the GPIO controller from the host.
 #[derive(Debug, Error)]
@@ -90,9 +88,7 @@ pub struct GpioState {
 /// The PL061 GPIO controller.
 pub struct Pl061Gpio {
     regs: GpioState,
-    irq: Arc<dyn IrqLine>,
-    /// Level last driven successfully; `None` forces the next update to drive it.
-    line_level: Option<bool>,
+    irq: LevelIrq,
 }
 
 impl Pl061Gpio {
@@ -100,8 +96,7 @@ impl Pl061Gpio {
     pub fn new(irq: Arc<dyn IrqLine>) -> Self {
         Self {
             regs: GpioState::default(),
-            irq,
-            line_level: Some(false),
+            irq: LevelIrq::new(irq),
         }
     }
 
@@ -110,8 +105,7 @@ impl Pl061Gpio {
     pub fn from_state(state: &GpioState, irq: Arc<dyn IrqLine>) -> Result<Self, GpioStateError> {
         let mut gpio = Self {
             regs: *state,
-            irq,
-            line_level: None,
+            irq: LevelIrq::unknown(irq),
         };
         gpio.drive_line().map_err(GpioStateError::Irq)?;
         Ok(gpio)
@@ -173,16 +167,9 @@ impl Pl061Gpio {
         self.drive_line().map_err(GpioError::Irq)
     }
 
-    /// Drives the line to RIS & IE unless it is known to be there already.
+    /// Drives the line to RIS & IE.
     fn drive_line(&mut self) -> Result<(), IrqError> {
-        let level = self.raw_status() & self.regs.ie != 0;
-        if self.line_level == Some(level) {
-            return Ok(());
-        }
-        self.line_level = None;
-        self.irq.set_level(level)?;
-        self.line_level = Some(level);
-        Ok(())
+        self.irq.set(self.raw_status() & self.regs.ie != 0)
     }
 
     fn read_register(&self, offset: u64) -> u8 {
@@ -197,7 +184,7 @@ impl Pl061Gpio {
             GPIORIS => self.raw_status(),
             GPIOMIS => self.raw_status() & self.regs.ie,
             GPIOAFSEL => self.regs.afsel,
-            ID_START..=ID_END => AMBA_IDS[((offset - ID_START) / 4) as usize],
+            amba::ID_START..=amba::ID_END => amba::id_register(PERIPH_ID, offset),
             _ => {
                 debug!("pl061: read of {offset:#x} (write-only or reserved)");
                 0

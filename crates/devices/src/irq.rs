@@ -4,7 +4,7 @@
 //! (KVM_IRQ_LINE on an SPI, an irqfd, a test double), which keeps this crate free of KVM.
 
 use std::io;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use thiserror::Error;
 
@@ -57,6 +57,41 @@ pub trait IrqLine: Send + Sync {
     }
 }
 
+/// The output of a level-triggered device (PL031, PL061): drives its [`IrqLine`] only when the
+/// level changes, and again after a failed attempt.
+pub(crate) struct LevelIrq {
+    line: Arc<dyn IrqLine>,
+    /// The level last driven successfully; `None` makes the next [`LevelIrq::set`] drive it.
+    driven: Option<bool>,
+}
+
+impl LevelIrq {
+    /// A line that is low, as after a device's reset.
+    pub(crate) fn new(line: Arc<dyn IrqLine>) -> Self {
+        Self {
+            line,
+            driven: Some(false),
+        }
+    }
+
+    /// A line whose level is not known (a device being restored): the first
+    /// [`LevelIrq::set`] drives it whatever the level.
+    pub(crate) fn unknown(line: Arc<dyn IrqLine>) -> Self {
+        Self { line, driven: None }
+    }
+
+    /// Drives the line to `high` unless it is known to be there already.
+    pub(crate) fn set(&mut self, high: bool) -> Result<(), IrqError> {
+        if self.driven == Some(high) {
+            return Ok(());
+        }
+        self.driven = None;
+        self.line.set_level(high)?;
+        self.driven = Some(high);
+        Ok(())
+    }
+}
+
 /// Adapts an [`IrqLine`] to `vm_superio::Trigger`, whose devices only ever "trigger".
 ///
 /// Each trigger is a [`IrqLine::pulse`], so the line must be edge-triggered in the DT.
@@ -80,81 +115,12 @@ impl vm_superio::Trigger for IrqLineTrigger {
     }
 }
 
-/// A test double that records every level it is driven to.
-///
-/// Public so that other crates' tests can observe device interrupts.
-#[derive(Debug, Default)]
-pub struct RecordingIrqLine {
-    inner: Mutex<Recording>,
-}
-
-#[derive(Debug, Default)]
-struct Recording {
-    levels: Vec<bool>,
-    failing: bool,
-}
-
-impl RecordingIrqLine {
-    /// A line that starts low with nothing recorded.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    fn recording(&self) -> std::sync::MutexGuard<'_, Recording> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Every level set so far, oldest first.
-    pub fn levels(&self) -> Vec<bool> {
-        self.recording().levels.clone()
-    }
-
-    /// The current level (low if never driven).
-    pub fn is_high(&self) -> bool {
-        self.recording().levels.last().copied().unwrap_or(false)
-    }
-
-    /// How many low-to-high transitions were recorded (a pulse counts once).
-    pub fn rising_edges(&self) -> usize {
-        let rec = self.recording();
-        let mut previous = false;
-        rec.levels
-            .iter()
-            .filter(|&&level| {
-                let rising = level && !previous;
-                previous = level;
-                rising
-            })
-            .count()
-    }
-
-    /// Forgets the recorded levels (the current level is then reported as low).
-    pub fn clear(&self) {
-        self.recording().levels.clear();
-    }
-
-    /// Makes later [`IrqLine::set_level`] calls fail (and not record) while `failing`.
-    pub fn set_failing(&self, failing: bool) {
-        self.recording().failing = failing;
-    }
-}
-
-impl IrqLine for RecordingIrqLine {
-    fn set_level(&self, high: bool) -> Result<(), IrqError> {
-        let mut rec = self.recording();
-        if rec.failing {
-            return Err(IrqError::set_level(0, high, io::Error::other("injected")));
-        }
-        rec.levels.push(high);
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use vm_superio::Trigger;
 
     use super::*;
+    use crate::test_utils::RecordingIrqLine;
 
     #[test]
     fn pulse_is_one_rising_edge_and_ends_low() {
@@ -185,6 +151,25 @@ mod tests {
         trigger.trigger().unwrap();
         assert_eq!(line.rising_edges(), 2);
         assert!(!line.is_high());
+    }
+
+    #[test]
+    fn a_level_line_is_driven_on_changes_and_again_after_a_failure() {
+        let line = Arc::new(RecordingIrqLine::new());
+        let mut level = LevelIrq::new(line.clone());
+        level.set(false).unwrap();
+        level.set(true).unwrap();
+        level.set(true).unwrap();
+        assert_eq!(line.levels(), [true]);
+        line.set_failing(true);
+        assert!(level.set(false).is_err());
+        line.set_failing(false);
+        level.set(false).unwrap();
+        assert_eq!(line.levels(), [true, false]);
+
+        let mut restored = LevelIrq::unknown(line.clone());
+        restored.set(false).unwrap();
+        assert_eq!(line.levels(), [true, false, false]);
     }
 
     #[test]

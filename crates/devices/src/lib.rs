@@ -3,6 +3,7 @@
 //! The PL031 alarm, a gpio-keys button on the PL061 and serial input are the guest's
 //! wakeup sources for suspend-to-RAM.
 
+mod amba;
 pub mod boot_timer;
 pub mod bus;
 pub mod gpio_pl061;
@@ -10,25 +11,15 @@ pub mod irq;
 pub mod log_limit;
 pub mod rtc_pl031;
 pub mod serial;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod test_utils;
 pub mod virtio;
 
 pub use boot_timer::{BOOT_TIMER_MAGIC, BootTimer, BootTimerState};
 pub use bus::{BusError, MmioBus, MmioDevice, SharedMmioDevice};
 pub use gpio_pl061::{GpioError, GpioState, GpioStateError, Pl061Gpio};
-pub use irq::{IrqError, IrqLine, IrqLineTrigger, RecordingIrqLine};
+pub use irq::{IrqError, IrqLine, IrqLineTrigger};
 pub use rtc_pl031::{
-    AlarmTimer, Clock, ManualClock, Pl031Rtc, RtcError, RtcState, RtcStateError, SystemClock,
-    TimerFdAlarm,
+    AlarmTimer, Clock, Pl031Rtc, RtcError, RtcState, RtcStateError, SystemClock, TimerFdAlarm,
 };
 pub use serial::{Serial16550, SerialOutput, SerialState, SerialStateError};
-
-#[cfg(test)]
-pub(crate) mod test_utils {
-    use serde::Serialize;
-    use serde::de::DeserializeOwned;
-
-    /// `value` written as JSON and read back, as a snapshot file would carry it.
-    pub(crate) fn through_json<T: Serialize + DeserializeOwned>(value: &T) -> T {
-        serde_json::from_str(&serde_json::to_string(value).unwrap()).unwrap()
-    }
-}

@@ -16,7 +16,6 @@
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use log::{debug, warn};
@@ -24,8 +23,9 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use vmm_sys_util::timerfd::TimerFd;
 
+use crate::amba;
 use crate::bus::MmioDevice;
-use crate::irq::{IrqError, IrqLine};
+use crate::irq::{IrqError, IrqLine, LevelIrq};
 
 const RTCDR: u64 = 0x000;
 const RTCMR: u64 = 0x004;
@@ -35,16 +35,13 @@ const RTCIMSC: u64 = 0x010;
 const RTCRIS: u64 = 0x014;
 const RTCMIS: u64 = 0x018;
 const RTCICR: u64 = 0x01C;
-const ID_START: u64 = 0xFE0;
-const ID_END: u64 = 0xFFC;
 
 /// The only interrupt source of the ARM PL031: the match alarm.
 const ALARM_BIT: u32 = 1;
 
-/// PeriphID0..3 then PCellID0..3, one byte per word. Linux's amba bus reads these and
-/// matches 0x00141031 against the pl031 entry (id 0x00041031, mask 0x000fffff); the cell
-/// id reads as 0xb105f00d. Revision 1 in PeriphID2, as QEMU reports.
-const AMBA_IDS: [u8; 8] = [0x31, 0x10, 0x14, 0x00, 0x0d, 0xf0, 0x05, 0xb1];
+/// PeriphID0..3: Linux's amba bus matches 0x00141031 against the pl031 entry (id 0x00041031,
+/// mask 0x000fffff). Revision 1 in PeriphID2, as QEMU reports.
+const PERIPH_ID: [u8; 4] = [0x31, 0x10, 0x14, 0x00];
 
 /// Errors from the RTC's host side.
 #[derive(Debug, Error)]
@@ -76,38 +73,6 @@ impl Clock for SystemClock {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
-    }
-}
-
-/// A clock that only moves when told to; clones share the same time.
-#[derive(Debug, Clone, Default)]
-pub struct ManualClock {
-    nanos: Arc<AtomicU64>,
-}
-
-impl ManualClock {
-    /// A clock reading `since_epoch`.
-    pub fn new(since_epoch: Duration) -> Self {
-        let clock = Self::default();
-        clock.set(since_epoch);
-        clock
-    }
-
-    /// Jumps to `since_epoch` (backwards too). Saturates about 584 years after 1970.
-    pub fn set(&self, since_epoch: Duration) {
-        let nanos = u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX);
-        self.nanos.store(nanos, Ordering::SeqCst);
-    }
-
-    /// Moves forward by `by`.
-    pub fn advance(&self, by: Duration) {
-        self.set(self.now().saturating_add(by));
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> Duration {
-        Duration::from_nanos(self.nanos.load(Ordering::SeqCst))
     }
 }
 
@@ -253,15 +218,13 @@ impl From<RtcError> for RtcStateError {
 pub struct Pl031Rtc<C: Clock, T: AlarmTimer> {
     clock: C,
     timer: T,
-    irq: Arc<dyn IrqLine>,
+    irq: LevelIrq,
     offset: i64,
     lr: u32,
     mr: u32,
     imsc: u32,
     ris: u32,
     alarm_at: Option<u64>,
-    /// Level last driven successfully; `None` forces the next update to drive it.
-    line_level: Option<bool>,
 }
 
 impl<C: Clock, T: AlarmTimer> Pl031Rtc<C, T> {
@@ -270,14 +233,13 @@ impl<C: Clock, T: AlarmTimer> Pl031Rtc<C, T> {
         Self {
             clock,
             timer,
-            irq,
+            irq: LevelIrq::new(irq),
             offset: 0,
             lr: 0,
             mr: 0,
             imsc: 0,
             ris: 0,
             alarm_at: None,
-            line_level: Some(false),
         }
     }
 
@@ -292,14 +254,15 @@ impl<C: Clock, T: AlarmTimer> Pl031Rtc<C, T> {
     ) -> Result<Self, RtcStateError> {
         state.validate()?;
         let mut rtc = Self {
+            clock,
+            timer,
+            irq: LevelIrq::unknown(irq),
             offset: state.offset,
             lr: state.lr,
             mr: state.mr,
             imsc: state.imsc,
             ris: state.ris,
             alarm_at: state.alarm_at,
-            line_level: None,
-            ..Self::new(irq, clock, timer)
         };
         rtc.update_irq()?;
         rtc.check_alarm(true)?;
@@ -386,14 +349,9 @@ impl<C: Clock, T: AlarmTimer> Pl031Rtc<C, T> {
     }
 
     fn update_irq(&mut self) -> Result<(), RtcError> {
-        let level = self.ris & self.imsc & ALARM_BIT != 0;
-        if self.line_level == Some(level) {
-            return Ok(());
-        }
-        self.line_level = None;
-        self.irq.set_level(level).map_err(RtcError::Irq)?;
-        self.line_level = Some(level);
-        Ok(())
+        self.irq
+            .set(self.ris & self.imsc & ALARM_BIT != 0)
+            .map_err(RtcError::Irq)
     }
 
     fn read_register(&mut self, offset: u64) -> u32 {
@@ -406,7 +364,7 @@ impl<C: Clock, T: AlarmTimer> Pl031Rtc<C, T> {
             RTCIMSC => self.imsc,
             RTCRIS => self.ris,
             RTCMIS => self.ris & self.imsc,
-            ID_START..=ID_END => u32::from(AMBA_IDS[((offset - ID_START) / 4) as usize]),
+            amba::ID_START..=amba::ID_END => u32::from(amba::id_register(PERIPH_ID, offset)),
             _ => {
                 debug!("pl031: read of {offset:#x} (write-only or reserved)");
                 0

@@ -281,7 +281,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::irq::RecordingIrqLine;
+    use crate::test_utils::RecordingIrqLine;
 
     // 16550 register offsets and bits the Linux 8250 driver uses.
     const RBR_THR: u64 = 0;

@@ -49,12 +49,7 @@ fn main() -> std::process::ExitCode {
 mod floor {
     use std::time::{Duration, Instant};
 
-    use arch_aarch64::a64::{
-        Assembler, CNTFRQ_EL0, CNTV_CTL_EL0, CNTV_TVAL_EL0, ICC_IGRPEN1_EL1, ICC_PMR_EL1,
-        ICC_SRE_EL1,
-    };
-    use arch_aarch64::layout::{GIC_DIST_BASE, GIC_REDIST_BASE, GIC_REDIST_SIZE, RAM_START};
-    use arch_aarch64::psci::{SYSTEM_OFF, SYSTEM_SUSPEND_64};
+    use arch_aarch64::layout::{GIC_DIST_BASE, GIC_REDIST_BASE, RAM_START};
     use arch_aarch64::regs::{PC, PSTATE, PSTATE_EL1H_DAIF_MASKED, xreg};
     use kvm_bindings::{
         KVM_ARM_VCPU_POWER_OFF, KVM_ARM_VCPU_PSCI_0_2, KVM_CAP_ARM_SYSTEM_SUSPEND,
@@ -65,18 +60,11 @@ mod floor {
         kvm_enable_cap, kvm_mp_state, kvm_userspace_memory_region, kvm_vcpu_init,
     };
     use kvm_ioctls::{DeviceFd, Kvm, VcpuExit, VcpuFd, VmFd};
+    use test_utils::programs::timer_woken_suspends;
 
     const RAM_SIZE: usize = 1 << 20;
     /// The most vCPUs whose redistributors fit before the device area.
     const MAX_CPUS: u32 = 123;
-    /// The virtual timer's interrupt, INTID 27.
-    const VTIMER_INTID: u32 = 27;
-    /// GICD_CTLR: EnableGrp1 (non-secure), as KVM's single-security-state GIC has it.
-    const GICD_CTLR_ENABLE_GRP1: u64 = 1 << 1;
-    /// vCPU 0's SGI_base frame, and its IGROUPR0 and ISENABLER0 registers in it.
-    const GICR_SGI_BASE: u64 = GIC_REDIST_BASE + GIC_REDIST_SIZE / 2;
-    const GICR_IGROUPR0: u32 = 0x80;
-    const GICR_ISENABLER0: u32 = 0x100;
 
     /// What went wrong; the run stops at the first failure.
     #[derive(Debug, thiserror::Error)]
@@ -161,52 +149,6 @@ mod floor {
         asleep: Duration,
     }
 
-    /// The guest: x0 holds the cycles left. With none left it powers off; otherwise it arms the
-    /// virtual timer and suspends with its own start as the entry and x0 - 1 as the context id.
-    /// A refused suspend falls through to the power-off, which the host reports as an error.
-    fn guest() -> Assembler {
-        let mut suspend = Assembler::new();
-        // The distributor and vCPU 0's redistributor: group 1, PPI 27 enabled.
-        suspend
-            .mov_imm(10, GIC_DIST_BASE)
-            .mov_imm(11, GICD_CTLR_ENABLE_GRP1)
-            .str_w(11, 10, 0);
-        suspend
-            .mov_imm(10, GICR_SGI_BASE)
-            .mov_imm(11, 1 << VTIMER_INTID)
-            .str_w(11, 10, GICR_IGROUPR0)
-            .str_w(11, 10, GICR_ISENABLER0);
-        // The CPU interface: system registers on, every priority let through, group 1 on.
-        suspend.mov_imm(11, 0x7).msr(ICC_SRE_EL1, 11).isb();
-        suspend.mov_imm(11, 0xff).msr(ICC_PMR_EL1, 11);
-        suspend.mov_imm(11, 1).msr(ICC_IGRPEN1_EL1, 11).isb();
-        // The timer fires CNTFRQ / 128 ticks (about 8 ms) from now. Interrupts stay masked in
-        // PSTATE, so it only wakes the vCPU.
-        suspend
-            .mrs(12, CNTFRQ_EL0)
-            .lsr_imm(12, 12, 7)
-            .msr(CNTV_TVAL_EL0, 12)
-            .mov_imm(12, 1)
-            .msr(CNTV_CTL_EL0, 12)
-            .isb();
-        // sub x2, x0, #1: the context id counts the cycles down.
-        suspend.word(0xD100_0400 | 2);
-        suspend
-            .mov_imm(1, RAM_START)
-            .mov_imm(0, u64::from(SYSTEM_SUSPEND_64))
-            .hvc(0);
-
-        let mut asm = Assembler::new();
-        asm.cbz_to(0, 4 + suspend.offset());
-        for word in suspend.to_bytes().chunks_exact(4) {
-            asm.word(u32::from_le_bytes([word[0], word[1], word[2], word[3]]));
-        }
-        asm.mov_imm(0, u64::from(SYSTEM_OFF)).hvc(0);
-        let here = asm.offset();
-        asm.b_to(here);
-        asm
-    }
-
     /// Guest RAM: an anonymous mapping that lives as long as the process.
     fn map_ram() -> Result<*mut u8, FloorError> {
         // SAFETY: a fresh private anonymous mapping; no existing memory is touched.
@@ -285,7 +227,7 @@ mod floor {
             return Err(FloorError::NoSystemSuspend);
         }
         let ram = map_ram()?;
-        let program = guest().to_bytes();
+        let program = timer_woken_suspends(RAM_START).to_bytes();
         // SAFETY: `ram` is a fresh writable mapping of RAM_SIZE bytes, larger than the program.
         unsafe { std::ptr::copy_nonoverlapping(program.as_ptr(), ram, program.len()) };
         let region = kvm_userspace_memory_region {

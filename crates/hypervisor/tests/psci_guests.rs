@@ -3,91 +3,53 @@
 //! They need an arm64 host with `/dev/kvm`; the testbed runs them inside an emulated one.
 #![cfg(target_arch = "aarch64")]
 
-use arch_aarch64::a64::Assembler;
 use arch_aarch64::psci::{
     PSCI_FEATURES, PsciReturn, SYSTEM_OFF, SYSTEM_RESET, SYSTEM_SUSPEND_32, SYSTEM_SUSPEND_64,
 };
+use std::time::Duration;
+
+use arch_aarch64::layout::RAM_START;
 use arch_aarch64::regs;
-use hypervisor::kvm::{Hypervisor, KvmVcpu, Vm, VmOptions};
+use hypervisor::kvm::VmOptions;
 use hypervisor::{SystemEvent, Vcpu, VmExit};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use test_utils::a64::Assembler;
+use test_utils::guest::{BareMetal, REPORT_REG, reporting_program};
+use test_utils::kvm::host_kernel;
+use vm_memory::{Bytes, GuestAddress};
 
-const RAM_BASE: u64 = 0x4000_0000;
-const RAM_SIZE: usize = 1 << 20;
-/// An unmapped address below RAM: guest stores there reach the host as MMIO writes.
-const REPORT_ADDR: u64 = 0x0A00_0000;
-/// A register the guest programs use as the report pointer.
-const REPORT_REG: u32 = 9;
-const ENTRY: u64 = RAM_BASE + 0x1000;
+const ENTRY: u64 = RAM_START + 0x1000;
 const CONTEXT_ID: u64 = 0xDEAD_C0DE_1234;
+/// Far longer than any of these guests takes to exit, even under emulation.
+const LIMIT: Duration = Duration::from_secs(20);
 
-struct Guest {
-    vm: Vm,
-    vcpu: KvmVcpu,
+/// A one-vCPU VM running `program`, with SYSTEM_SUSPEND exits if `system_suspend`.
+fn bare_metal(system_suspend: bool, program: &Assembler) -> BareMetal {
+    let options = VmOptions {
+        system_suspend,
+        ..Default::default()
+    };
+    BareMetal::new(options, program, 1)
 }
 
-impl Guest {
-    fn new(system_suspend: bool, program: &Assembler) -> Self {
-        Self::with_options(
-            VmOptions {
-                system_suspend,
-                ..Default::default()
-            },
-            program,
-        )
-    }
-
-    fn with_options(options: VmOptions, program: &Assembler) -> Self {
-        let hypervisor = Hypervisor::new().expect("open /dev/kvm");
-        let memory =
-            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(RAM_BASE), RAM_SIZE)]).unwrap();
-        memory
-            .write_slice(&program.to_bytes(), GuestAddress(RAM_BASE))
-            .unwrap();
-        let vm = Vm::new(&hypervisor, memory, options).expect("create VM");
-        let vcpu = vm.create_vcpu(0).expect("create vCPU 0");
-        vcpu.set_reg(regs::PC, RAM_BASE).unwrap();
-        vcpu.set_reg(regs::PSTATE, regs::PSTATE_EL1H_DAIF_MASKED)
-            .unwrap();
-        Self { vm, vcpu }
-    }
-
-    /// Runs until the next exit that is not an MMIO write to the report address, collecting
-    /// the reported values.
-    fn run_collecting(&mut self, reports: &mut Vec<u64>) -> VmExit {
-        loop {
-            match self.vcpu.run().expect("KVM_RUN") {
-                VmExit::MmioWrite { addr, data } if addr == REPORT_ADDR => {
-                    reports.push(data.value())
-                }
-                VmExit::Interrupted => continue,
-                other => return other,
-            }
+/// Runs `guest` until its first exit that is not a report; returns the reports and the exit.
+/// A guest that makes none within [`LIMIT`] fails the test, saying where it was (PC, and the
+/// instruction there) instead of hanging it.
+fn run_to_exit(guest: &mut BareMetal) -> (Vec<u64>, VmExit) {
+    let (reports, exit) = guest.run(usize::MAX, LIMIT);
+    match exit {
+        Some(VmExit::Interrupted) | None => {
+            let vcpu = &guest.vcpus[0];
+            let pc = vcpu.reg(regs::PC).unwrap();
+            let mut word = [0u8; 4];
+            let _ = guest.vm.memory().read_slice(&mut word, GuestAddress(pc));
+            panic!(
+                "no exit within {LIMIT:?}: PC {pc:#x} ({:#010x}), PSTATE {:#x}, reports {reports:x?}",
+                u32::from_le_bytes(word),
+                vcpu.reg(regs::PSTATE).unwrap()
+            );
         }
+        Some(exit) => (reports, exit),
     }
-}
-
-impl Guest {
-    /// Runs until `count` values are reported in all (`None`), or another exit comes first.
-    fn run_for_reports(&mut self, count: usize, reports: &mut Vec<u64>) -> Option<VmExit> {
-        while reports.len() < count {
-            match self.vcpu.run().expect("KVM_RUN") {
-                VmExit::MmioWrite { addr, data } if addr == REPORT_ADDR => {
-                    reports.push(data.value())
-                }
-                VmExit::Interrupted => {}
-                other => return Some(other),
-            }
-        }
-        None
-    }
-}
-
-/// A program prologue that points the report register at the report address.
-fn program() -> Assembler {
-    let mut asm = Assembler::new();
-    asm.mov_imm(REPORT_REG, REPORT_ADDR);
-    asm
 }
 
 /// Calls PSCI_FEATURES(function) and reports the result.
@@ -104,11 +66,11 @@ fn halt(asm: &mut Assembler) {
 #[test]
 fn psci_system_off_gives_a_shutdown_exit() {
     test_utils::require_kvm!();
-    let mut asm = program();
+    let mut asm = reporting_program();
     asm.psci_call(SYSTEM_OFF, &[]);
     halt(&mut asm);
-    let mut guest = Guest::new(false, &asm);
-    let exit = guest.run_collecting(&mut Vec::new());
+    let mut guest = bare_metal(false, &asm);
+    let (_, exit) = run_to_exit(&mut guest);
     assert!(
         matches!(exit, VmExit::SystemEvent(SystemEvent::Shutdown { .. })),
         "{exit:?}"
@@ -118,11 +80,11 @@ fn psci_system_off_gives_a_shutdown_exit() {
 #[test]
 fn psci_system_reset_gives_a_reset_exit() {
     test_utils::require_kvm!();
-    let mut asm = program();
+    let mut asm = reporting_program();
     asm.psci_call(SYSTEM_RESET, &[]);
     halt(&mut asm);
-    let mut guest = Guest::new(false, &asm);
-    let exit = guest.run_collecting(&mut Vec::new());
+    let mut guest = bare_metal(false, &asm);
+    let (_, exit) = run_to_exit(&mut guest);
     assert!(
         matches!(exit, VmExit::SystemEvent(SystemEvent::Reset { .. })),
         "{exit:?}"
@@ -132,19 +94,18 @@ fn psci_system_reset_gives_a_reset_exit() {
 #[test]
 fn with_the_cap_features_reports_system_suspend_and_the_call_exits_to_userspace() {
     test_utils::require_kvm!();
-    let mut asm = program();
+    let mut asm = reporting_program();
     report_features(&mut asm, SYSTEM_SUSPEND_64);
     report_features(&mut asm, SYSTEM_SUSPEND_32);
     asm.psci_call(SYSTEM_SUSPEND_64, &[ENTRY, CONTEXT_ID]);
     halt(&mut asm);
-    let mut guest = Guest::new(true, &asm);
+    let mut guest = bare_metal(true, &asm);
     assert!(
         guest.vm.system_suspend_enabled(),
         "host lacks KVM_CAP_ARM_SYSTEM_SUSPEND"
     );
 
-    let mut reports = Vec::new();
-    let exit = guest.run_collecting(&mut reports);
+    let (reports, exit) = run_to_exit(&mut guest);
     let features: Vec<_> = reports.iter().map(|x0| PsciReturn::from_x0(*x0)).collect();
     assert_eq!(
         features,
@@ -153,43 +114,33 @@ fn with_the_cap_features_reports_system_suspend_and_the_call_exits_to_userspace(
     assert_eq!(exit, VmExit::SystemEvent(SystemEvent::Suspend));
     // KVM leaves the call's registers in place for the VMM to decide.
     assert_eq!(
-        guest.vcpu.reg(regs::xreg(0)).unwrap(),
+        guest.vcpus[0].reg(regs::xreg(0)).unwrap(),
         u64::from(SYSTEM_SUSPEND_64)
     );
-    assert_eq!(guest.vcpu.reg(regs::xreg(1)).unwrap(), ENTRY);
-    assert_eq!(guest.vcpu.reg(regs::xreg(2)).unwrap(), CONTEXT_ID);
+    assert_eq!(guest.vcpus[0].reg(regs::xreg(1)).unwrap(), ENTRY);
+    assert_eq!(guest.vcpus[0].reg(regs::xreg(2)).unwrap(), CONTEXT_ID);
 }
 
 #[test]
 fn without_the_cap_features_and_the_call_return_not_supported() {
     test_utils::require_kvm!();
-    let mut asm = program();
+    let mut asm = reporting_program();
     report_features(&mut asm, SYSTEM_SUSPEND_64);
     report_features(&mut asm, SYSTEM_SUSPEND_32);
     asm.psci_call(SYSTEM_SUSPEND_64, &[ENTRY, CONTEXT_ID]);
     asm.str_x(0, REPORT_REG, 0);
     asm.psci_call(SYSTEM_OFF, &[]);
     halt(&mut asm);
-    let mut guest = Guest::new(false, &asm);
+    let mut guest = bare_metal(false, &asm);
     assert!(!guest.vm.system_suspend_enabled());
 
-    let mut reports = Vec::new();
-    let exit = guest.run_collecting(&mut reports);
+    let (reports, exit) = run_to_exit(&mut guest);
     let results: Vec<_> = reports.iter().map(|x0| PsciReturn::from_x0(*x0)).collect();
     assert_eq!(results, [Some(PsciReturn::NotSupported); 3]);
     assert!(
         matches!(exit, VmExit::SystemEvent(SystemEvent::Shutdown { .. })),
         "{exit:?}"
     );
-}
-
-/// The host kernel's `major.minor`, from `/proc/sys/kernel/osrelease` ("7.3.4+deb13-arm64").
-fn host_kernel() -> (u32, u32) {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
-    let mut numbers = release
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|part| part.parse().unwrap_or(0));
-    (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0))
 }
 
 const CPU_ON_64: u32 = 0xC400_0003;
@@ -200,28 +151,26 @@ const SYSTEM_OFF2_64: u32 = 0xC400_0015;
 fn cpu_on_exits_to_userspace_when_forwarded_on_hosts_with_the_smccc_filter() {
     test_utils::require_kvm!();
     // CPU_ON for this very vCPU (MPIDR affinity 0): KVM itself would say ALREADY_ON.
-    let mut asm = program();
+    let mut asm = reporting_program();
     asm.psci_call(CPU_ON_64, &[0, ENTRY, CONTEXT_ID]);
     asm.str_x(0, REPORT_REG, 0);
     halt(&mut asm);
     let forward = &arch_aarch64::cpu_power::FORWARDED_RANGES;
-    let mut guest = Guest::with_options(
-        VmOptions {
-            system_suspend: true,
-            forward_smccc: forward,
-        },
-        &asm,
-    );
-    let mut reports = Vec::new();
+    let options = VmOptions {
+        system_suspend: true,
+        forward_smccc: forward,
+    };
+    let mut guest = BareMetal::new(options, &asm, 1);
     if host_kernel() < (6, 4) {
         // No filter before Linux 6.4: KVM answers, and the VM says so.
         assert!(!guest.vm.smccc_forwarded());
-        assert_eq!(guest.run_for_reports(1, &mut reports), None);
+        let (reports, exit) = guest.run(1, LIMIT);
+        assert_eq!(exit, None);
         assert_eq!(PsciReturn::from_x0(reports[0]), Some(PsciReturn::AlreadyOn));
         return;
     }
     assert!(guest.vm.smccc_forwarded(), "a 6.4+ host must forward");
-    let exit = guest.run_for_reports(1, &mut reports);
+    let (reports, exit) = guest.run(1, LIMIT);
     assert_eq!(
         exit,
         Some(VmExit::Hypercall {
@@ -230,14 +179,14 @@ fn cpu_on_exits_to_userspace_when_forwarded_on_hosts_with_the_smccc_filter() {
         })
     );
     assert!(reports.is_empty());
-    assert_eq!(guest.vcpu.reg(regs::xreg(2)).unwrap(), ENTRY);
-    assert_eq!(guest.vcpu.reg(regs::xreg(3)).unwrap(), CONTEXT_ID);
+    assert_eq!(guest.vcpus[0].reg(regs::xreg(2)).unwrap(), ENTRY);
+    assert_eq!(guest.vcpus[0].reg(regs::xreg(3)).unwrap(), CONTEXT_ID);
     // The VMM's answer is what the guest sees: the PC is already past the HVC.
-    guest
-        .vcpu
+    guest.vcpus[0]
         .set_reg(regs::xreg(0), PsciReturn::OnPending.to_x0())
         .unwrap();
-    assert_eq!(guest.run_for_reports(1, &mut reports), None);
+    let (reports, exit) = guest.run(1, LIMIT);
+    assert_eq!(exit, None);
     assert_eq!(
         reports.first().copied().and_then(PsciReturn::from_x0),
         Some(PsciReturn::OnPending)
@@ -247,24 +196,26 @@ fn cpu_on_exits_to_userspace_when_forwarded_on_hosts_with_the_smccc_filter() {
 #[test]
 fn the_psci_version_can_be_read_and_lowered_before_the_first_run() {
     test_utils::require_kvm!();
-    let mut asm = program();
+    let mut asm = reporting_program();
     asm.psci_call(PSCI_VERSION, &[]);
     asm.str_x(0, REPORT_REG, 0);
     asm.psci_call(SYSTEM_OFF2_64, &[0, 0]);
     asm.str_x(0, REPORT_REG, 0);
     halt(&mut asm);
 
-    let mut guest = Guest::new(true, &asm);
-    let offered = guest.vcpu.reg(regs::PSCI_VERSION).unwrap();
+    let mut guest = bare_metal(true, &asm);
+    let offered = guest.vcpus[0].reg(regs::PSCI_VERSION).unwrap();
     let expected = if host_kernel() >= (6, 13) {
         0x1_0003
     } else {
         0x1_0001
     };
     assert_eq!(offered, expected, "KVM's default PSCI version on this host");
-    guest.vcpu.set_reg(regs::PSCI_VERSION, 0x1_0000).unwrap();
-    let mut reports = Vec::new();
-    assert_eq!(guest.run_for_reports(2, &mut reports), None);
+    guest.vcpus[0]
+        .set_reg(regs::PSCI_VERSION, 0x1_0000)
+        .unwrap();
+    let (reports, exit) = guest.run(2, LIMIT);
+    assert_eq!(exit, None);
     // PSCI 1.0 has no SYSTEM_OFF2: KVM answers NOT_SUPPORTED instead of shutting down.
     assert_eq!(reports[0], 0x1_0000);
     assert_eq!(
@@ -272,21 +223,24 @@ fn the_psci_version_can_be_read_and_lowered_before_the_first_run() {
         Some(PsciReturn::NotSupported)
     );
     // Above KVM's version: refused.
-    let guest = Guest::new(true, &program());
-    assert!(guest.vcpu.set_reg(regs::PSCI_VERSION, 0x1_0009).is_err());
+    let guest = bare_metal(true, &reporting_program());
+    assert!(
+        guest.vcpus[0]
+            .set_reg(regs::PSCI_VERSION, 0x1_0009)
+            .is_err()
+    );
 }
 
 #[test]
 fn system_off2_is_a_shutdown_with_the_hibernation_flag_on_6_13_hosts() {
     test_utils::require_kvm!();
-    let mut asm = program();
+    let mut asm = reporting_program();
     // Type 0: what Linux passes, and what the PSCI 1.3 F.b spec allows for HIBERNATE_OFF.
     asm.psci_call(SYSTEM_OFF2_64, &[0, 0]);
     asm.str_x(0, REPORT_REG, 0);
     halt(&mut asm);
-    let mut guest = Guest::new(true, &asm);
-    let mut reports = Vec::new();
-    let exit = guest.run_for_reports(1, &mut reports);
+    let mut guest = bare_metal(true, &asm);
+    let (reports, exit) = guest.run(1, LIMIT);
     if host_kernel() < (6, 13) {
         assert_eq!(exit, None);
         assert_eq!(
@@ -301,56 +255,18 @@ fn system_off2_is_a_shutdown_with_the_hibernation_flag_on_6_13_hosts() {
     }
 }
 
-/// A guest that makes no exit for `limit` is kicked out of `KVM_RUN`; the panic then says
-/// where it was (PC, and the instruction there) instead of hanging the test.
-fn run_or_explain(guest: &mut Guest, limit: std::time::Duration, reports: &mut Vec<u64>) -> VmExit {
-    use hypervisor::VcpuKick;
-    let kicker = guest.vcpu.kicker();
-    kicker.bind_current_thread();
-    let (cancel, cancelled) = std::sync::mpsc::channel::<()>();
-    let watchdog = {
-        let kicker = kicker.clone();
-        std::thread::spawn(move || {
-            if cancelled.recv_timeout(limit).is_err() {
-                kicker.kick();
-            }
-        })
-    };
-    let exit = loop {
-        match guest.vcpu.run().expect("KVM_RUN") {
-            VmExit::MmioWrite { addr, data } if addr == REPORT_ADDR => reports.push(data.value()),
-            VmExit::Interrupted => {
-                let pc = guest.vcpu.reg(regs::PC).unwrap();
-                let mut word = [0u8; 4];
-                let _ = guest.vm.memory().read_slice(&mut word, GuestAddress(pc));
-                panic!(
-                    "no exit within {limit:?}: PC {pc:#x} ({:#010x}), PSTATE {:#x}, reports {reports:x?}",
-                    u32::from_le_bytes(word),
-                    guest.vcpu.reg(regs::PSTATE).unwrap()
-                );
-            }
-            other => break other,
-        }
-    };
-    let _ = cancel.send(());
-    watchdog.join().unwrap();
-    kicker.unbind_thread();
-    exit
-}
-
 #[test]
 fn vm_after_vm_in_one_process_each_runs_its_own_program() {
     test_utils::require_kvm!();
     // vmm builds a new VM at every guest reboot, in the same process.
     for round in 1..=4u64 {
-        let mut asm = program();
+        let mut asm = reporting_program();
         asm.mov_imm(0, round);
         asm.str_x(0, REPORT_REG, 0);
         asm.psci_call(SYSTEM_OFF, &[]);
         halt(&mut asm);
-        let mut guest = Guest::new(true, &asm);
-        let mut reports = Vec::new();
-        let exit = run_or_explain(&mut guest, std::time::Duration::from_secs(20), &mut reports);
+        let mut guest = bare_metal(true, &asm);
+        let (reports, exit) = run_to_exit(&mut guest);
         assert_eq!(reports, [round], "round {round}");
         assert!(
             matches!(exit, VmExit::SystemEvent(SystemEvent::Shutdown { .. })),

@@ -4,24 +4,17 @@
 //! report values by storing to an unmapped address. They need an arm64 host with `/dev/kvm`.
 #![cfg(target_arch = "aarch64")]
 
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use arch_aarch64::a64::{Assembler, ICC_IGRPEN1_EL1, ICC_PMR_EL1, ICC_SRE_EL1, SysReg};
-use arch_aarch64::layout::{GIC_DIST_BASE, GIC_REDIST_BASE};
+use arch_aarch64::layout::{GIC_DIST_BASE, GIC_REDIST_BASE, RAM_START};
 use arch_aarch64::regs;
 use hypervisor::gic_state::active_priority_registers;
-use hypervisor::kvm::{
-    GicV3, Hypervisor, KvmVcpu, Vm, VmOptions, host_counter, host_counter_frequency,
-};
-use hypervisor::{CounterPath, GicState, MpState, SystemEvent, Vcpu, VcpuKick, VmExit};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use hypervisor::kvm::{GicV3, KvmVcpu, Vm, VmOptions, host_counter, host_counter_frequency};
+use hypervisor::{CounterPath, GicState, MpState, SystemEvent, Vcpu, VmExit};
+use test_utils::a64::{Assembler, SysReg};
+use test_utils::guest::{BareMetal, REPORT_REG, reporting_program, run_reporting};
+use test_utils::kvm::host_kernel;
 
-const RAM_BASE: u64 = 0x4000_0000;
-const RAM_SIZE: usize = 1 << 20;
-/// An unmapped address: guest stores there reach the host as MMIO writes.
-const REPORT_ADDR: u64 = 0x0A00_0000;
-const REPORT_REG: u32 = 9;
 const SPIS: u32 = 64;
 const VCPUS: u32 = 2;
 /// A redistributor's two 64 KiB frames; the SGI_base frame is the second.
@@ -51,24 +44,11 @@ struct Machine {
 
 impl Machine {
     fn new(program: &Assembler) -> Self {
-        let hypervisor = Hypervisor::new().expect("open /dev/kvm");
-        let memory =
-            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(RAM_BASE), RAM_SIZE)]).unwrap();
-        memory
-            .write_slice(&program.to_bytes(), GuestAddress(RAM_BASE))
-            .unwrap();
         let options = VmOptions {
             system_suspend: true,
             ..Default::default()
         };
-        let vm = Vm::new(&hypervisor, memory, options).expect("create VM");
-        let vcpus: Vec<_> = (0..VCPUS)
-            .map(|index| vm.create_vcpu(index).expect("create vCPU"))
-            .collect();
-        vcpus[0].set_reg(regs::PC, RAM_BASE).unwrap();
-        vcpus[0]
-            .set_reg(regs::PSTATE, regs::PSTATE_EL1H_DAIF_MASKED)
-            .unwrap();
+        let BareMetal { vm, vcpus } = BareMetal::new(options, program, VCPUS);
         let mpidrs = vcpus
             .iter()
             .map(|vcpu| vcpu.reg(regs::MPIDR_EL1).unwrap() & regs::MPIDR_AFFINITY_MASK)
@@ -84,49 +64,10 @@ impl Machine {
         }
     }
 
-    /// Runs vCPU 0, as [`run`] does.
+    /// Runs vCPU 0, as [`run_reporting`] does.
     fn run(&mut self, count: usize, limit: Duration) -> (Vec<u64>, Option<VmExit>) {
-        run(&mut self.vcpus[0], count, limit)
+        run_reporting(&mut self.vcpus[0], count, limit)
     }
-}
-
-/// Runs `vcpu` until it has made `count` reports, another exit comes, or `limit` passes (then
-/// the exit is `Interrupted`: a watchdog kicked it).
-fn run(vcpu: &mut KvmVcpu, count: usize, limit: Duration) -> (Vec<u64>, Option<VmExit>) {
-    let kicker = vcpu.kicker();
-    kicker.bind_current_thread();
-    let (cancel, cancelled) = mpsc::channel::<()>();
-    let watchdog = {
-        let kicker = kicker.clone();
-        std::thread::spawn(move || {
-            if cancelled.recv_timeout(limit).is_err() {
-                kicker.kick();
-            }
-        })
-    };
-    let mut reports = Vec::new();
-    let exit = loop {
-        if reports.len() == count {
-            break None;
-        }
-        match vcpu.run().expect("KVM_RUN") {
-            VmExit::MmioWrite { addr, data } if addr == REPORT_ADDR => reports.push(data.value()),
-            other => break Some(other),
-        }
-    };
-    let _ = cancel.send(());
-    watchdog.join().unwrap();
-    kicker.unbind_thread();
-    (reports, exit)
-}
-
-/// The host kernel's `major.minor`.
-fn host_kernel() -> (u32, u32) {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
-    let mut numbers = release
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|part| part.parse().unwrap_or(0));
-    (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0))
 }
 
 /// Stores `value` to the 32-bit register at `base + offset` (clobbers x11, x12).
@@ -140,8 +81,7 @@ fn write32(asm: &mut Assembler, base: u64, offset: u64, value: u64) {
 /// the edge SPI in group 1 with priorities 0xA0 and 0x80, the second edge-triggered; PPI 20
 /// on vCPU 0's redistributor and PPI 21 on vCPU 1's; then its CPU interface. Reports 1.
 fn gic_programming_guest() -> Assembler {
-    let mut asm = Assembler::new();
-    asm.mov_imm(REPORT_REG, REPORT_ADDR);
+    let mut asm = reporting_program();
     let spis = (1 << LEVEL_SPI) | (1 << EDGE_SPI);
     write32(&mut asm, GIC_DIST_BASE, 0x0, 0x12); // GICD_CTLR: EnableGrp1NS | ARE_NS
     write32(&mut asm, GIC_DIST_BASE, 0x84, spis); // GICD_IGROUPR1
@@ -156,14 +96,7 @@ fn gic_programming_guest() -> Assembler {
     write32(&mut asm, rd0, 0x100, 1 << 20); // GICR_ISENABLER0
     write32(&mut asm, rd1, 0x414, 0xB0 << 8);
     write32(&mut asm, rd1, 0x100, 1 << 21);
-    asm.mov_imm(11, 7);
-    asm.msr(ICC_SRE_EL1, 11);
-    asm.isb();
-    asm.mov_imm(11, 0xF0);
-    asm.msr(ICC_PMR_EL1, 11);
-    asm.mov_imm(11, 1);
-    asm.msr(ICC_IGRPEN1_EL1, 11);
-    asm.isb();
+    asm.enable_gic_cpu_interface(11, 0xF0);
     asm.mov_imm(0, 1);
     asm.str_x(0, REPORT_REG, 0);
     let here = asm.offset();
@@ -176,9 +109,8 @@ fn gic_programming_guest() -> Assembler {
 fn interrupt_taking_guest() -> Assembler {
     const VECTORS: u64 = 0x800;
     const IRQ_CURRENT_EL_SPX: u64 = 0x280;
-    let mut asm = Assembler::new();
-    asm.mov_imm(REPORT_REG, REPORT_ADDR);
-    asm.mov_imm(0, RAM_BASE + VECTORS);
+    let mut asm = reporting_program();
+    asm.mov_imm(0, RAM_START + VECTORS);
     asm.msr(VBAR_EL1, 0);
     asm.isb();
     asm.word(UNMASK_IRQ);
@@ -272,8 +204,7 @@ fn gic_restore_refuses_a_state_of_another_shape() {
 #[test]
 fn the_guest_counter_starts_at_the_value_set_on_a_fresh_vm() {
     test_utils::require_kvm!();
-    let mut asm = Assembler::new();
-    asm.mov_imm(REPORT_REG, REPORT_ADDR);
+    let mut asm = reporting_program();
     asm.isb();
     asm.mrs(0, CNTVCT_EL0);
     asm.str_x(0, REPORT_REG, 0);
@@ -351,7 +282,7 @@ fn a_fresh_vcpu_set_suspended_stays_in_kvm_run_until_an_interrupt_then_wakes() {
             std::thread::sleep(delay);
             vm.set_spi_level(WAKE_SPI, true).unwrap();
         });
-        run(&mut vcpus[0], 1, Duration::from_secs(20)).1
+        run_reporting(&mut vcpus[0], 1, Duration::from_secs(20)).1
     });
     assert_eq!(exit, Some(VmExit::SystemEvent(SystemEvent::Wakeup)));
     assert!(

@@ -26,6 +26,16 @@ pub fn missing() -> Option<String> {
     }
 }
 
+/// The host kernel's `major.minor`, from `/proc/sys/kernel/osrelease` ("7.3.4+deb13-arm64"):
+/// what KVM offers depends on it.
+pub fn host_kernel() -> (u32, u32) {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|part| part.parse().unwrap_or(0));
+    (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0))
+}
+
 /// Returns from the calling test, with one line on stderr saying it skipped and why, when this
 /// machine has no usable `/dev/kvm` (see [`missing`]).
 #[macro_export]

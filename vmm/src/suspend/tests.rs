@@ -1,20 +1,25 @@
 //! The coordinator driven by fake vCPUs, with real threads for the vCPUs that park. No KVM.
-//! Every wait has a deadline, so a deadlock fails the test instead of hanging it.
+//! The fakes block where KVM blocks (a guest never leaves `KVM_RUN` unkicked, and its MP state
+//! cannot be read meanwhile), and every wait has a deadline, so code that would deadlock on KVM
+//! fails the test instead of hanging it.
 
-use std::collections::{HashMap, VecDeque};
+use std::sync::Barrier;
 use std::sync::atomic::AtomicUsize;
 use std::sync::mpsc::{self, Receiver};
-use std::sync::{Barrier, PoisonError};
 use std::thread::{self, JoinHandle};
 
+use arch_aarch64::layout::GuestRegion;
 use arch_aarch64::psci::PsciReturn;
-use devices::irq::RecordingIrqLine;
+use devices::irq::{IrqError, IrqLine};
+use devices::test_utils::RecordingIrqLine;
+use hypervisor::{SystemEvent, VmExit};
+use test_utils::fake_vcpu::FakeVcpu;
 
 use super::*;
 use crate::control::ExitReason;
 use crate::events::{EventReceiver, WakeSourceIrqLine};
 
-const RAM: RamRange = RamRange {
+const RAM: GuestRegion = GuestRegion {
     start: 0x4000_0000,
     size: 0x1000_0000,
 };
@@ -24,164 +29,12 @@ const CONTEXT: u64 = 0xDEAD_C0DE;
 /// the machine (the emulated arm64 host is slow).
 const LIMIT: Duration = Duration::from_secs(30);
 
-/// What a fake vCPU's owner can look at and break.
-struct FakeState {
-    regs: Mutex<HashMap<u64, u64>>,
-    mp: Mutex<MpState>,
-    resets: AtomicUsize,
-    mp_reads: AtomicUsize,
-    fail_mp_read: AtomicBool,
-    fail_set_mp: AtomicBool,
-    /// Runs when the vCPU is made SUSPENDED, to inject races.
-    on_suspended: Mutex<Option<Box<dyn Fn() + Send>>>,
-    /// Entries into the guest ([`Vcpu::run`] calls).
-    runs: AtomicUsize,
-    /// Exits `run` returns before it blocks as `KVM_RUN` does.
-    exits: Mutex<VecDeque<hypervisor::VmExit>>,
-}
-
-impl FakeState {
-    fn new(mp: MpState) -> Arc<Self> {
-        Arc::new(Self {
-            regs: Mutex::new(HashMap::new()),
-            mp: Mutex::new(mp),
-            resets: AtomicUsize::new(0),
-            mp_reads: AtomicUsize::new(0),
-            fail_mp_read: AtomicBool::new(false),
-            fail_set_mp: AtomicBool::new(false),
-            on_suspended: Mutex::new(None),
-            runs: AtomicUsize::new(0),
-            exits: Mutex::new(VecDeque::new()),
-        })
-    }
-
-    fn reg(&self, id: u64) -> u64 {
-        let regs = self.regs.lock().unwrap_or_else(PoisonError::into_inner);
-        regs.get(&id).copied().unwrap_or(0)
-    }
-
-    fn set_reg(&self, id: u64, value: u64) {
-        let mut regs = self.regs.lock().unwrap_or_else(PoisonError::into_inner);
-        regs.insert(id, value);
-    }
-
-    fn mp(&self) -> MpState {
-        *self.mp.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn call(&self, x0: u64, x1: u64, x2: u64) {
-        self.set_reg(xreg(0), x0);
-        self.set_reg(xreg(1), x1);
-        self.set_reg(xreg(2), x2);
-    }
-}
-
-struct FakeVcpu {
-    index: u32,
-    state: Arc<FakeState>,
-    kick: Arc<FakeKick>,
-}
-
-fn injected(index: u32) -> VcpuError {
-    VcpuError::MpState {
-        index,
-        source: std::io::Error::other("injected"),
-    }
-}
-
-impl Vcpu for FakeVcpu {
-    fn index(&self) -> u32 {
-        self.index
-    }
-    /// A scripted exit, else "the guest runs" until kicked or 20 ms pass.
-    fn run(&mut self) -> Result<hypervisor::VmExit, VcpuError> {
-        self.state.runs.fetch_add(1, Ordering::SeqCst);
-        let exit = self.state.exits.lock();
-        if let Some(exit) = exit.unwrap_or_else(PoisonError::into_inner).pop_front() {
-            return Ok(exit);
-        }
-        self.kick.run(Duration::from_millis(20));
-        Ok(hypervisor::VmExit::Interrupted)
-    }
-    fn complete_mmio_read(&mut self, _: &[u8]) -> Result<(), VcpuError> {
-        Ok(())
-    }
-    fn reg(&self, id: u64) -> Result<u64, VcpuError> {
-        Ok(self.state.reg(id))
-    }
-    fn set_reg(&self, id: u64, value: u64) -> Result<(), VcpuError> {
-        self.state.set_reg(id, value);
-        Ok(())
-    }
-    fn mp_state(&self) -> Result<MpState, VcpuError> {
-        self.state.mp_reads.fetch_add(1, Ordering::SeqCst);
-        if self.state.fail_mp_read.load(Ordering::SeqCst) {
-            return Err(injected(self.index));
-        }
-        Ok(self.state.mp())
-    }
-    fn set_mp_state(&self, mp: MpState) -> Result<(), VcpuError> {
-        if self.state.fail_set_mp.load(Ordering::SeqCst) {
-            return Err(injected(self.index));
-        }
-        *self.state.mp.lock().unwrap_or_else(PoisonError::into_inner) = mp;
-        if mp == MpState::Suspended {
-            let hook = self.state.on_suspended.lock();
-            if let Some(hook) = hook.unwrap_or_else(PoisonError::into_inner).as_ref() {
-                hook();
-            }
-        }
-        Ok(())
-    }
-    fn reset(&mut self) -> Result<(), VcpuError> {
-        self.state.resets.fetch_add(1, Ordering::SeqCst);
-        *self.state.mp.lock().unwrap_or_else(PoisonError::into_inner) = MpState::Runnable;
-        self.state
-            .regs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
-        self.state.set_reg(PSTATE, 0x3c5);
-        Ok(())
-    }
-}
-
-/// Counts kicks; `run` blocks until one arrives, as `KVM_RUN` of a halted or OFF vCPU does.
-#[derive(Default)]
-struct FakeKick {
-    kicks: AtomicUsize,
-    pending: Mutex<bool>,
-    kicked: Condvar,
-}
-
-impl FakeKick {
-    fn run(&self, timeout: Duration) {
-        let pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        let (mut pending, _) = self
-            .kicked
-            .wait_timeout_while(pending, timeout, |pending| !*pending)
-            .unwrap_or_else(PoisonError::into_inner);
-        *pending = false;
-    }
-}
-
-impl VcpuKick for FakeKick {
-    fn bind_current_thread(&self) {}
-    fn unbind_thread(&self) {}
-    fn kick(&self) {
-        self.kicks.fetch_add(1, Ordering::SeqCst);
-        *self.pending.lock().unwrap_or_else(PoisonError::into_inner) = true;
-        self.kicked.notify_all();
-    }
-}
-
 struct Rig {
     coordinator: Arc<SuspendCoordinator>,
     control: Arc<VmControl>,
     tracker: Arc<WakeSourceTracker>,
     events: EventReceiver,
-    kicks: Vec<Arc<FakeKick>>,
-    states: Vec<Arc<FakeState>>,
+    vcpus: Vec<FakeVcpu>,
 }
 
 /// A thread running a vCPU loop: park if asked, else [`FakeVcpu::run`].
@@ -232,10 +85,13 @@ impl Rig {
         let bus = Arc::new(EventBus::new());
         let events = bus.subscribe();
         let tracker = Arc::new(WakeSourceTracker::new());
-        let kicks: Vec<Arc<FakeKick>> = mp.iter().map(|_| Arc::default()).collect();
-        let kickers = kicks
+        let vcpus: Vec<FakeVcpu> = (0..)
+            .zip(mp)
+            .map(|(index, &mp)| FakeVcpu::new(index, mp))
+            .collect();
+        let kickers = vcpus
             .iter()
-            .map(|k| k.clone() as Arc<dyn VcpuKick>)
+            .map(|vcpu| vcpu.kicker() as Arc<dyn VcpuKick>)
             .collect();
         let mut coordinator = SuspendCoordinator::new(
             mp.len(),
@@ -257,17 +113,25 @@ impl Rig {
             control,
             tracker,
             events,
-            kicks,
-            states: mp.iter().map(|&mp| FakeState::new(mp)).collect(),
+            vcpus,
         }
     }
 
+    /// A handle on vCPU `index`, as its thread holds one.
     fn vcpu(&self, index: u32) -> FakeVcpu {
-        FakeVcpu {
-            index,
-            state: self.states[index as usize].clone(),
-            kick: self.kicks[index as usize].clone(),
-        }
+        self.vcpus[index as usize].clone()
+    }
+
+    /// The interrupt line of the device that wakes the guest as `source`, routed to vCPU
+    /// `index`: raising it wakes that vCPU if it is SUSPENDED, as the vGIC would.
+    fn wake_line(&self, index: u32, source: WakeSource) -> Arc<dyn IrqLine> {
+        let line = Arc::new(InterruptOf(self.vcpu(index)));
+        WakeSourceIrqLine::wrap(line, self.tracker.clone(), source)
+    }
+
+    /// Kicks vCPU `index` as another thread of the VMM would.
+    fn kick(&self, index: usize) {
+        self.vcpus[index].kicker().kick();
     }
 
     /// Runs vCPU `index`'s loop on a thread; `first` runs once on that thread before it.
@@ -306,11 +170,41 @@ impl Rig {
 
     /// Stops the VM and checks that every thread ends in time.
     fn stop(&self, others: Vec<Other>) {
+        self.stop_threads(others.into_iter().map(|other| other.handle).collect());
+    }
+
+    /// Stops the VM as the runner does, kicking every vCPU out of the guest and waking those
+    /// that are off until their threads end, and checks that they end in time.
+    fn stop_threads(&self, threads: Vec<JoinHandle<()>>) {
         self.control.request_exit(ExitReason::Shutdown);
-        for other in others {
-            join_within(other.handle);
+        wait_for(|| {
+            for index in 0..self.vcpus.len() {
+                self.kick(index);
+            }
+            self.coordinator.wake_waiters();
+            threads.iter().all(JoinHandle::is_finished)
+        });
+        for thread in threads {
+            thread.join().expect("vCPU thread panicked");
         }
     }
+}
+
+/// The interrupt line of one vCPU, as the vGIC drives it for an SPI routed there.
+struct InterruptOf(FakeVcpu);
+
+impl IrqLine for InterruptOf {
+    fn set_level(&self, high: bool) -> Result<(), IrqError> {
+        self.0.set_interrupt(high);
+        Ok(())
+    }
+}
+
+/// Sets vCPU `vcpu`'s `x0..x2` as the guest leaves them for a PSCI call.
+fn guest_calls(vcpu: &FakeVcpu, x0: u64, x1: u64, x2: u64) {
+    vcpu.poke_reg(xreg(0), x0);
+    vcpu.poke_reg(xreg(1), x1);
+    vcpu.poke_reg(xreg(2), x2);
 }
 
 /// Runs `f` on a thread and fails if it takes longer than [`LIMIT`].
@@ -318,11 +212,6 @@ fn within<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     let (done, result) = mpsc::channel();
     thread::spawn(move || done.send(f()));
     result.recv_timeout(LIMIT).expect("deadlock or panic")
-}
-
-fn join_within(handle: JoinHandle<()>) {
-    wait_for(|| handle.is_finished());
-    handle.join().expect("vCPU thread panicked");
 }
 
 fn wait_for(mut condition: impl FnMut() -> bool) {
@@ -354,13 +243,13 @@ fn sign_extended(code: PsciReturn) -> u64 {
 fn accepts_when_every_other_vcpu_is_off() {
     let rig = Rig::new(&[MpState::Runnable, MpState::Stopped, MpState::Stopped]);
     let others = vec![rig.spawn(1), rig.spawn(2)];
-    rig.states[0].call(0xC400_000E, ENTRY, CONTEXT);
+    guest_calls(&rig.vcpus[0], 0xC400_000E, ENTRY, CONTEXT);
 
     let (_, outcome) = suspend(&rig, rig.vcpu(0));
     assert_eq!(outcome.unwrap(), SuspendOutcome::Suspended);
-    assert_eq!(rig.states[0].mp(), MpState::Suspended);
+    assert_eq!(rig.vcpus[0].peek_mp_state(), MpState::Suspended);
     assert_eq!(rig.coordinator.state(), SuspendState::Suspended);
-    assert_eq!(rig.states[0].reg(xreg(0)), 0xC400_000E, "x0 untouched");
+    assert_eq!(rig.vcpus[0].peek_reg(xreg(0)), 0xC400_000E, "x0 untouched");
     let events = rig.events();
     assert_eq!(
         events[0],
@@ -374,13 +263,16 @@ fn accepts_when_every_other_vcpu_is_off() {
     assert_eq!(events.len(), 2);
     for (other, index) in others.iter().zip(1..) {
         // Each reported its MP state once, before the caller could go on.
-        assert_eq!(rig.states[index].mp_reads.load(Ordering::SeqCst), 1);
+        assert_eq!(rig.vcpus[index].mp_reads(), 1);
         wait_for(|| other.parks.load(Ordering::SeqCst) == 1);
-        assert!(rig.kicks[index].kicks.load(Ordering::SeqCst) >= 1);
-        assert_eq!(rig.states[index].mp(), MpState::Stopped, "stays OFF");
-        // Released: it runs its loop again.
-        let loops = other.loops.load(Ordering::SeqCst);
-        wait_for(|| other.loops.load(Ordering::SeqCst) > loops);
+        assert!(rig.vcpus[index].kicks() >= 1);
+        assert_eq!(
+            rig.vcpus[index].peek_mp_state(),
+            MpState::Stopped,
+            "stays OFF"
+        );
+        // Released: back in the guest.
+        wait_for(|| rig.vcpus[index].is_in_run());
     }
     let stats = rig.coordinator.stats();
     assert_eq!((stats.suspend_count, stats.denied_count), (1, 0));
@@ -392,13 +284,17 @@ fn accepts_when_every_other_vcpu_is_off() {
 fn denies_while_another_vcpu_is_on() {
     let rig = Rig::new(&[MpState::Runnable, MpState::Runnable, MpState::Stopped]);
     let others = vec![rig.spawn(1), rig.spawn(2)];
-    rig.states[0].call(0xC400_000E, ENTRY, CONTEXT);
+    guest_calls(&rig.vcpus[0], 0xC400_000E, ENTRY, CONTEXT);
 
     let (_, outcome) = suspend(&rig, rig.vcpu(0));
     let denial = Denial::OtherCpusOn { count: 1 };
     assert_eq!(outcome.unwrap(), SuspendOutcome::Denied(denial));
-    assert_eq!(rig.states[0].reg(xreg(0)), 0xFFFF_FFFF_FFFF_FFFD);
-    assert_eq!(rig.states[0].mp(), MpState::Runnable, "caller untouched");
+    assert_eq!(rig.vcpus[0].peek_reg(xreg(0)), 0xFFFF_FFFF_FFFF_FFFD);
+    assert_eq!(
+        rig.vcpus[0].peek_mp_state(),
+        MpState::Runnable,
+        "caller untouched"
+    );
     assert_eq!(rig.coordinator.state(), SuspendState::Running);
     let events = rig.events();
     assert!(matches!(events[0], VmEventKind::SuspendRequested { .. }));
@@ -410,7 +306,7 @@ fn denies_while_another_vcpu_is_on() {
         }
     );
     let loops = others[0].loops.load(Ordering::SeqCst);
-    rig.kicks[1].kick();
+    rig.kick(1);
     wait_for(|| others[0].loops.load(Ordering::SeqCst) > loops);
     assert_eq!(others[0].parks.load(Ordering::SeqCst), 1);
     assert_eq!(rig.coordinator.stats().denied_count, 1);
@@ -421,13 +317,13 @@ fn denies_while_another_vcpu_is_on() {
 fn rejects_an_entry_outside_ram() {
     let rig = Rig::new(&[MpState::Runnable, MpState::Stopped]);
     let others = vec![rig.spawn(1)];
-    rig.states[0].call(0xC400_000E, 0x1000, CONTEXT);
+    guest_calls(&rig.vcpus[0], 0xC400_000E, 0x1000, CONTEXT);
 
     let (_, outcome) = suspend(&rig, rig.vcpu(0));
     let denial = Denial::InvalidEntry { entry: 0x1000 };
     assert_eq!(outcome.unwrap(), SuspendOutcome::Denied(denial));
     assert_eq!(
-        rig.states[0].reg(xreg(0)),
+        rig.vcpus[0].peek_reg(xreg(0)),
         sign_extended(PsciReturn::InvalidAddress)
     );
     assert_eq!(rig.coordinator.state(), SuspendState::Running);
@@ -437,7 +333,12 @@ fn rejects_an_entry_outside_ram() {
 #[test]
 fn the_32_bit_call_uses_w1_and_w2() {
     let rig = Rig::new(&[MpState::Runnable]);
-    rig.states[0].call(0x8400_000E, 0xFFFF_FFFF_4000_1000, 0x5555_0000_1234);
+    guest_calls(
+        &rig.vcpus[0],
+        0x8400_000E,
+        0xFFFF_FFFF_4000_1000,
+        0x5555_0000_1234,
+    );
 
     let (mut vcpu, outcome) = suspend(&rig, rig.vcpu(0));
     assert_eq!(outcome.unwrap(), SuspendOutcome::Suspended);
@@ -450,17 +351,17 @@ fn the_32_bit_call_uses_w1_and_w2() {
         }
     );
     wakeup(&rig, &mut vcpu);
-    assert_eq!(rig.states[0].reg(PC), 0x4000_1000);
-    assert_eq!(rig.states[0].reg(xreg(0)), 0x1234);
+    assert_eq!(rig.vcpus[0].peek_reg(PC), 0x4000_1000);
+    assert_eq!(rig.vcpus[0].peek_reg(xreg(0)), 0x1234);
 }
 
 #[test]
 fn wakeup_resets_the_vcpu_to_the_entry_point() {
     let rig = Rig::new(&[MpState::Runnable]);
-    rig.states[0].call(0xC400_000E, ENTRY, CONTEXT);
+    guest_calls(&rig.vcpus[0], 0xC400_000E, ENTRY, CONTEXT);
     let (mut vcpu, outcome) = suspend(&rig, rig.vcpu(0));
     assert_eq!(outcome.unwrap(), SuspendOutcome::Suspended);
-    rig.states[0].set_reg(PSTATE, 0x3c4);
+    rig.vcpus[0].poke_reg(PSTATE, 0x3c4);
 
     // The wake button, as the GPIO controller drives its line.
     let line = WakeSourceIrqLine::wrap(
@@ -474,12 +375,12 @@ fn wakeup_resets_the_vcpu_to_the_entry_point() {
         WakeupOutcome::Resumed(WakeSource::Gpio)
     );
 
-    let state = &rig.states[0];
-    assert_eq!(state.resets.load(Ordering::SeqCst), 1);
-    assert_eq!(state.reg(PC), ENTRY);
-    assert_eq!(state.reg(xreg(0)), CONTEXT);
-    assert_eq!(state.reg(PSTATE), 0x3c5);
-    assert_eq!(state.mp(), MpState::Runnable);
+    let state = &rig.vcpus[0];
+    assert_eq!(state.resets(), 1);
+    assert_eq!(state.peek_reg(PC), ENTRY);
+    assert_eq!(state.peek_reg(xreg(0)), CONTEXT);
+    assert_eq!(state.peek_reg(PSTATE), 0x3c5);
+    assert_eq!(state.peek_mp_state(), MpState::Runnable);
     assert_eq!(rig.coordinator.state(), SuspendState::Running);
     let events = rig.events();
     assert_eq!(
@@ -536,10 +437,10 @@ fn a_guest_restored_while_suspended_resumes_at_its_saved_entry_on_the_first_wake
         wakeup(&rig, &mut vcpu),
         WakeupOutcome::Resumed(WakeSource::Rtc)
     );
-    let state = &rig.states[2];
-    assert_eq!(state.reg(PC), ENTRY);
-    assert_eq!(state.reg(xreg(0)), CONTEXT);
-    assert_eq!(state.mp(), MpState::Runnable);
+    let state = &rig.vcpus[2];
+    assert_eq!(state.peek_reg(PC), ENTRY);
+    assert_eq!(state.peek_reg(xreg(0)), CONTEXT);
+    assert_eq!(state.peek_mp_state(), MpState::Runnable);
     assert_eq!(rig.coordinator.state(), SuspendState::Running);
     assert_eq!(rig.coordinator.suspended_call(), None);
     assert!(matches!(
@@ -559,9 +460,8 @@ fn a_wake_raised_while_suspending_still_resumes() {
     let others = vec![rig.spawn(1)];
     // The RTC alarm fires just before the caller is SUSPENDED; KVM then exits at once.
     let tracker = rig.tracker.clone();
-    *rig.states[0].on_suspended.lock().unwrap() =
-        Some(Box::new(move || tracker.note(WakeSource::Rtc)));
-    rig.states[0].call(0xC400_000E, ENTRY, CONTEXT);
+    rig.vcpus[0].on_suspended(move || tracker.note(WakeSource::Rtc));
+    guest_calls(&rig.vcpus[0], 0xC400_000E, ENTRY, CONTEXT);
 
     let (mut vcpu, outcome) = suspend(&rig, rig.vcpu(0));
     assert_eq!(outcome.unwrap(), SuspendOutcome::Suspended);
@@ -569,7 +469,7 @@ fn a_wake_raised_while_suspending_still_resumes() {
         wakeup(&rig, &mut vcpu),
         WakeupOutcome::Resumed(WakeSource::Rtc)
     );
-    assert_eq!(rig.states[0].reg(PC), ENTRY);
+    assert_eq!(rig.vcpus[0].peek_reg(PC), ENTRY);
     let events = rig.events();
     assert!(events.contains(&VmEventKind::Woken {
         source: WakeSource::Rtc
@@ -589,22 +489,22 @@ fn stopping_ends_the_wait_for_parking_and_releases_parked_vcpus() {
     let rig = Rig::new(&[MpState::Runnable, MpState::Stopped, MpState::Stopped]);
     // vCPU 2 has no thread: it never parks.
     let others = vec![rig.spawn(1)];
-    rig.states[0].call(0xC400_000E, ENTRY, CONTEXT);
+    guest_calls(&rig.vcpus[0], 0xC400_000E, ENTRY, CONTEXT);
     let control = rig.control.clone();
-    let parked = rig.states[1].clone();
+    let parked = rig.vcpus[1].clone();
     thread::spawn(move || {
-        wait_for(|| parked.mp_reads.load(Ordering::SeqCst) > 0);
+        wait_for(|| parked.mp_reads() > 0);
         control.request_exit(ExitReason::Shutdown);
     });
 
     let (_, outcome) = suspend(&rig, rig.vcpu(0));
     assert_eq!(outcome.unwrap(), SuspendOutcome::Denied(Denial::Stopping));
     assert_eq!(
-        rig.states[0].reg(xreg(0)),
+        rig.vcpus[0].peek_reg(xreg(0)),
         sign_extended(PsciReturn::Denied)
     );
     assert_eq!(rig.coordinator.state(), SuspendState::Running);
-    assert!(rig.kicks[2].kicks.load(Ordering::SeqCst) >= 1);
+    assert!(rig.vcpus[2].kicks() >= 1);
     rig.stop(others);
 }
 
@@ -612,7 +512,7 @@ fn stopping_ends_the_wait_for_parking_and_releases_parked_vcpus() {
 fn stopping_while_suspended_blocks_nobody() {
     let rig = Rig::new(&[MpState::Runnable, MpState::Stopped]);
     let others = vec![rig.spawn(1)];
-    rig.states[0].call(0xC400_000E, ENTRY, CONTEXT);
+    guest_calls(&rig.vcpus[0], 0xC400_000E, ENTRY, CONTEXT);
     let (vcpu, outcome) = suspend(&rig, rig.vcpu(0));
     assert_eq!(outcome.unwrap(), SuspendOutcome::Suspended);
 
@@ -628,7 +528,7 @@ fn repeated_cycles_are_counted() {
     let others = vec![rig.spawn(1)];
     let mut vcpu = rig.vcpu(0);
     for _ in 0..2 {
-        rig.states[0].call(0xC400_000E, ENTRY, CONTEXT);
+        guest_calls(&rig.vcpus[0], 0xC400_000E, ENTRY, CONTEXT);
         let (back, outcome) = suspend(&rig, vcpu);
         vcpu = back;
         assert_eq!(outcome.unwrap(), SuspendOutcome::Suspended);
@@ -644,12 +544,8 @@ fn repeated_cycles_are_counted() {
         (SuspendState::Running, 2, 2)
     );
     assert_eq!(stats.last_wake_source, Some(WakeSource::Serial));
-    assert_eq!(
-        rig.states[1].mp_reads.load(Ordering::SeqCst),
-        2,
-        "parked twice"
-    );
-    assert_eq!(rig.states[0].resets.load(Ordering::SeqCst), 2);
+    assert_eq!(rig.vcpus[1].mp_reads(), 2, "parked twice");
+    assert_eq!(rig.vcpus[0].resets(), 2);
     rig.stop(others);
 }
 
@@ -662,7 +558,7 @@ fn simultaneous_calls_are_both_denied() {
         .map(|index| {
             let (coordinator, barrier, report) =
                 (rig.coordinator.clone(), barrier.clone(), report.clone());
-            rig.states[index as usize].call(0xC400_000E, ENTRY, CONTEXT);
+            guest_calls(&rig.vcpus[index as usize], 0xC400_000E, ENTRY, CONTEXT);
             rig.spawn_with(index, move |vcpu| {
                 barrier.wait();
                 let outcome = coordinator.on_suspend_exit(vcpu);
@@ -676,7 +572,7 @@ fn simultaneous_calls_are_both_denied() {
             panic!("vCPU {index} was suspended");
         };
         assert_eq!(denial.psci_return(), PsciReturn::Denied);
-        let x0 = rig.states[index as usize].reg(xreg(0));
+        let x0 = rig.vcpus[index as usize].peek_reg(xreg(0));
         assert_eq!(x0, sign_extended(PsciReturn::Denied));
     }
     assert_eq!(rig.coordinator.state(), SuspendState::Running);
@@ -687,14 +583,14 @@ fn simultaneous_calls_are_both_denied() {
 #[test]
 fn another_function_id_is_not_supported() {
     let rig = Rig::new(&[MpState::Runnable, MpState::Stopped]);
-    rig.states[0].call(0x8400_0008, ENTRY, CONTEXT);
+    guest_calls(&rig.vcpus[0], 0x8400_0008, ENTRY, CONTEXT);
     let (_, outcome) = suspend(&rig, rig.vcpu(0));
     let denial = Denial::NotSystemSuspend {
         function_id: 0x8400_0008,
     };
     assert_eq!(outcome.unwrap(), SuspendOutcome::Denied(denial));
-    assert_eq!(rig.states[0].reg(xreg(0)), u64::MAX, "NOT_SUPPORTED");
-    assert_eq!(rig.kicks[1].kicks.load(Ordering::SeqCst), 0);
+    assert_eq!(rig.vcpus[0].peek_reg(xreg(0)), u64::MAX, "NOT_SUPPORTED");
+    assert_eq!(rig.vcpus[1].kicks(), 0);
     assert_eq!(rig.coordinator.state(), SuspendState::Running);
 }
 
@@ -703,17 +599,17 @@ fn a_wakeup_without_a_suspend_makes_the_vcpu_runnable() {
     let rig = Rig::new(&[MpState::Suspended]);
     let mut vcpu = rig.vcpu(0);
     assert_eq!(wakeup(&rig, &mut vcpu), WakeupOutcome::Spurious);
-    assert_eq!(rig.states[0].mp(), MpState::Runnable);
-    assert_eq!(rig.states[0].resets.load(Ordering::SeqCst), 0);
+    assert_eq!(rig.vcpus[0].peek_mp_state(), MpState::Runnable);
+    assert_eq!(rig.vcpus[0].resets(), 0);
     assert!(rig.events().is_empty());
 }
 
 #[test]
 fn an_unreadable_parked_vcpu_counts_as_on_and_reports_its_error() {
     let rig = Rig::new(&[MpState::Runnable, MpState::Stopped]);
-    rig.states[1].fail_mp_read.store(true, Ordering::SeqCst);
+    rig.vcpus[1].fail_mp_state_reads(true);
     let others = vec![rig.spawn(1)];
-    rig.states[0].call(0xC400_000E, ENTRY, CONTEXT);
+    guest_calls(&rig.vcpus[0], 0xC400_000E, ENTRY, CONTEXT);
     let (_, outcome) = suspend(&rig, rig.vcpu(0));
     let denial = Denial::OtherCpusOn { count: 1 };
     assert_eq!(outcome.unwrap(), SuspendOutcome::Denied(denial));
@@ -724,41 +620,76 @@ fn an_unreadable_parked_vcpu_counts_as_on_and_reports_its_error() {
 #[test]
 fn a_failed_suspend_releases_the_parked_vcpus() {
     let rig = Rig::new(&[MpState::Runnable, MpState::Stopped]);
-    rig.states[0].fail_set_mp.store(true, Ordering::SeqCst);
+    rig.vcpus[0].fail_mp_state_writes(true);
     let others = vec![rig.spawn(1)];
-    rig.states[0].call(0xC400_000E, ENTRY, CONTEXT);
+    guest_calls(&rig.vcpus[0], 0xC400_000E, ENTRY, CONTEXT);
     let (_, outcome) = suspend(&rig, rig.vcpu(0));
     assert!(matches!(outcome, Err(SuspendError::Suspend(_))));
     assert_eq!(rig.coordinator.state(), SuspendState::Running);
     let loops = others[0].loops.load(Ordering::SeqCst);
-    rig.kicks[1].kick();
+    rig.kick(1);
     wait_for(|| others[0].loops.load(Ordering::SeqCst) > loops);
     rig.stop(others);
 }
 
-/// Every `(from, to)` pair among `all` that `may_go` allows, in order.
-fn allowed_changes<T: Copy>(all: &[T], may_go: impl Fn(T, T) -> bool) -> Vec<(T, T)> {
-    all.iter()
-        .flat_map(|&from| all.iter().map(move |&to| (from, to)))
-        .filter(|&(from, to)| may_go(from, to))
-        .collect()
-}
-
+/// A guest's SYSTEM_SUSPEND through the real vCPU loop, as a client of the figures and the
+/// event stream sees it: refused while a secondary is on, accepted once it is off, and resumed
+/// at the entry point by the wake button.
 #[test]
-fn only_the_documented_transitions_are_allowed() {
-    use SuspendState::*;
-    let all = [Running, Suspending, Suspended, Resuming];
-    let allowed = allowed_changes(&all, SuspendState::may_go);
+fn the_state_a_client_reads_follows_the_guests_suspend_calls() {
+    let rig = Rig::new(&[MpState::Runnable, MpState::Runnable]);
+    let threads = vec![rig.spawn_run_vcpu(0), rig.spawn_run_vcpu(1)];
+    let caller = &rig.vcpus[0];
+    guest_calls(caller, 0xC400_000E, ENTRY, CONTEXT);
+    caller.push_exit(VmExit::SystemEvent(SystemEvent::Suspend));
+    wait_for(|| rig.coordinator.stats().denied_count == 1);
+    assert_eq!(rig.coordinator.state(), SuspendState::Running);
+    assert_eq!(caller.peek_reg(xreg(0)), sign_extended(PsciReturn::Denied));
+
+    // KVM handles the secondary's CPU_OFF; the guest calls again.
+    rig.vcpus[1].kvm_sets_mp_state(MpState::Stopped);
+    guest_calls(caller, 0xC400_000E, ENTRY, CONTEXT);
+    caller.push_exit(VmExit::SystemEvent(SystemEvent::Suspend));
+    wait_for(|| rig.coordinator.state() == SuspendState::Suspended);
     assert_eq!(
-        allowed,
-        [
-            (Running, Suspending),
-            (Suspending, Running),
-            (Suspending, Suspended),
-            (Suspended, Resuming),
-            (Resuming, Running),
-        ]
+        rig.coordinator.suspended_call().map(|(vcpu, _)| vcpu),
+        Some(0)
     );
+    assert_eq!(
+        rig.coordinator.census().unwrap(),
+        [Some(MpState::Suspended), Some(MpState::Stopped)]
+    );
+
+    let button = rig.wake_line(0, WakeSource::Gpio);
+    button.set_level(true).unwrap();
+    wait_for(|| rig.coordinator.stats().resume_count == 1);
+    let stats = rig.coordinator.stats();
+    assert_eq!(stats.state, SuspendState::Running);
+    assert_eq!(
+        (stats.suspend_count, stats.denied_count),
+        (1, 1),
+        "{stats:?}"
+    );
+    assert_eq!(stats.last_wake_source, Some(WakeSource::Gpio));
+    assert_eq!(caller.peek_reg(PC), ENTRY);
+    assert_eq!(caller.peek_reg(xreg(0)), CONTEXT);
+    assert!(matches!(
+        rig.events()[..],
+        [
+            VmEventKind::SuspendRequested { vcpu: 0, .. },
+            VmEventKind::SuspendDenied {
+                vcpu: 0,
+                reason: Denial::OtherCpusOn { count: 1 }
+            },
+            VmEventKind::SuspendRequested { vcpu: 0, .. },
+            VmEventKind::Suspended { vcpu: 0, .. },
+            VmEventKind::Woken {
+                source: WakeSource::Gpio
+            },
+            VmEventKind::Resumed { vcpu: 0, .. },
+        ]
+    ));
+    rig.stop_threads(threads);
 }
 
 #[test]

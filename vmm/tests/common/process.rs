@@ -42,11 +42,32 @@ pub struct Vmm {
     pub console: PathBuf,
 }
 
+/// How [`Vmm::launch`] starts `vmm`, beyond its arguments.
+pub struct Launch {
+    /// Whether it serves the API on `api.sock` in its directory; the launch then waits for the
+    /// socket.
+    pub api: bool,
+    /// The console's input.
+    pub stdin: Stdio,
+    /// The console's output; `None` is `console.log` in its directory.
+    pub stdout: Option<Stdio>,
+}
+
+impl Default for Launch {
+    fn default() -> Self {
+        Self {
+            api: true,
+            stdin: Stdio::null(),
+            stdout: None,
+        }
+    }
+}
+
 impl Vmm {
     /// Starts `vmm ARGS -v --api-socket DIR/api.sock` in a fresh scratch directory named after
     /// `name`, and waits for its socket.
     pub fn start(name: &str, args: &[impl AsRef<std::ffi::OsStr>]) -> Self {
-        Self::start_with_stdin(name, args, Stdio::null())
+        Self::launch(name, args, Launch::default())
     }
 
     /// [`Vmm::start`] with the console's input from `stdin`.
@@ -55,17 +76,31 @@ impl Vmm {
         args: &[impl AsRef<std::ffi::OsStr>],
         stdin: Stdio,
     ) -> Self {
+        let launch = Launch {
+            stdin,
+            ..Launch::default()
+        };
+        Self::launch(name, args, launch)
+    }
+
+    /// Starts `vmm ARGS -v` in a fresh scratch directory named after `name`, its stderr in
+    /// `stderr.log` there, as `launch` says.
+    pub fn launch(name: &str, args: &[impl AsRef<std::ffi::OsStr>], launch: Launch) -> Self {
         let dir = std::env::temp_dir().join(format!("vmm-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let socket = dir.join("api.sock");
         let console = dir.join("console.log");
-        let child = Command::new(vmm_binary())
-            .args(args)
-            .arg("-v")
-            .arg("--api-socket")
-            .arg(&socket)
-            .stdin(stdin)
-            .stdout(std::fs::File::create(&console).unwrap())
+        let mut command = Command::new(vmm_binary());
+        command.args(args).arg("-v");
+        if launch.api {
+            command.arg("--api-socket").arg(&socket);
+        }
+        let stdout = launch
+            .stdout
+            .unwrap_or_else(|| std::fs::File::create(&console).unwrap().into());
+        let child = command
+            .stdin(launch.stdin)
+            .stdout(stdout)
             .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap())
             .spawn()
             .expect("start vmm");
@@ -76,7 +111,7 @@ impl Vmm {
             console,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !vmm.socket.exists() {
+        while launch.api && !vmm.socket.exists() {
             let exited = vmm.child.try_wait().unwrap();
             assert!(
                 exited.is_none() && Instant::now() < deadline,
@@ -108,28 +143,42 @@ impl Vmm {
 
     /// Whole console lines containing `text`.
     pub fn console_lines(&self, text: &str) -> Vec<String> {
-        let console = self.console_text();
-        let complete = console.rsplit_once('\n').map_or("", |(whole, _)| whole);
-        complete
-            .lines()
-            .filter(|line| line.contains(text))
-            .map(str::to_owned)
-            .collect()
+        whole_lines_containing(&self.console_text(), text)
     }
 
     pub fn wait_console(&self, text: &str, limit: Duration) -> String {
+        let poll = Duration::from_millis(100);
+        self.wait_line("console", text, limit, poll, |vmm| vmm.console_lines(text))
+    }
+
+    /// Waits up to `limit` for a whole line containing `text` on vmm's stderr; returns it.
+    /// Looks often: a test may time what it does next from that line.
+    pub fn wait_stderr(&self, text: &str, limit: Duration) -> String {
+        self.wait_line("stderr", text, limit, Duration::from_millis(5), |vmm| {
+            whole_lines_containing(&vmm.stderr(), text)
+        })
+    }
+
+    fn wait_line(
+        &self,
+        place: &str,
+        text: &str,
+        limit: Duration,
+        poll: Duration,
+        lines: impl Fn(&Self) -> Vec<String>,
+    ) -> String {
         let deadline = Instant::now() + limit;
         loop {
-            if let Some(line) = self.console_lines(text).pop() {
+            if let Some(line) = lines(self).pop() {
                 return line;
             }
             assert!(
                 Instant::now() < deadline,
-                "{text:?} not on the console within {limit:?}:\n{}\n{}",
+                "{text:?} not on the {place} within {limit:?}:\n{}\n{}",
                 self.console_text(),
                 self.stderr()
             );
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(poll);
         }
     }
 
@@ -147,6 +196,16 @@ impl Drop for Vmm {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The whole lines of `text` (the last one only once it ends) that contain `needle`.
+fn whole_lines_containing(text: &str, needle: &str) -> Vec<String> {
+    let complete = text.rsplit_once('\n').map_or("", |(whole, _)| whole);
+    complete
+        .lines()
+        .filter(|line| line.contains(needle))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Follows `vm.events` on a thread; events arrive on the returned channel.

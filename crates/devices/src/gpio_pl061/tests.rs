@@ -1,5 +1,6 @@
 use super::*;
-use crate::irq::RecordingIrqLine;
+use crate::amba::ID_START;
+use crate::test_utils::RecordingIrqLine;
 
 const KEY_PIN: u32 = 3;
 const KEY_BIT: u8 = 1 << KEY_PIN;

@@ -1,7 +1,8 @@
 use std::sync::Mutex;
 
 use super::*;
-use crate::irq::RecordingIrqLine;
+use crate::amba::ID_START;
+use crate::test_utils::{ManualClock, RecordingIrqLine};
 
 /// An arbitrary wall-clock start, in the middle of a second to catch rounding.
 const START: Duration = Duration::from_millis(1_700_000_000_250);

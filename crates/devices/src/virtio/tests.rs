@@ -378,18 +378,20 @@ fn disk_images_are_checked_and_locked() {
 
 // --- the transport ---
 
-fn read_reg(transport: &mut MmioTransport, offset: u32) -> u32 {
+/// Reads the transport register at `offset` as the guest does.
+pub(crate) fn read_reg(transport: &mut MmioTransport, offset: u32) -> u32 {
     let mut data = [0u8; 4];
     transport.read(u64::from(offset), &mut data);
     u32::from_le_bytes(data)
 }
 
-fn write_reg(transport: &mut MmioTransport, offset: u32, value: u32) {
+/// Writes the transport register at `offset` as the guest does.
+pub(crate) fn write_reg(transport: &mut MmioTransport, offset: u32, value: u32) {
     transport.write(u64::from(offset), &value.to_le_bytes());
 }
 
-/// Negotiates like Linux's virtio_mmio driver and sets queue 0 up on `queue`'s rings.
-fn bring_up(transport: &mut MmioTransport, queue: &MockSplitQueue<GuestMemoryMmap>, features: u64) {
+/// Takes the device to FEATURES_OK with `features`, as Linux's virtio_mmio driver does.
+pub(crate) fn negotiate(transport: &mut MmioTransport, features: u64) {
     write_reg(transport, VIRTIO_MMIO_STATUS, 0);
     write_reg(transport, VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
     write_reg(
@@ -405,30 +407,45 @@ fn bring_up(transport: &mut MmioTransport, queue: &MockSplitQueue<GuestMemoryMma
             (features >> (32 * select)) as u32,
         );
     }
-    let negotiated =
-        VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK;
-    write_reg(transport, VIRTIO_MMIO_STATUS, negotiated);
-    assert_eq!(read_reg(transport, VIRTIO_MMIO_STATUS), negotiated);
-    write_reg(transport, VIRTIO_MMIO_QUEUE_SEL, 0);
-    assert_eq!(read_reg(transport, VIRTIO_MMIO_QUEUE_NUM_MAX), 256);
-    write_reg(transport, VIRTIO_MMIO_QUEUE_NUM, 16);
-    for (low, addr) in [
-        (VIRTIO_MMIO_QUEUE_DESC_LOW, queue.desc_table_addr()),
-        (VIRTIO_MMIO_QUEUE_AVAIL_LOW, queue.avail_addr()),
-        (VIRTIO_MMIO_QUEUE_USED_LOW, queue.used_addr()),
-    ] {
-        write_reg(transport, low, addr.0 as u32);
-        write_reg(transport, low + 4, (addr.0 >> 32) as u32);
+    write_reg(transport, VIRTIO_MMIO_STATUS, NEGOTIATED);
+    assert_eq!(read_reg(transport, VIRTIO_MMIO_STATUS), NEGOTIATED);
+}
+
+/// Gives queue `index` `size` entries and its descriptor table, available and used rings at
+/// `rings`, and makes it ready.
+pub(crate) fn set_up_queue(transport: &mut MmioTransport, index: u32, size: u32, rings: [u64; 3]) {
+    write_reg(transport, VIRTIO_MMIO_QUEUE_SEL, index);
+    write_reg(transport, VIRTIO_MMIO_QUEUE_NUM, size);
+    let lows = [
+        VIRTIO_MMIO_QUEUE_DESC_LOW,
+        VIRTIO_MMIO_QUEUE_AVAIL_LOW,
+        VIRTIO_MMIO_QUEUE_USED_LOW,
+    ];
+    for (low, addr) in lows.into_iter().zip(rings) {
+        write_reg(transport, low, addr as u32);
+        write_reg(transport, low + 4, (addr >> 32) as u32);
     }
     write_reg(transport, VIRTIO_MMIO_QUEUE_READY, 1);
+}
+
+/// Negotiates like Linux's virtio_mmio driver and sets queue 0 up on `queue`'s rings.
+fn bring_up(transport: &mut MmioTransport, queue: &MockSplitQueue<GuestMemoryMmap>, features: u64) {
+    negotiate(transport, features);
+    write_reg(transport, VIRTIO_MMIO_QUEUE_SEL, 0);
+    assert_eq!(read_reg(transport, VIRTIO_MMIO_QUEUE_NUM_MAX), 256);
+    let rings = [
+        queue.desc_table_addr(),
+        queue.avail_addr(),
+        queue.used_addr(),
+    ];
+    set_up_queue(transport, 0, 16, rings.map(|addr| addr.0));
     write_reg(
         transport,
         VIRTIO_MMIO_STATUS,
-        negotiated | VIRTIO_CONFIG_S_DRIVER_OK,
+        NEGOTIATED | VIRTIO_CONFIG_S_DRIVER_OK,
     );
 }
 
-/// Waits (bounded, only a deadlock reaches the bound) for the device's interrupt.
 fn wait_interrupt(transport: &MmioTransport) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while transport.interrupt().event().read().is_err() {
@@ -791,25 +808,8 @@ const NEGOTIATED: u32 =
 /// Takes a reset device to FEATURES_OK with VERSION_1, then sets queue 0 up at 16 entries
 /// on `desc`, `avail` and `used` and makes it ready: `bring_up` without DRIVER_OK.
 fn set_up_without_starting(transport: &mut MmioTransport, desc: u64, avail: u64, used: u64) {
-    for step in [
-        VIRTIO_CONFIG_S_ACKNOWLEDGE,
-        VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER,
-    ] {
-        write_reg(transport, VIRTIO_MMIO_STATUS, step);
-    }
-    write_reg(transport, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
-    write_reg(transport, VIRTIO_MMIO_DRIVER_FEATURES, 1);
-    write_reg(transport, VIRTIO_MMIO_STATUS, NEGOTIATED);
-    write_reg(transport, VIRTIO_MMIO_QUEUE_NUM, 16);
-    for (low, addr) in [
-        (VIRTIO_MMIO_QUEUE_DESC_LOW, desc),
-        (VIRTIO_MMIO_QUEUE_AVAIL_LOW, avail),
-        (VIRTIO_MMIO_QUEUE_USED_LOW, used),
-    ] {
-        write_reg(transport, low, addr as u32);
-        write_reg(transport, low + 4, (addr >> 32) as u32);
-    }
-    write_reg(transport, VIRTIO_MMIO_QUEUE_READY, 1);
+    negotiate(transport, VIRTIO_F_VERSION_1);
+    set_up_queue(transport, 0, 16, [desc, avail, used]);
 }
 
 #[test]

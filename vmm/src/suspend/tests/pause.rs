@@ -3,12 +3,11 @@
 use std::sync::mpsc::RecvTimeoutError;
 
 use devices::bus::MmioBus;
-use hypervisor::{SystemEvent, VmExit};
 
 use super::*;
 use crate::vcpu::{VcpuContext, run_vcpu};
 
-/// Long enough for a vCPU thread that could run to do so a few times (it loops every 20 ms).
+/// Long enough for a vCPU thread that could enter the guest, or leave it, to have done so.
 pub(super) const QUIET: Duration = Duration::from_millis(100);
 
 /// Runs `f` on a thread; [`done`] collects its result.
@@ -48,13 +47,11 @@ impl Rig {
     }
 
     pub(super) fn runs(&self) -> Vec<usize> {
-        let runs = |state: &Arc<FakeState>| state.runs.load(Ordering::SeqCst);
-        self.states.iter().map(runs).collect()
+        self.vcpus.iter().map(FakeVcpu::runs).collect()
     }
 
     pub(super) fn mp_reads(&self) -> Vec<usize> {
-        let reads = |state: &Arc<FakeState>| state.mp_reads.load(Ordering::SeqCst);
-        self.states.iter().map(reads).collect()
+        self.vcpus.iter().map(FakeVcpu::mp_reads).collect()
     }
 
     /// Checks that no vCPU enters the guest for a while.
@@ -64,9 +61,22 @@ impl Rig {
         assert_eq!(self.runs(), before, "a paused vCPU entered KVM_RUN");
     }
 
-    /// Waits until every vCPU has entered the guest again since `before`.
-    pub(super) fn wait_all_run_since(&self, before: &[usize]) {
-        wait_for(|| self.runs().iter().zip(before).all(|(now, then)| now > then));
+    /// Waits until every vCPU's thread is in the guest (in `KVM_RUN`), not parked.
+    pub(super) fn wait_all_in_guest(&self) {
+        wait_for(|| self.vcpus.iter().all(FakeVcpu::is_in_run));
+    }
+
+    /// Starts `hold` (a pause or a census) on a host thread while only vCPU 0 runs, and waits
+    /// until vCPU 0 has parked for it; vCPU 1 has no thread yet, so the round stays open.
+    pub(super) fn start_hold_without_vcpu_1<T: Send + 'static>(
+        &self,
+        hold: impl FnOnce(&SuspendCoordinator) -> T + Send + 'static,
+    ) -> (Other, Receiver<T>) {
+        let other = self.spawn(0);
+        let coordinator = self.coordinator.clone();
+        let result = start(move || hold(&coordinator));
+        wait_for(|| self.mp_reads()[0] == 1);
+        (other, result)
     }
 
     /// Runs vCPU `index` in the real [`run_vcpu`] loop on a thread.
@@ -76,7 +86,7 @@ impl Rig {
             control: self.control.clone(),
             suspend: self.coordinator.clone(),
         };
-        let kick = self.kicks[index as usize].clone();
+        let kick = self.vcpus[index as usize].kicker();
         let vcpu = self.vcpu(index);
         thread::spawn(move || run_vcpu(vcpu, &*kick, &context))
     }
@@ -86,7 +96,7 @@ impl Rig {
 fn pause_parks_every_vcpu_and_none_runs_until_resume() {
     let rig = Rig::new(&[MpState::Runnable; 4]);
     let others: Vec<Other> = (0..4).map(|index| rig.spawn(index)).collect();
-    rig.wait_all_run_since(&[0; 4]);
+    rig.wait_all_in_guest();
 
     rig.pause().unwrap();
     assert!(rig.coordinator.is_paused());
@@ -105,11 +115,10 @@ fn pause_parks_every_vcpu_and_none_runs_until_resume() {
         .collect();
     assert_eq!(loops, after, "a paused vCPU left its park");
 
-    let before = rig.runs();
     rig.resume().unwrap();
     assert!(!rig.coordinator.is_paused());
     assert!(!rig.coordinator.stats().paused);
-    rig.wait_all_run_since(&before);
+    rig.wait_all_in_guest();
     for other in &others {
         assert_eq!(other.parks.load(Ordering::SeqCst), 1);
         assert_eq!(other.errors.load(Ordering::SeqCst), 0);
@@ -118,56 +127,66 @@ fn pause_parks_every_vcpu_and_none_runs_until_resume() {
     rig.stop(others);
 }
 
+/// A guest that suspended sleeps on through a pause and a resume, and still wakes at its entry
+/// point when an interrupt comes.
 #[test]
-fn pause_while_suspended_keeps_the_guest_asleep() {
+fn a_guest_suspended_across_a_pause_sleeps_until_its_wakeup() {
     let rig = Rig::new(&[MpState::Runnable, MpState::Stopped]);
-    let mut others = vec![rig.spawn(1)];
-    rig.states[0].call(0xC400_000E, ENTRY, CONTEXT);
-    let (mut vcpu, outcome) = suspend(&rig, rig.vcpu(0));
-    assert_eq!(outcome.unwrap(), SuspendOutcome::Suspended);
-    // The caller's thread is back in KVM_RUN, SUSPENDED.
-    others.push(rig.spawn(0));
-    rig.wait_all_run_since(&rig.runs());
+    guest_calls(&rig.vcpus[0], 0xC400_000E, ENTRY, CONTEXT);
+    rig.vcpus[0].push_exit(VmExit::SystemEvent(SystemEvent::Suspend));
+    let threads = vec![rig.spawn_run_vcpu(0), rig.spawn_run_vcpu(1)];
+    wait_for(|| rig.coordinator.state() == SuspendState::Suspended);
+    rig.wait_all_in_guest();
 
-    let kicks = rig.kicks[0].kicks.load(Ordering::SeqCst);
     rig.pause().unwrap();
-    assert!(
-        rig.kicks[0].kicks.load(Ordering::SeqCst) > kicks,
-        "kicked out of KVM_RUN"
-    );
-    let stats = rig.coordinator.stats();
-    assert_eq!((stats.state, stats.paused), (SuspendState::Suspended, true));
     assert_eq!(
         rig.census().unwrap(),
         [Some(MpState::Suspended), Some(MpState::Stopped)]
     );
     rig.assert_none_runs();
-
-    let before = rig.runs();
     rig.resume().unwrap();
-    rig.wait_all_run_since(&before);
+    rig.wait_all_in_guest();
+    thread::sleep(QUIET);
+    let stats = rig.coordinator.stats();
     assert_eq!(
-        rig.states[0].mp(),
-        MpState::Suspended,
-        "re-entered still SUSPENDED"
+        (stats.state, stats.paused),
+        (SuspendState::Suspended, false)
     );
-    assert_eq!(rig.states[0].resets.load(Ordering::SeqCst), 0);
-    assert_eq!(rig.coordinator.state(), SuspendState::Suspended);
+    assert!(matches!(
+        rig.events()[..],
+        [
+            VmEventKind::SuspendRequested { vcpu: 0, .. },
+            VmEventKind::Suspended { vcpu: 0, .. }
+        ]
+    ));
+    assert_ne!(rig.vcpus[0].peek_reg(PC), ENTRY, "resumed without a wakeup");
 
-    // The guest still wakes as usual.
-    rig.tracker.note(WakeSource::Rtc);
-    assert_eq!(
-        wakeup(&rig, &mut vcpu),
-        WakeupOutcome::Resumed(WakeSource::Rtc)
-    );
-    assert_eq!(rig.states[0].reg(PC), ENTRY);
-    rig.stop(others);
+    // The RTC's alarm, as the vGIC delivers it to the sleeping vCPU.
+    let alarm = rig.wake_line(0, WakeSource::Rtc);
+    alarm.set_level(true).unwrap();
+    wait_for(|| rig.coordinator.stats().resume_count == 1);
+    assert_eq!(rig.vcpus[0].peek_reg(PC), ENTRY);
+    assert_eq!(rig.vcpus[0].peek_reg(xreg(0)), CONTEXT);
+    assert!(matches!(
+        rig.events()[..],
+        [
+            VmEventKind::Woken {
+                source: WakeSource::Rtc
+            },
+            VmEventKind::Resumed {
+                vcpu: 0,
+                source: WakeSource::Rtc,
+                ..
+            }
+        ]
+    ));
+    rig.stop_threads(threads);
 }
 
 #[test]
 fn census_reports_each_vcpu_and_lets_them_run_again() {
     let rig = Rig::new(&[MpState::Runnable, MpState::Stopped, MpState::Runnable]);
-    rig.states[2].fail_mp_read.store(true, Ordering::SeqCst);
+    rig.vcpus[2].fail_mp_state_reads(true);
     let others: Vec<Other> = (0..3).map(|index| rig.spawn(index)).collect();
 
     assert_eq!(
@@ -176,7 +195,7 @@ fn census_reports_each_vcpu_and_lets_them_run_again() {
     );
     assert!(!rig.coordinator.is_paused());
     assert_eq!(rig.mp_reads(), [1; 3]);
-    rig.wait_all_run_since(&rig.runs());
+    rig.wait_all_in_guest();
     // The parked thread reports its failed read after the round, as in a suspend.
     wait_for(|| others[2].errors.load(Ordering::SeqCst) == 1);
     assert_eq!(others[0].parks.load(Ordering::SeqCst), 1);
@@ -193,7 +212,7 @@ fn census_while_paused_reads_again_and_stays_paused() {
     let runs = rig.runs();
 
     // Only the vCPU's own thread can see this, so the census must ask it.
-    *rig.states[1].mp.lock().unwrap() = MpState::Stopped;
+    rig.vcpus[1].kvm_sets_mp_state(MpState::Stopped);
     assert_eq!(
         rig.census().unwrap(),
         [Some(MpState::Runnable), Some(MpState::Stopped)]
@@ -215,7 +234,7 @@ fn census_while_paused_reads_again_and_stays_paused() {
     }
 
     rig.resume().unwrap();
-    rig.wait_all_run_since(&runs);
+    rig.wait_all_in_guest();
     rig.stop(others);
 }
 
@@ -257,14 +276,12 @@ fn shutdown_while_paused_releases_every_thread_without_a_resume() {
 #[test]
 fn shutdown_while_pausing_fails_the_pause() {
     let rig = Rig::new(&[MpState::Runnable, MpState::Runnable]);
-    // vCPU 1 has no thread: it never parks.
-    let others = vec![rig.spawn(0)];
-    let coordinator = rig.coordinator.clone();
-    let pause = start(move || coordinator.pause());
-    wait_for(|| rig.mp_reads()[0] == 1);
+    // vCPU 1 never gets a thread: it never parks.
+    let (other, pause) = rig.start_hold_without_vcpu_1(SuspendCoordinator::pause);
+    let others = vec![other];
     assert!(still_blocked(&pause));
     assert!(!rig.coordinator.is_paused());
-    assert!(rig.kicks[1].kicks.load(Ordering::SeqCst) >= 1);
+    assert!(rig.vcpus[1].kicks() >= 1);
 
     rig.control.request_exit(ExitReason::Shutdown);
     assert_eq!(done(&pause), Err(PauseError::Stopping));
@@ -276,17 +293,15 @@ fn shutdown_while_pausing_fails_the_pause() {
 fn while_pausing_suspend_is_denied_and_resume_waits() {
     let rig = Rig::new(&[MpState::Runnable, MpState::Stopped]);
     // vCPU 1 parks late, so the pause stays in progress.
-    let mut others = vec![rig.spawn(0)];
-    let coordinator = rig.coordinator.clone();
-    let pause = start(move || coordinator.pause());
-    wait_for(|| rig.mp_reads()[0] == 1);
+    let (other, pause) = rig.start_hold_without_vcpu_1(SuspendCoordinator::pause);
+    let mut others = vec![other];
 
     // A SYSTEM_SUSPEND exit vCPU 1 took just before its kick is refused at once.
-    rig.states[1].call(0xC400_000E, ENTRY, CONTEXT);
+    guest_calls(&rig.vcpus[1], 0xC400_000E, ENTRY, CONTEXT);
     let (_, outcome) = suspend(&rig, rig.vcpu(1));
     assert_eq!(outcome.unwrap(), SuspendOutcome::Denied(Denial::Busy));
     assert_eq!(
-        rig.states[1].reg(xreg(0)),
+        rig.vcpus[1].peek_reg(xreg(0)),
         sign_extended(PsciReturn::Denied)
     );
     assert_eq!(rig.coordinator.state(), SuspendState::Running);
@@ -300,7 +315,7 @@ fn while_pausing_suspend_is_denied_and_resume_waits() {
     assert_eq!(done(&pause), Ok(()));
     assert_eq!(done(&resume), Ok(()));
     assert!(!rig.coordinator.is_paused());
-    rig.wait_all_run_since(&rig.runs());
+    rig.wait_all_in_guest();
     rig.stop(others);
 }
 
@@ -309,7 +324,7 @@ fn pause_and_census_wait_for_a_suspend_decision() {
     let rig = Rig::new(&[MpState::Runnable, MpState::Stopped, MpState::Stopped]);
     // vCPU 2 parks late, so the decision stays in progress.
     let mut others = vec![rig.spawn(1)];
-    rig.states[0].call(0xC400_000E, ENTRY, CONTEXT);
+    guest_calls(&rig.vcpus[0], 0xC400_000E, ENTRY, CONTEXT);
     let (coordinator, mut caller) = (rig.coordinator.clone(), rig.vcpu(0));
     let suspend = start(move || coordinator.on_suspend_exit(&mut caller).map(|_| caller));
     wait_for(|| rig.mp_reads()[1] == 1);
@@ -325,7 +340,7 @@ fn pause_and_census_wait_for_a_suspend_decision() {
 
     others.push(rig.spawn(2));
     let caller = done(&suspend).unwrap();
-    assert_eq!(caller.state.mp(), MpState::Suspended);
+    assert_eq!(caller.peek_mp_state(), MpState::Suspended);
     // The caller re-enters KVM_RUN, SUSPENDED; it parks for the pause and the census.
     others.push(rig.spawn(0));
     let all = [
@@ -348,9 +363,9 @@ fn pause_and_census_wait_for_a_suspend_decision() {
 fn a_suspend_exit_racing_a_pause_ends_cleanly() {
     for attempt in 0..20u64 {
         let rig = Rig::new(&[MpState::Runnable, MpState::Stopped, MpState::Stopped]);
-        rig.states[0].call(0xC400_000E, ENTRY, CONTEXT);
+        guest_calls(&rig.vcpus[0], 0xC400_000E, ENTRY, CONTEXT);
         let threads: Vec<JoinHandle<()>> = (0..3).map(|index| rig.spawn_run_vcpu(index)).collect();
-        rig.wait_all_run_since(&[0; 3]);
+        rig.wait_all_in_guest();
         let barrier = Arc::new(Barrier::new(2));
         let (coordinator, wait) = (rig.coordinator.clone(), barrier.clone());
         // Spread the exit around the pause over the attempts: first the pause, then the exit
@@ -367,18 +382,15 @@ fn a_suspend_exit_racing_a_pause_ends_cleanly() {
         if attempt < 10 {
             thread::sleep(lead);
         }
-        let exits = rig.states[0].exits.lock();
-        exits
-            .unwrap()
-            .push_back(VmExit::SystemEvent(SystemEvent::Suspend));
-        rig.kicks[0].kick();
+        rig.vcpus[0].push_exit(VmExit::SystemEvent(SystemEvent::Suspend));
+        rig.kick(0);
 
         assert_eq!(done(&pause), Ok(()), "attempt {attempt}");
         // The exit may still be queued if the pause won before vCPU 0 ran again.
-        let pending = !rig.states[0].exits.lock().unwrap().is_empty();
+        let pending = rig.vcpus[0].pending_exits() > 0;
         let stats = rig.coordinator.stats();
         assert!(stats.paused);
-        let (state, mp) = (stats.state, rig.states[0].mp());
+        let (state, mp) = (stats.state, rig.vcpus[0].peek_mp_state());
         match (stats.suspend_count, stats.denied_count) {
             (1, 0) => assert_eq!((state, mp), (SuspendState::Suspended, MpState::Suspended)),
             (0, 1) => {
@@ -397,30 +409,34 @@ fn a_suspend_exit_racing_a_pause_ends_cleanly() {
 
         rig.resume().unwrap();
         // Once resumed, vCPU 0 takes any exit still queued and runs on.
-        wait_for(|| rig.states[0].exits.lock().unwrap().is_empty());
-        rig.wait_all_run_since(&rig.runs());
-        rig.control.request_exit(ExitReason::Shutdown);
-        for thread in threads {
-            join_within(thread);
-        }
+        wait_for(|| rig.vcpus[0].pending_exits() == 0);
+        rig.wait_all_in_guest();
+        rig.stop_threads(threads);
         assert_eq!(rig.control.exit_reason(), Some(ExitReason::Shutdown));
     }
 }
 
 #[test]
-fn only_the_documented_hold_changes_are_allowed() {
-    use Hold::*;
-    let all = [Free, Census, Pausing, Paused];
-    let allowed = super::allowed_changes(&all, Hold::may_go);
+fn a_pause_asked_during_a_census_waits_for_it_then_holds_every_vcpu() {
+    let rig = Rig::new(&[MpState::Runnable, MpState::Runnable]);
+    // vCPU 1 parks late, so the census stays in progress.
+    let (other, census) = rig.start_hold_without_vcpu_1(SuspendCoordinator::census);
+    let mut others = vec![other];
+    let coordinator = rig.coordinator.clone();
+    let pause = start(move || coordinator.pause());
+    assert!(still_blocked(&pause), "a pause during a census");
+    assert!(!rig.coordinator.is_paused());
+
+    others.push(rig.spawn(1));
     assert_eq!(
-        allowed,
-        [
-            (Free, Census),
-            (Free, Pausing),
-            (Census, Free),
-            (Pausing, Free),
-            (Pausing, Paused),
-            (Paused, Free),
-        ]
+        done(&census),
+        Ok(vec![Some(MpState::Runnable), Some(MpState::Runnable)])
     );
+    assert_eq!(done(&pause), Ok(()));
+    assert!(rig.coordinator.is_paused());
+    rig.assert_none_runs();
+    assert_eq!(rig.mp_reads(), [2, 2], "parked once for each");
+    rig.resume().unwrap();
+    rig.wait_all_in_guest();
+    rig.stop(others);
 }

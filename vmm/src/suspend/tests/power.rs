@@ -20,12 +20,12 @@ impl Rig {
     /// vCPU 0 makes a forwarded power call with `x1..x3`; returns its `x0`.
     fn power_call(&self, function_id: u64, x1: u64, x2: u64, x3: u64) -> u64 {
         let mut vcpu = self.vcpu(0);
-        self.states[0].call(function_id, x1, x2);
-        self.states[0].set_reg(xreg(3), x3);
+        guest_calls(&self.vcpus[0], function_id, x1, x2);
+        self.vcpus[0].poke_reg(xreg(3), x3);
         self.coordinator
             .on_power_call(&mut vcpu, function_id)
             .unwrap();
-        self.states[0].reg(xreg(0))
+        self.vcpus[0].peek_reg(xreg(0))
     }
 
     fn cpu_on(&self, target: u64) -> u64 {
@@ -33,23 +33,16 @@ impl Rig {
     }
 
     fn kick_count(&self) -> usize {
-        self.kicks
-            .iter()
-            .map(|kick| kick.kicks.load(Ordering::SeqCst))
-            .sum()
+        self.vcpus.iter().map(FakeVcpu::kicks).sum()
     }
 
     /// Makes vCPU `index`, running in [`Rig::spawn_run_vcpu`], call CPU_OFF.
     fn cpu_off_from(&self, index: usize) {
-        self.states[index].set_reg(xreg(0), CPU_OFF);
-        let mut exits = self.states[index].exits.lock().unwrap();
-        exits.push_back(VmExit::Hypercall {
+        self.vcpus[index].poke_reg(xreg(0), CPU_OFF);
+        self.vcpus[index].push_exit(VmExit::Hypercall {
             function_id: CPU_OFF,
             smc: false,
         });
-        drop(exits);
-        // Out of its 20 ms "guest" wait at once.
-        self.kicks[index].kick();
     }
 
     fn power(&self, index: usize) -> Option<MpState> {
@@ -66,11 +59,11 @@ fn a_vcpu_that_is_off_waits_outside_the_guest_until_cpu_on() {
 
     assert_eq!(rig.cpu_on(1), PsciReturn::Success.to_x0());
     wait_for(|| rig.runs()[1] > 0);
-    let started = &rig.states[1];
-    assert_eq!(started.resets.load(Ordering::SeqCst), 1);
-    assert_eq!(started.reg(PC), ENTRY);
-    assert_eq!(started.reg(xreg(0)), CONTEXT + 1);
-    assert_eq!(started.reg(PSTATE), 0x3c5);
+    let started = &rig.vcpus[1];
+    assert_eq!(started.resets(), 1);
+    assert_eq!(started.peek_reg(PC), ENTRY);
+    assert_eq!(started.peek_reg(xreg(0)), CONTEXT + 1);
+    assert_eq!(started.peek_reg(PSTATE), 0x3c5);
     assert_eq!(rig.runs()[2], 0, "only the target starts");
 
     assert_eq!(rig.cpu_on(1), PsciReturn::AlreadyOn.to_x0());
@@ -85,11 +78,7 @@ fn a_vcpu_that_is_off_waits_outside_the_guest_until_cpu_on() {
     assert_eq!(rig.runs()[2], 0);
     assert_eq!(rig.events(), [VmEventKind::CpuOn { vcpu: 0, target: 1 }]);
     assert_eq!(rig.kick_count(), 0, "a CPU_ON kicks nobody");
-    rig.control.request_exit(ExitReason::Shutdown);
-    rig.coordinator.wake_waiters();
-    for thread in threads {
-        join_within(thread);
-    }
+    rig.stop_threads(threads);
 }
 
 #[test]
@@ -106,7 +95,11 @@ fn cpu_off_takes_the_vcpu_out_of_the_guest_and_affinity_info_sees_it() {
 
     rig.cpu_off_from(1);
     wait_for(|| rig.coordinator.census().unwrap()[1] == Some(MpState::Stopped));
-    assert_eq!(rig.states[1].mp(), MpState::Stopped, "KVM's view agrees");
+    assert_eq!(
+        rig.vcpus[1].peek_mp_state(),
+        MpState::Stopped,
+        "KVM's view agrees"
+    );
     let runs = rig.runs()[1];
     thread::sleep(QUIET);
     assert_eq!(rig.runs()[1], runs, "an OFF vCPU entered KVM_RUN");
@@ -119,11 +112,9 @@ fn cpu_off_takes_the_vcpu_out_of_the_guest_and_affinity_info_sees_it() {
     // And it can be started again, at a new entry point.
     assert_eq!(rig.power_call(CPU_ON_64, mpidr(1), RAM.start, 5), 0);
     wait_for(|| rig.runs()[1] > runs);
-    assert_eq!(rig.states[1].reg(PC), RAM.start);
-    assert_eq!(rig.states[1].reg(xreg(0)), 5);
-    rig.control.request_exit(ExitReason::Shutdown);
-    rig.coordinator.wake_waiters();
-    join_within(thread);
+    assert_eq!(rig.vcpus[1].peek_reg(PC), RAM.start);
+    assert_eq!(rig.vcpus[1].peek_reg(xreg(0)), 5);
+    rig.stop_threads(vec![thread]);
 }
 
 #[test]
@@ -134,18 +125,18 @@ fn suspend_decides_from_the_table_without_a_kick() {
     // A secondary on: DENIED.
     assert_eq!(rig.cpu_on(5), 0);
     wait_for(|| rig.runs()[5] > 0);
-    rig.states[0].call(0xC400_000E, ENTRY, CONTEXT);
+    guest_calls(&rig.vcpus[0], 0xC400_000E, ENTRY, CONTEXT);
     let (vcpu, outcome) = suspend(&rig, rig.vcpu(0));
     assert_eq!(
         outcome.unwrap(),
         SuspendOutcome::Denied(Denial::OtherCpusOn { count: 1 })
     );
-    assert_eq!(rig.states[0].reg(xreg(0)), PsciReturn::Denied.to_x0());
+    assert_eq!(rig.vcpus[0].peek_reg(xreg(0)), PsciReturn::Denied.to_x0());
 
     // Outside RAM: INVALID_ADDRESS (the rule order puts the CPUs first: turn 5 off).
     rig.cpu_off_from(5);
     wait_for(|| rig.coordinator.census().unwrap()[5] == Some(MpState::Stopped));
-    rig.states[0].call(0xC400_000E, 0x10, CONTEXT);
+    guest_calls(&rig.vcpus[0], 0xC400_000E, 0x10, CONTEXT);
     let (vcpu, outcome) = {
         drop(vcpu);
         suspend(&rig, rig.vcpu(0))
@@ -157,29 +148,21 @@ fn suspend_decides_from_the_table_without_a_kick() {
 
     // Every other vCPU off: SUSPENDED, and nobody was ever kicked for a power state.
     drop(vcpu);
-    rig.states[0].call(0xC400_000E, ENTRY, CONTEXT);
+    guest_calls(&rig.vcpus[0], 0xC400_000E, ENTRY, CONTEXT);
     let (mut vcpu, outcome) = suspend(&rig, rig.vcpu(0));
     assert_eq!(outcome.unwrap(), SuspendOutcome::Suspended);
     assert_eq!(rig.power(0), Some(MpState::Suspended));
     assert_eq!(rig.coordinator.stats().vcpu_kicks, 0);
     assert_eq!(
-        rig.kicks
-            .iter()
-            .map(|kick| kick.kicks.load(Ordering::SeqCst))
-            .collect::<Vec<_>>(),
-        // vCPU 5's own kick in `cpu_off_from` is the test's, not the coordinator's.
-        [0, 0, 0, 0, 0, 1, 0, 0]
+        rig.vcpus.iter().map(FakeVcpu::kicks).collect::<Vec<_>>(),
+        [0; 8]
     );
     assert_eq!(
         wakeup(&rig, &mut vcpu),
         WakeupOutcome::Resumed(WakeSource::Unknown)
     );
-    assert_eq!(rig.states[0].reg(PC), ENTRY);
-    rig.control.request_exit(ExitReason::Shutdown);
-    rig.coordinator.wake_waiters();
-    for thread in threads {
-        join_within(thread);
-    }
+    assert_eq!(rig.vcpus[0].peek_reg(PC), ENTRY);
+    rig.stop_threads(threads);
 }
 
 #[test]
@@ -196,13 +179,9 @@ fn a_pause_still_holds_vcpus_that_are_off() {
     assert_eq!(census[1], Some(MpState::Stopped));
     rig.resume().unwrap();
     wait_for(|| rig.runs()[2] > 0);
-    assert_eq!(rig.states[2].reg(PC), ENTRY);
+    assert_eq!(rig.vcpus[2].peek_reg(PC), ENTRY);
     assert_eq!(rig.power(1), Some(MpState::Stopped));
-    rig.control.request_exit(ExitReason::Shutdown);
-    rig.coordinator.wake_waiters();
-    for thread in threads {
-        join_within(thread);
-    }
+    rig.stop_threads(threads);
 }
 
 #[test]
@@ -213,9 +192,7 @@ fn the_end_of_the_vm_wakes_vcpus_that_are_off_at_once() {
     let started = Instant::now();
     rig.control.request_exit(ExitReason::Shutdown);
     rig.coordinator.wake_waiters();
-    for thread in threads {
-        join_within(thread);
-    }
+    wait_for(|| threads.iter().all(JoinHandle::is_finished));
     // Not after their 1 s safety poll.
     assert!(
         started.elapsed() < Duration::from_millis(500),

@@ -26,6 +26,7 @@ use super::packet::*;
 use super::*;
 use crate::bus::MmioDevice;
 use crate::virtio::MmioTransport;
+use crate::virtio::tests::{negotiate, read_reg, set_up_queue, write_reg};
 
 const CID: u64 = 42;
 const MEMORY_SIZE: usize = 0x80_0000;
@@ -1082,47 +1083,15 @@ fn cids_and_socket_paths_are_checked() {
     assert_eq!(std::fs::read(&path).unwrap(), b"other");
 }
 
-fn read_reg(transport: &mut MmioTransport, offset: u32) -> u32 {
-    let mut data = [0u8; 4];
-    transport.read(u64::from(offset), &mut data);
-    u32::from_le_bytes(data)
-}
-
-fn write_reg(transport: &mut MmioTransport, offset: u32, value: u32) {
-    transport.write(u64::from(offset), &value.to_le_bytes());
-}
-
 /// Negotiates like Linux's virtio_mmio driver and sets the three queues up.
 fn bring_up(transport: &mut MmioTransport, rings: &[&Ring<'_>; 3]) {
-    let features = VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX;
-    write_reg(transport, VIRTIO_MMIO_STATUS, 0);
-    write_reg(transport, VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
-    let driver = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER;
-    write_reg(transport, VIRTIO_MMIO_STATUS, driver);
-    for select in 0..2 {
-        write_reg(transport, VIRTIO_MMIO_DRIVER_FEATURES_SEL, select);
-        write_reg(
-            transport,
-            VIRTIO_MMIO_DRIVER_FEATURES,
-            (features >> (32 * select)) as u32,
-        );
+    negotiate(transport, VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX);
+    for (index, ring) in (0..).zip(rings) {
+        let addrs = [ring.desc_table(), ring.avail_ring(), ring.used_ring()];
+        set_up_queue(transport, index, u32::from(RING_SIZE), addrs);
     }
-    let negotiated = driver | VIRTIO_CONFIG_S_FEATURES_OK;
-    write_reg(transport, VIRTIO_MMIO_STATUS, negotiated);
-    assert_eq!(read_reg(transport, VIRTIO_MMIO_STATUS), negotiated);
-    for (index, ring) in rings.iter().enumerate() {
-        write_reg(transport, VIRTIO_MMIO_QUEUE_SEL, index as u32);
-        write_reg(transport, VIRTIO_MMIO_QUEUE_NUM, u32::from(RING_SIZE));
-        for (low, addr) in [
-            (VIRTIO_MMIO_QUEUE_DESC_LOW, ring.desc_table()),
-            (VIRTIO_MMIO_QUEUE_AVAIL_LOW, ring.avail_ring()),
-            (VIRTIO_MMIO_QUEUE_USED_LOW, ring.used_ring()),
-        ] {
-            write_reg(transport, low, addr as u32);
-            write_reg(transport, low + 4, (addr >> 32) as u32);
-        }
-        write_reg(transport, VIRTIO_MMIO_QUEUE_READY, 1);
-    }
+    let negotiated =
+        VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK;
     write_reg(
         transport,
         VIRTIO_MMIO_STATUS,

@@ -186,6 +186,29 @@ impl Assembler {
         self.word(0xB500_0000 | ((delta as u32 & 0x7FFFF) << 5) | rt)
     }
 
+    /// Appends the instructions of `other`, which must not branch outside itself.
+    pub fn append(&mut self, other: &Assembler) -> &mut Self {
+        self.words.extend_from_slice(&other.words);
+        self
+    }
+
+    /// Rewrites the instruction at byte offset `at` into a `b` to byte offset `target`, for a
+    /// branch forward to code not written yet.
+    pub fn patch_b(&mut self, at: u64, target: u64) -> &mut Self {
+        let delta = (target as i64 - at as i64) / 4;
+        self.words[(at / 4) as usize] = 0x1400_0000 | (delta as u32 & 0x03FF_FFFF);
+        self
+    }
+
+    /// Enables the GICv3 CPU interface as a guest kernel does: its system registers, the
+    /// priority mask at `priority_mask`, and group 1 interrupts. Clobbers `scratch`.
+    pub fn enable_gic_cpu_interface(&mut self, scratch: Reg, priority_mask: u64) -> &mut Self {
+        self.mov_imm(scratch, 7).msr(ICC_SRE_EL1, scratch).isb();
+        self.mov_imm(scratch, priority_mask)
+            .msr(ICC_PMR_EL1, scratch);
+        self.mov_imm(scratch, 1).msr(ICC_IGRPEN1_EL1, scratch).isb()
+    }
+
     /// A PSCI call through `hvc #0`: function id in `x0`, arguments in `x1..x3`; the result comes
     /// back in `x0`.
     pub fn psci_call(&mut self, function: u32, args: &[u64]) -> &mut Self {
@@ -258,6 +281,16 @@ mod tests {
             asm.words,
             [0x1400_0000, 0x17ff_ffff, 0xb400_0045, 0xb5ff_ffa5]
         );
+    }
+
+    #[test]
+    fn a_patched_branch_jumps_forward_to_later_code() {
+        let mut asm = Assembler::new();
+        asm.b_to(0);
+        asm.wfi();
+        asm.patch_b(0, asm.offset());
+        asm.hvc(0);
+        assert_eq!(asm.words, [0x1400_0002, 0xd503_207f, 0xd400_0002]); // b .+8
     }
 
     #[test]
