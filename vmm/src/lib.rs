@@ -4,19 +4,25 @@
 //! command line over it. KVM is only reached on aarch64 hosts; elsewhere [`run`] explains why
 //! the host cannot run the VM.
 
+// A VM's life, in order: `config`, then `builder` (one boot of it on KVM), `running` (its
+// `vcpu` threads and its `control_loop`), the `handle` a caller drives it with, and `exit`.
+#[cfg(target_arch = "aarch64")]
+mod builder;
+pub mod config;
+#[cfg(target_arch = "aarch64")]
+mod control_loop;
+pub mod exit;
+pub mod handle;
+#[cfg(target_arch = "aarch64")]
+mod running;
+pub mod vcpu;
+
+// What the running VM is made of and serves.
 pub mod api;
 pub mod boot_images;
-pub mod config;
 pub mod console;
-pub mod control;
-#[cfg(target_arch = "aarch64")]
-mod event_loop;
 pub mod events;
 pub mod fault_report;
-#[cfg(target_arch = "aarch64")]
-mod machine;
-#[cfg(target_arch = "aarch64")]
-mod runner;
 pub mod seccomp;
 #[cfg(target_arch = "aarch64")]
 mod signals;
@@ -24,29 +30,27 @@ pub mod snapshot;
 pub mod suspend;
 #[cfg(target_arch = "aarch64")]
 mod terminal;
-pub mod vcpu;
 pub mod virtio_devices;
-pub mod vm;
 
 use std::path::PathBuf;
 
 pub use arch_aarch64::psci::PsciVersion;
 pub use boot_images::{BootImageError, BootImages};
+#[cfg(target_arch = "aarch64")]
+pub use builder::BuildError;
 pub use config::{
     ConfigError, CpuPowerMode, DiskConfig, MacAddress, NetConfig, NetConfigError, VmConfig,
     VsockConfig,
 };
 pub use console::Console;
-pub use control::{ControlError, ExitReason};
-pub use devices::virtio::DiskImageError;
 #[cfg(target_arch = "aarch64")]
-pub use event_loop::EventLoopError;
+pub use control_loop::ControlLoopError;
+pub use devices::virtio::DiskImageError;
+pub use exit::{ExitControlError, ExitReason};
+pub use handle::{HandleError, VcpuInfo, VcpuPower, Vm, VmHandle, VmInfo, VmState};
 pub use hypervisor::HypervisorError;
 #[cfg(target_arch = "aarch64")]
-pub use machine::MachineError;
-#[cfg(target_arch = "aarch64")]
 pub use signals::SignalError;
-pub use vm::{HandleError, VcpuInfo, VcpuPower, Vm, VmHandle, VmInfo, VmState};
 
 /// Environment variable naming the KVM device, `/dev/kvm` when unset. Tests use it to check
 /// the errors for a missing device or a file that is not KVM.
@@ -72,21 +76,21 @@ pub enum VmmError {
     Vsock(#[from] devices::virtio::VsockError),
     /// The host cannot run the VM.
     #[error(transparent)]
-    Hypervisor(#[from] HypervisorError),
+    KvmHypervisor(#[from] HypervisorError),
     /// The VM could not be built.
     #[cfg(target_arch = "aarch64")]
     #[error(transparent)]
-    Machine(#[from] MachineError),
+    Machine(#[from] BuildError),
     /// The VM's control block could not be created.
     #[error(transparent)]
-    Control(#[from] ControlError),
+    Control(#[from] ExitControlError),
     /// A thread's seccomp filter could not be built or installed.
     #[error(transparent)]
     Seccomp(#[from] seccomp::SeccompError),
     /// The event loop failed.
     #[cfg(target_arch = "aarch64")]
     #[error(transparent)]
-    EventLoop(#[from] EventLoopError),
+    ControlLoop(#[from] ControlLoopError),
     /// SIGTERM/SIGINT handling could not be installed.
     #[cfg(target_arch = "aarch64")]
     #[error("Cannot handle signals")]
@@ -169,12 +173,12 @@ pub(crate) fn run_with(
     backends: &virtio_devices::HostBackends,
     kvm_path: &std::path::Path,
     console: &Console,
-    shared: &vm::HandleShared,
+    shared: &handle::HandleShared,
     restore: Option<std::sync::Arc<snapshot::state::VmSnapshot>>,
 ) -> Result<ExitReason, VmmError> {
     #[cfg(target_arch = "aarch64")]
     {
-        runner::run(config, backends, kvm_path, console, shared, restore)
+        running::run(config, backends, kvm_path, console, shared, restore)
     }
     #[cfg(not(target_arch = "aarch64"))]
     {

@@ -37,8 +37,8 @@ use arch_aarch64::regs::{PC, PSTATE, xreg};
 use hypervisor::{MpState, Vcpu, VcpuError, VcpuKick};
 use serde::{Deserialize, Serialize};
 
-use crate::control::VmControl;
 use crate::events::{Denial, EventBus, VmEvent, VmEventKind, WakeSource, WakeSourceTracker};
+use crate::exit::ExitControl;
 
 mod pause;
 mod power;
@@ -46,7 +46,7 @@ mod power;
 use pause::Hold;
 pub use pause::PauseError;
 
-/// How often waits look at [`VmControl::stopping`], which has no way to notify them, and
+/// How often waits look at [`ExitControl::stopping`], which has no way to notify them, and
 /// re-kick vCPUs that have not parked yet.
 const POLL: Duration = Duration::from_millis(10);
 
@@ -239,7 +239,7 @@ pub struct SuspendCoordinator {
     kickers: Vec<Arc<dyn VcpuKick>>,
     events: Arc<EventBus>,
     wake: Arc<WakeSourceTracker>,
-    control: Arc<VmControl>,
+    control: Arc<ExitControl>,
     /// Lets `park_if_requested`, called after every exit, skip the lock.
     park_requested: AtomicBool,
     inner: Mutex<Inner>,
@@ -262,7 +262,7 @@ impl SuspendCoordinator {
         kickers: Vec<Arc<dyn VcpuKick>>,
         events: Arc<EventBus>,
         wake: Arc<WakeSourceTracker>,
-        control: Arc<VmControl>,
+        control: Arc<ExitControl>,
     ) -> Self {
         if kickers.len() != vcpus {
             log::warn!("{} vCPU kickers for {vcpus} vCPUs", kickers.len());

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use devices::bus::MmioBus;
 use hypervisor::{SystemEvent, Vcpu, VcpuKick, VmExit};
 
-use crate::control::{ExitReason, VmControl};
 use crate::error_chain;
 use crate::events::VmEventKind;
+use crate::exit::{ExitControl, ExitReason};
 use crate::suspend::SuspendCoordinator;
 
 /// What a vCPU thread shares with the rest of the VM.
@@ -16,7 +16,7 @@ pub struct VcpuContext {
     /// The MMIO devices.
     pub bus: Arc<MmioBus>,
     /// The VM's exit control.
-    pub control: Arc<VmControl>,
+    pub control: Arc<ExitControl>,
     /// The VM-wide suspend state machine.
     pub suspend: Arc<SuspendCoordinator>,
 }
@@ -155,7 +155,7 @@ mod tests {
         let mut bus = MmioBus::new();
         bus.insert(0x1000, 0x100, Arc::new(Mutex::new(Register(0))))
             .unwrap();
-        let control = Arc::new(VmControl::new().unwrap());
+        let control = Arc::new(ExitControl::new().unwrap());
         let suspend = Arc::new(SuspendCoordinator::new(
             1,
             vec![GuestRegion {

@@ -1,5 +1,5 @@
 //! The guest's virtual counter (CNTVCT_EL0) as data, for snapshots, and the offset arithmetic
-//! behind `KVM_ARM_SET_COUNTER_OFFSET`. The KVM side is in `kvm::Vm::set_guest_counter` and
+//! behind `KVM_ARM_SET_COUNTER_OFFSET`. The KVM side is in `kvm::KvmVm::set_guest_counter` and
 //! `kvm::KvmVcpu::counter_state`.
 
 use serde::{Deserialize, Serialize};

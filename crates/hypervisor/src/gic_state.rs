@@ -1,5 +1,5 @@
 //! The vGICv3's state as data, for snapshots: what KVM's device attributes hold for a GICv3
-//! without ITS. `kvm::GicV3::save` and `restore` move it in and out of KVM; the types and the
+//! without ITS. `kvm::KvmGicV3::save` and `restore` move it in and out of KVM; the types and the
 //! register arithmetic here build on every host.
 //!
 //! Per-SPI registers are kept as the guest sees them, one 32-bit word per register of the
@@ -113,7 +113,7 @@ pub fn active_priority_registers(icc_ctlr: u64) -> usize {
     }
 }
 
-/// The register map and attribute encodings that `kvm::GicV3` uses.
+/// The register map and attribute encodings that `kvm::KvmGicV3` uses.
 // Only the aarch64-only `kvm` module uses them; the unit tests below check them on every host.
 #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
 pub(crate) mod regs {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use arch_aarch64::layout::RAM_START;
 use arch_aarch64::regs;
-use hypervisor::kvm::VmOptions;
+use hypervisor::kvm::KvmVmOptions;
 use hypervisor::{SystemEvent, Vcpu, VmExit};
 use test_utils::a64::Assembler;
 use test_utils::guest::{BareMetal, REPORT_REG, reporting_program};
@@ -24,7 +24,7 @@ const LIMIT: Duration = Duration::from_secs(20);
 
 /// A one-vCPU VM running `program`, with SYSTEM_SUSPEND exits if `system_suspend`.
 fn bare_metal(system_suspend: bool, program: &Assembler) -> BareMetal {
-    let options = VmOptions {
+    let options = KvmVmOptions {
         system_suspend,
         ..Default::default()
     };
@@ -156,7 +156,7 @@ fn cpu_on_exits_to_userspace_when_forwarded_on_hosts_with_the_smccc_filter() {
     asm.str_x(0, REPORT_REG, 0);
     halt(&mut asm);
     let forward = &arch_aarch64::cpu_power::FORWARDED_RANGES;
-    let options = VmOptions {
+    let options = KvmVmOptions {
         system_suspend: true,
         forward_smccc: forward,
     };

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use arch_aarch64::layout::{GIC_DIST_BASE, GIC_REDIST_BASE, RAM_START};
 use arch_aarch64::regs;
 use hypervisor::gic_state::active_priority_registers;
-use hypervisor::kvm::{GicV3, KvmVcpu, Vm, VmOptions, host_counter, host_counter_frequency};
+use hypervisor::kvm::{
+    KvmGicV3, KvmVcpu, KvmVm, KvmVmOptions, host_counter, host_counter_frequency,
+};
 use hypervisor::{CounterPath, GicState, MpState, SystemEvent, Vcpu, VmExit};
 use test_utils::a64::{Assembler, SysReg};
 use test_utils::guest::{BareMetal, REPORT_REG, reporting_program, run_reporting};
@@ -36,15 +38,15 @@ const EDGE_SPI: u32 = 7;
 /// A VM of [`VCPUS`] vCPUs and a vGIC with [`SPIS`] SPIs; vCPU 0 starts at `program`, the
 /// others powered off.
 struct Machine {
-    vm: Vm,
+    vm: KvmVm,
     vcpus: Vec<KvmVcpu>,
-    gic: GicV3,
+    gic: KvmGicV3,
     mpidrs: Vec<u64>,
 }
 
 impl Machine {
     fn new(program: &Assembler) -> Self {
-        let options = VmOptions {
+        let options = KvmVmOptions {
             system_suspend: true,
             ..Default::default()
         };

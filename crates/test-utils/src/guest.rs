@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use arch_aarch64::layout::RAM_START;
 use arch_aarch64::regs;
-use hypervisor::kvm::{Hypervisor, KvmVcpu, Vm, VmOptions};
+use hypervisor::kvm::{KvmHypervisor, KvmVcpu, KvmVm, KvmVmOptions};
 use hypervisor::{Vcpu, VcpuKick, VmExit};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -32,7 +32,7 @@ pub fn reporting_program() -> Assembler {
 /// with interrupts masked, the others powered off as KVM creates them.
 pub struct BareMetal {
     /// The VM.
-    pub vm: Vm,
+    pub vm: KvmVm,
     /// Its vCPUs, by index.
     pub vcpus: Vec<KvmVcpu>,
 }
@@ -42,14 +42,14 @@ impl BareMetal {
     ///
     /// # Panics
     /// When KVM refuses any step.
-    pub fn new(options: VmOptions, program: &Assembler, vcpus: u32) -> Self {
-        let hypervisor = Hypervisor::new().expect("open /dev/kvm");
+    pub fn new(options: KvmVmOptions, program: &Assembler, vcpus: u32) -> Self {
+        let hypervisor = KvmHypervisor::new().expect("open /dev/kvm");
         let memory =
             GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(RAM_START), RAM_SIZE)]).unwrap();
         memory
             .write_slice(&program.to_bytes(), GuestAddress(RAM_START))
             .unwrap();
-        let vm = Vm::new(&hypervisor, memory, options).expect("create VM");
+        let vm = KvmVm::new(&hypervisor, memory, options).expect("create VM");
         let vcpus: Vec<KvmVcpu> = (0..vcpus)
             .map(|index| vm.create_vcpu(index).expect("create vCPU"))
             .collect();

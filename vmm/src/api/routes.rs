@@ -14,9 +14,9 @@ use serde_json::{Value, json};
 
 use super::http::{self, HttpError};
 use super::{ApiReply, ApiRouter, server};
+use crate::handle::{HandleError, VmHandle};
 use crate::snapshot::dir::SnapshotDirError;
 use crate::snapshot::{SnapshotError, SnapshotRequest};
-use crate::vm::{HandleError, VmHandle};
 
 /// The versioned prefix of every path.
 pub const API_PREFIX: &str = "/api/v1/";

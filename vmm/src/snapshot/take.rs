@@ -15,7 +15,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use devices::virtio::{DiskImage, MmioTransport};
 use devices::{BootTimer, Pl061Gpio, Serial16550};
 use event_manager::{EventOps, Events, MutEventSubscriber};
-use hypervisor::kvm::{GicV3, VcpuKicker, Vm};
+use hypervisor::kvm::{KvmGicV3, KvmVcpuKicker, KvmVm};
 use vmm_sys_util::epoll::EventSet;
 
 use super::dir::{MEMORY_FILE, STATE_FILE, publish};
@@ -26,20 +26,20 @@ use super::{
     memory, state_name,
 };
 use crate::config::{CpuPowerMode, VmConfig};
-use crate::control::{ExitReason, VmControl};
-use crate::event_loop::Rtc;
+use crate::control_loop::Rtc;
 use crate::events::VmEventKind;
+use crate::exit::{ExitControl, ExitReason};
 use crate::suspend::{PauseError, SuspendCoordinator};
 
 /// What a snapshot reads, shared with the running VM.
 pub(crate) struct SnapshotSource {
     pub config: VmConfig,
-    pub vm: Arc<Vm>,
-    pub gic: Arc<GicV3>,
+    pub vm: Arc<KvmVm>,
+    pub gic: Arc<KvmGicV3>,
     /// Reads the guest's counter through vCPU 0, from this thread.
-    pub counter: Arc<VcpuKicker>,
+    pub counter: Arc<KvmVcpuKicker>,
     pub suspend: Arc<SuspendCoordinator>,
-    pub control: Arc<VmControl>,
+    pub control: Arc<ExitControl>,
     pub serial: Arc<Mutex<Serial16550>>,
     pub rtc: Arc<Mutex<Rtc>>,
     pub gpio: Arc<Mutex<Pl061Gpio>>,

@@ -17,7 +17,7 @@ use hypervisor::{MpState, Vcpu};
 use super::{Slot, SuspendCoordinator, SuspendError, SuspendState, restore};
 use crate::events::VmEventKind;
 
-/// How long a vCPU that is off sleeps between looks at [`crate::control::VmControl::stopping`],
+/// How long a vCPU that is off sleeps between looks at [`crate::exit::ExitControl::stopping`],
 /// in case nobody calls [`SuspendCoordinator::wake_waiters`]: the VM's end wakes it at once.
 const OFF_POLL: Duration = Duration::from_secs(1);
 

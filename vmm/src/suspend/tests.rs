@@ -16,8 +16,8 @@ use hypervisor::{SystemEvent, VmExit};
 use test_utils::fake_vcpu::FakeVcpu;
 
 use super::*;
-use crate::control::ExitReason;
 use crate::events::{EventReceiver, WakeSourceIrqLine};
+use crate::exit::ExitReason;
 
 const RAM: GuestRegion = GuestRegion {
     start: 0x4000_0000,
@@ -31,7 +31,7 @@ const LIMIT: Duration = Duration::from_secs(30);
 
 struct Rig {
     coordinator: Arc<SuspendCoordinator>,
-    control: Arc<VmControl>,
+    control: Arc<ExitControl>,
     tracker: Arc<WakeSourceTracker>,
     events: EventReceiver,
     vcpus: Vec<FakeVcpu>,
@@ -81,7 +81,7 @@ impl Rig {
         keep_power: bool,
         finish: impl FnOnce(SuspendCoordinator) -> SuspendCoordinator,
     ) -> Self {
-        let control = Arc::new(VmControl::new().unwrap());
+        let control = Arc::new(ExitControl::new().unwrap());
         let bus = Arc::new(EventBus::new());
         let events = bus.subscribe();
         let tracker = Arc::new(WakeSourceTracker::new());

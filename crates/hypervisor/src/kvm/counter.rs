@@ -12,7 +12,7 @@
 use kvm_bindings::{KVM_CAP_COUNTER_OFFSET, KVMIO, kvm_arm_counter_offset};
 use vmm_sys_util::ioctl::ioctl_with_ref;
 
-use super::{KvmVcpu, Vm};
+use super::{KvmVcpu, KvmVm};
 use crate::{CounterPath, CounterState, Vcpu, VcpuError, counter::counter_offset};
 
 /// `KVM_REG_ARM_TIMER_CNT`: the vCPU's virtual count. Its id is the encoding of CNTVCT_EL0,
@@ -38,7 +38,7 @@ pub enum CounterError {
     Register(#[source] VcpuError),
 }
 
-impl Vm {
+impl KvmVm {
     /// Whether KVM has `KVM_ARM_SET_COUNTER_OFFSET` (`KVM_CAP_COUNTER_OFFSET`, Linux 6.4+).
     pub fn has_counter_offset(&self) -> bool {
         self.fd().check_extension_raw(KVM_CAP_COUNTER_OFFSET.into()) > 0

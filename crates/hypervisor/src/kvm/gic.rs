@@ -27,15 +27,15 @@ pub enum GicError {
     SpiCount(u32),
 }
 
-/// The in-kernel vGICv3, created after all vCPUs. [`GicV3::save`] and [`GicV3::restore`] move
+/// The in-kernel vGICv3, created after all vCPUs. [`KvmGicV3::save`] and [`KvmGicV3::restore`] move
 /// its state in and out.
 #[derive(Debug)]
-pub struct GicV3 {
+pub struct KvmGicV3 {
     fd: DeviceFd,
     spis: u32,
 }
 
-impl GicV3 {
+impl KvmGicV3 {
     pub(crate) fn new(
         vm: &VmFd,
         distributor: u64,

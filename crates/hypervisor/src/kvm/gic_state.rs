@@ -15,7 +15,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::DeviceFd;
 
-use super::GicV3;
+use super::KvmGicV3;
 use crate::gic_state::regs::*;
 use crate::gic_state::{
     GicCpuInterfaceState, GicDistributorState, GicRedistributorState, GicState, GicVcpuState,
@@ -77,7 +77,7 @@ pub enum GicStateError {
 
 type Result<T> = std::result::Result<T, GicStateError>;
 
-impl GicV3 {
+impl KvmGicV3 {
     /// Reads the vGIC's state: the distributor with every SPI, and the redistributor and CPU
     /// interface of each vCPU in `mpidrs` (their `MPIDR_EL1`, in vCPU order).
     ///
@@ -104,7 +104,7 @@ impl GicV3 {
     /// Writes `state` into this vGIC, whose vCPUs have the affinities `mpidrs`. Each vCPU gets
     /// the state saved for its affinity, so a VM restored with the same vCPU count gets its
     /// vCPUs' interrupts back whatever the order. Call it before any vCPU of this VM has run,
-    /// with every vCPU out of `KVM_RUN` as for [`GicV3::save`].
+    /// with every vCPU out of `KVM_RUN` as for [`KvmGicV3::save`].
     ///
     /// The order follows the documentation and QEMU: GICD_IIDR first, so KVM behaves as the
     /// saving one did, then GICD_CTLR; then each interrupt's group, trigger, priority and route

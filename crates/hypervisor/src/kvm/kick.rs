@@ -27,7 +27,7 @@ pub enum KickError {
 
 /// Kicks one vCPU thread. Shared between threads.
 #[derive(Debug)]
-pub struct VcpuKicker {
+pub struct KvmVcpuKicker {
     run_page: Mutex<VcpuFd>,
     thread: Mutex<Option<libc::pthread_t>>,
 }
@@ -51,7 +51,7 @@ fn install_signal_handler() -> Result<(), KickError> {
         .map_err(|errno| KickError::SignalHandler(std::io::Error::from_raw_os_error(errno)))
 }
 
-impl VcpuKicker {
+impl KvmVcpuKicker {
     pub(crate) fn new(vm: &VmFd, vcpu: &VcpuFd) -> Result<Self, KickError> {
         use std::os::fd::AsRawFd;
         install_signal_handler()?;
@@ -71,7 +71,7 @@ impl VcpuKicker {
     }
 }
 
-impl VcpuKicker {
+impl KvmVcpuKicker {
     /// Reads the guest's virtual counter and its frequency through the kicker's own handle on
     /// the vCPU, from any thread: for a snapshot, while the vCPU's thread is parked. KVM waits
     /// for the vCPU to leave `KVM_RUN` if it is in it.
@@ -91,7 +91,7 @@ impl VcpuKicker {
     }
 }
 
-impl VcpuKick for VcpuKicker {
+impl VcpuKick for KvmVcpuKicker {
     fn bind_current_thread(&self) {
         // SAFETY: pthread_self has no preconditions.
         let me = unsafe { libc::pthread_self() };

@@ -8,11 +8,11 @@ mod vcpu;
 mod vm;
 
 pub use counter::{CounterError, KVM_REG_ARM_TIMER_CNT, host_counter, host_counter_frequency};
-pub use gic::{GicError, GicV3};
+pub use gic::{GicError, KvmGicV3};
 pub use gic_state::GicStateError;
-pub use kick::{KickError, VcpuKicker};
+pub use kick::{KickError, KvmVcpuKicker};
 pub use vcpu::KvmVcpu;
-pub use vm::{VM_TYPE_40_BIT_IPA, Vm, VmError, VmOptions};
+pub use vm::{KvmVm, KvmVmOptions, VM_TYPE_40_BIT_IPA, VmError};
 
 use std::path::Path;
 
@@ -22,7 +22,7 @@ use crate::HypervisorError;
 
 /// An open `/dev/kvm` that was checked for what this VMM needs.
 #[derive(Debug)]
-pub struct Hypervisor {
+pub struct KvmHypervisor {
     kvm: Kvm,
 }
 
@@ -36,7 +36,7 @@ const REQUIRED_CAPS: [(Cap, &str); 6] = [
     (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
 ];
 
-impl Hypervisor {
+impl KvmHypervisor {
     /// Opens `/dev/kvm` and checks the capabilities the VMM relies on.
     pub fn new() -> Result<Self, HypervisorError> {
         Self::open(Path::new(crate::DEFAULT_KVM_PATH))

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
-use super::VcpuKicker;
+use super::KvmVcpuKicker;
 
 use crate::{MmioData, MpState, SystemEvent, Vcpu, VcpuError, VmExit};
 
@@ -19,7 +19,7 @@ pub struct KvmVcpu {
     // The feature set of the first KVM_ARM_VCPU_INIT; a re-init must repeat it.
     init: kvm_vcpu_init,
     pending_mmio_read: Option<usize>,
-    kicker: Arc<VcpuKicker>,
+    kicker: Arc<KvmVcpuKicker>,
 }
 
 impl KvmVcpu {
@@ -27,7 +27,7 @@ impl KvmVcpu {
         fd: VcpuFd,
         index: u32,
         init: kvm_vcpu_init,
-        kicker: VcpuKicker,
+        kicker: KvmVcpuKicker,
     ) -> Result<Self, VcpuError> {
         fd.vcpu_init(&init).map_err(|err| VcpuError::Init {
             index,
@@ -43,7 +43,7 @@ impl KvmVcpu {
     }
 
     /// The handle other threads use to kick this vCPU out of `KVM_RUN`.
-    pub fn kicker(&self) -> Arc<VcpuKicker> {
+    pub fn kicker(&self) -> Arc<KvmVcpuKicker> {
         Arc::clone(&self.kicker)
     }
 }

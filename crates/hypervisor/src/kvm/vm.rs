@@ -10,7 +10,7 @@ use kvm_ioctls::{IoEventAddress, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{GicV3, Hypervisor, KvmVcpu, VcpuKicker, gic::GicError};
+use super::{KvmGicV3, KvmHypervisor, KvmVcpu, KvmVcpuKicker, gic::GicError};
 
 /// Failures creating or configuring a VM.
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +94,7 @@ pub const VM_TYPE_40_BIT_IPA: u64 = 0;
 
 /// How to create a VM.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct VmOptions {
+pub struct KvmVmOptions {
     /// Enable `KVM_CAP_ARM_SYSTEM_SUSPEND` if the host has it.
     pub system_suspend: bool,
     /// SMCCC function ranges `(first id, count)` to forward to the VMM as
@@ -105,7 +105,7 @@ pub struct VmOptions {
 
 /// A KVM VM with its guest memory registered.
 #[derive(Debug)]
-pub struct Vm {
+pub struct KvmVm {
     fd: VmFd,
     // Held so the mappings KVM points at live as long as the VM.
     memory: GuestMemoryMmap,
@@ -114,13 +114,13 @@ pub struct Vm {
     smccc_forwarded: bool,
 }
 
-impl Vm {
+impl KvmVm {
     /// Creates a VM, registers every region of `memory`, and enables SYSTEM_SUSPEND exits when
-    /// asked and available. Check [`Vm::system_suspend_enabled`] for the outcome.
+    /// asked and available. Check [`KvmVm::system_suspend_enabled`] for the outcome.
     pub fn new(
-        hypervisor: &Hypervisor,
+        hypervisor: &KvmHypervisor,
         memory: GuestMemoryMmap,
-        options: VmOptions,
+        options: KvmVmOptions,
     ) -> Result<Self, VmError> {
         let fd = hypervisor
             .kvm()
@@ -185,7 +185,7 @@ impl Vm {
         self.system_suspend
     }
 
-    /// Whether the ranges of [`VmOptions::forward_smccc`] exit to the VMM; false when none were
+    /// Whether the ranges of [`KvmVmOptions::forward_smccc`] exit to the VMM; false when none were
     /// asked for or the host has no SMCCC filter, and KVM handles those calls itself.
     pub fn smccc_forwarded(&self) -> bool {
         self.smccc_forwarded
@@ -214,7 +214,7 @@ impl Vm {
         if index > 0 {
             init.features[0] |= 1 << KVM_ARM_VCPU_POWER_OFF;
         }
-        let kicker = VcpuKicker::new(&self.fd, &fd).map_err(|err| VmError::CreateVcpu {
+        let kicker = KvmVcpuKicker::new(&self.fd, &fd).map_err(|err| VmError::CreateVcpu {
             index,
             source: std::io::Error::other(err),
         })?;
@@ -233,8 +233,8 @@ impl Vm {
         distributor: u64,
         redistributors: u64,
         spis: u32,
-    ) -> Result<GicV3, VmError> {
-        GicV3::new(&self.fd, distributor, redistributors, spis).map_err(VmError::Gic)
+    ) -> Result<KvmGicV3, VmError> {
+        KvmGicV3::new(&self.fd, distributor, redistributors, spis).map_err(VmError::Gic)
     }
 
     /// Drives the level of shared peripheral interrupt `spi` (INTID `32 + spi`). An edge-

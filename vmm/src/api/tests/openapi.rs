@@ -12,9 +12,9 @@ use crate::api::routes::{self, Endpoint, VmRouter};
 use crate::api::{ApiReply, ApiRouter, http};
 use crate::config::CpuPowerMode;
 use crate::events::{Denial, VmEvent, VmEventKind, WakeSource};
+use crate::handle::{VcpuInfo, VcpuPower, VmHandle, VmInfo, VmState};
 use crate::snapshot::{AfterSnapshot, SnapshotRequest, SnapshotTaken};
 use crate::virtio_devices::DeviceInfo;
-use crate::vm::{VcpuInfo, VcpuPower, VmHandle, VmInfo, VmState};
 
 /// Every variant of a fieldless enum; does not compile once the enum has another.
 macro_rules! every {

@@ -24,7 +24,7 @@ use devices::virtio::{
     VirtioMmioState,
 };
 use devices::{BootTimer, Pl061Gpio, Serial16550};
-use hypervisor::kvm::{GicV3, Hypervisor, KvmVcpu, Vm, VmOptions};
+use hypervisor::kvm::{KvmGicV3, KvmHypervisor, KvmVcpu, KvmVm, KvmVmOptions};
 use hypervisor::{MpState, Vcpu, VcpuError};
 use linux_loader::loader::{KernelLoader, pe::PE};
 use virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY;
@@ -34,18 +34,18 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::boot_images::BootImages;
 use crate::config::{CpuPowerMode, VmConfig};
-use crate::event_loop::Rtc;
+use crate::control_loop::Rtc;
 use crate::events::{WakeSource, WakeSourceIrqLine, WakeSourceTracker};
+use crate::handle::{POWER_BUTTON_PIN, SLEEP_BUTTON_PIN, WAKE_BUTTON_PIN};
 use crate::snapshot::{
     self,
     state::{SuspendedVcpu, VmSnapshot},
 };
 use crate::virtio_devices::{AttachedDevice, DeviceInfo, HostBackends};
-use crate::vm::{POWER_BUTTON_PIN, SLEEP_BUTTON_PIN, WAKE_BUTTON_PIN};
 
 /// Failures building the machine.
 #[derive(Debug, thiserror::Error)]
-pub enum MachineError {
+pub enum BuildError {
     /// More vCPUs than KVM allows.
     #[error("Invalid vCPU count {cpus}: KVM on this host allows at most {max}")]
     TooManyVcpus {
@@ -92,7 +92,7 @@ pub enum MachineError {
     },
     /// KVM refused to create the VM or a part of it.
     #[error(transparent)]
-    Vm(#[from] hypervisor::kvm::VmError),
+    KvmVm(#[from] hypervisor::kvm::VmError),
     /// A vCPU register could not be read or written.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
@@ -150,11 +150,11 @@ impl std::error::Error for LoaderError {}
 /// A built VM, ready to run.
 pub struct Machine {
     /// The KVM VM.
-    pub vm: Arc<Vm>,
+    pub vm: Arc<KvmVm>,
     /// The vCPUs, vCPU 0 set up to enter the kernel.
     pub vcpus: Vec<KvmVcpu>,
     /// The vGIC, kept for the VM's lifetime (and read by snapshots).
-    pub gic: Arc<GicV3>,
+    pub gic: Arc<KvmGicV3>,
     /// The MMIO devices.
     pub bus: Arc<MmioBus>,
     /// The console UART.
@@ -188,7 +188,7 @@ pub struct Machine {
 
 /// An SPI driven through `KVM_IRQ_LINE`.
 struct KvmIrqLine {
-    vm: Arc<Vm>,
+    vm: Arc<KvmVm>,
     spi: u32,
 }
 
@@ -201,11 +201,11 @@ impl IrqLine for KvmIrqLine {
 }
 
 /// Wraps a failure setting up the device `what`.
-fn device_error<E>(what: &'static str) -> impl FnOnce(E) -> MachineError
+fn device_error<E>(what: &'static str) -> impl FnOnce(E) -> BuildError
 where
     E: std::error::Error + Send + Sync + 'static,
 {
-    move |err| MachineError::Device {
+    move |err| BuildError::Device {
         what,
         source: Box::new(err),
     }
@@ -222,17 +222,17 @@ pub enum BootFrom<'a> {
 
 /// Builds the VM described by `config`, which must have been validated.
 pub fn build(
-    hypervisor: &Hypervisor,
+    hypervisor: &KvmHypervisor,
     config: &VmConfig,
     from: BootFrom<'_>,
     backends: &HostBackends,
     console_output: devices::SerialOutput,
     wake: Arc<WakeSourceTracker>,
     worker_hook: Option<ThreadStartHook>,
-) -> Result<Machine, MachineError> {
+) -> Result<Machine, BuildError> {
     let max = hypervisor.max_vcpus();
     if config.cpus as usize > max {
-        return Err(MachineError::TooManyVcpus {
+        return Err(BuildError::TooManyVcpus {
             cpus: config.cpus,
             max,
         });
@@ -243,7 +243,7 @@ pub fn build(
             let ram_bytes = config.memory_bytes() as usize;
             let memory =
                 GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(RAM_START), ram_bytes)])
-                    .map_err(|source| MachineError::Memory {
+                    .map_err(|source| BuildError::Memory {
                         memory_mib: config.memory_mib,
                         source,
                     })?;
@@ -262,7 +262,7 @@ pub fn build(
                 snapshot.ram_start,
                 snapshot.ram_size,
             )
-            .map_err(|err| MachineError::Restore(Box::new(err)))?;
+            .map_err(|err| BuildError::Restore(Box::new(err)))?;
             (memory, Start::Restore(snapshot))
         }
     };
@@ -271,10 +271,10 @@ pub fn build(
         size: config.memory_bytes(),
     };
 
-    let vm = Arc::new(Vm::new(
+    let vm = Arc::new(KvmVm::new(
         hypervisor,
         memory,
-        VmOptions {
+        KvmVmOptions {
             system_suspend: config.suspend,
             forward_smccc: match config.cpu_power {
                 CpuPowerMode::Auto | CpuPowerMode::Vmm => &FORWARDED_RANGES,
@@ -287,7 +287,7 @@ pub fn build(
     }
     let power_calls_forwarded = vm.smccc_forwarded();
     match (config.cpu_power, power_calls_forwarded) {
-        (CpuPowerMode::Vmm, false) => return Err(MachineError::NoSmcccFilter),
+        (CpuPowerMode::Vmm, false) => return Err(BuildError::NoSmcccFilter),
         (_, true) => log::info!("vCPU power states kept by vmm (PSCI calls forwarded)"),
         (CpuPowerMode::Kvm, false) => log::info!("vCPU power states kept by KVM, as asked"),
         (_, false) => log::info!(
@@ -456,7 +456,7 @@ enum Start<'a> {
 fn load_images(
     memory: &GuestMemoryMmap,
     images: BootImages,
-) -> Result<(BootLayout, u64), MachineError> {
+) -> Result<(BootLayout, u64), BuildError> {
     let BootImages {
         mut kernel,
         kernel_path,
@@ -465,7 +465,7 @@ fn load_images(
     } = images;
     kernel
         .seek(SeekFrom::Start(0))
-        .map_err(|source| MachineError::KernelRead {
+        .map_err(|source| BuildError::KernelRead {
             path: kernel_path.clone(),
             source,
         })?;
@@ -475,7 +475,7 @@ fn load_images(
         &mut kernel,
         None,
     )
-    .map_err(|source| MachineError::LoadKernel {
+    .map_err(|source| BuildError::LoadKernel {
         path: kernel_path.clone(),
         source: LoaderError(source),
     })?;
@@ -488,7 +488,7 @@ fn load_images(
 /// A fresh boot: the device tree in guest memory and vCPU 0 at the kernel's entry.
 #[allow(clippy::too_many_arguments)]
 fn write_boot_state(
-    vm: &Vm,
+    vm: &KvmVm,
     config: &VmConfig,
     boot_vcpu: &KvmVcpu,
     mpidrs: &[u64],
@@ -496,7 +496,7 @@ fn write_boot_state(
     layout: &BootLayout,
     kernel_load: u64,
     psci_version: PsciVersion,
-) -> Result<(), MachineError> {
+) -> Result<(), BuildError> {
     let fdt = create_fdt(&FdtConfig {
         vcpu_mpidrs: mpidrs.to_vec(),
         ram: layout.ram,
@@ -513,14 +513,14 @@ fn write_boot_state(
         virtio_mmio: virtio.iter().map(|device| device.node).collect(),
         psci_version,
     })
-    .map_err(MachineError::Fdt)?;
+    .map_err(BuildError::Fdt)?;
     vm.memory()
         .write_slice(&fdt, GuestAddress(layout.fdt_addr))
-        .map_err(|source| MachineError::GuestWrite {
+        .map_err(|source| BuildError::GuestWrite {
             what: "device tree",
             source,
         })?;
-    let registers = boot_regs(kernel_load, layout.fdt_addr).map_err(MachineError::BootRegs)?;
+    let registers = boot_regs(kernel_load, layout.fdt_addr).map_err(BuildError::BootRegs)?;
     for (id, value) in registers {
         boot_vcpu.set_reg(id, value)?;
     }
@@ -531,13 +531,13 @@ fn write_boot_state(
 /// and the vCPUs' MP states (the suspended one SUSPENDED, every other one off). Before any
 /// vCPU runs and before any device raises a line.
 fn restore_vcpus(
-    vm: &Vm,
-    gic: &GicV3,
+    vm: &KvmVm,
+    gic: &KvmGicV3,
     vcpus: &[KvmVcpu],
     mpidrs: &[u64],
     snapshot: &VmSnapshot,
-) -> Result<(), MachineError> {
-    let restore_error = |err: Box<dyn std::error::Error + Send + Sync>| MachineError::Restore(err);
+) -> Result<(), BuildError> {
+    let restore_error = |err: Box<dyn std::error::Error + Send + Sync>| BuildError::Restore(err);
     if !vm.system_suspend_enabled() {
         return Err(restore_error(
             "KVM on this host has no KVM_CAP_ARM_SYSTEM_SUSPEND (Linux 5.19+) to keep the guest suspended".into(),
@@ -583,15 +583,12 @@ fn restore_vcpus(
 
 /// Reads the PSCI version KVM implements and lowers it to `asked`, which KVM accepts before
 /// the first run (VM-wide, through any vCPU); returns the version the guest gets.
-fn set_psci_version(
-    vcpu: &KvmVcpu,
-    asked: Option<PsciVersion>,
-) -> Result<PsciVersion, MachineError> {
+fn set_psci_version(vcpu: &KvmVcpu, asked: Option<PsciVersion>) -> Result<PsciVersion, BuildError> {
     let offered = PsciVersion::from_raw(vcpu.reg(regs::PSCI_VERSION)?);
     let version = match asked {
         None => offered,
         Some(asked) if asked > offered => {
-            return Err(MachineError::PsciVersion { asked, offered });
+            return Err(BuildError::PsciVersion { asked, offered });
         }
         Some(asked) => {
             vcpu.set_reg(regs::PSCI_VERSION, asked.to_raw())?;
@@ -615,12 +612,12 @@ struct VirtioSlot {
 /// so queue work never runs on a vCPU thread. Each device's worker threads run `worker_hook`
 /// first (their seccomp filter).
 fn attach_virtio(
-    vm: &Arc<Vm>,
+    vm: &Arc<KvmVm>,
     backends: &HostBackends,
     rng: bool,
     worker_hook: Option<ThreadStartHook>,
     saved: Option<&[VirtioMmioState]>,
-) -> Result<Vec<VirtioSlot>, MachineError> {
+) -> Result<Vec<VirtioSlot>, BuildError> {
     let mut windows = AddressAllocator::new(VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE)
         .map_err(device_error("virtio"))?;
     let mut spis = IdAllocator::new(VIRTIO_SPI_BASE, VIRTIO_SPI_BASE + VIRTIO_MMIO_SLOTS - 1)
@@ -672,7 +669,7 @@ fn attach_virtio(
     }
     if let Some(saved) = saved {
         if saved.len() != devices.len() {
-            return Err(MachineError::Restore(
+            return Err(BuildError::Restore(
                 format!(
                     "the snapshot has {} virtio devices, its configuration {}",
                     saved.len(),
@@ -729,10 +726,10 @@ fn load_initramfs(
     region: GuestRegion,
     file: &mut File,
     len: u64,
-) -> Result<(), MachineError> {
+) -> Result<(), BuildError> {
     memory
         .read_exact_volatile_from(GuestAddress(region.start), file, len as usize)
-        .map_err(|source| MachineError::GuestWrite {
+        .map_err(|source| BuildError::GuestWrite {
             what: "initramfs",
             source,
         })
@@ -744,7 +741,7 @@ mod tests {
 
     #[test]
     fn a_loader_error_is_told_once() {
-        let err = MachineError::LoadKernel {
+        let err = BuildError::LoadKernel {
             path: "evil.img".into(),
             source: LoaderError(linux_loader::loader::Error::Pe(
                 linux_loader::loader::pe::Error::InvalidImage,

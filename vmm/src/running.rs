@@ -7,18 +7,19 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arch_aarch64::cpu_power::CpuPowerTable;
-use hypervisor::kvm::{Hypervisor, VcpuKicker};
+use hypervisor::kvm::{KvmHypervisor, KvmVcpuKicker};
 use hypervisor::{Vcpu, VcpuKick};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot_images::BootImages;
+use crate::builder::{self, BootFrom, Machine};
 use crate::config::VmConfig;
 use crate::console::{Console, OUTPUT_QUEUE_BYTES, OutputQueue, QueueWriter};
-use crate::control::{ExitReason, VmControl};
-use crate::event_loop::{ConsoleInput, EventLoop, RtcAlarm};
+use crate::control_loop::{ConsoleInput, ControlLoop, RtcAlarm};
 use crate::events::VmEventKind;
 use crate::events::WakeSourceTracker;
-use crate::machine::{self, BootFrom, Machine};
+use crate::exit::{ExitControl, ExitReason};
+use crate::handle::{BootControls, HandleShared};
 use crate::seccomp::{Thread, VmFilters};
 use crate::snapshot::SnapshotPort;
 use crate::snapshot::state::VmSnapshot;
@@ -27,7 +28,6 @@ use crate::suspend::SuspendCoordinator;
 use crate::terminal::RawTerminal;
 use crate::vcpu::{VcpuContext, run_vcpu_guarded};
 use crate::virtio_devices::HostBackends;
-use crate::vm::{BootControls, HandleShared};
 use crate::{VmmError, signals};
 
 /// Boots `config` on the KVM device at `kvm_path` until it stops for good.
@@ -68,9 +68,9 @@ pub(crate) fn run(
             Some(snapshot) => BootFrom::Snapshot(snapshot),
             None => BootFrom::Images(BootImages::open(config)?),
         };
-        let hypervisor = Hypervisor::open(kvm_path)?;
+        let hypervisor = KvmHypervisor::open(kvm_path)?;
         let wake = Arc::new(WakeSourceTracker::new());
-        let machine = machine::build(
+        let machine = builder::build(
             &hypervisor,
             config,
             from,
@@ -158,8 +158,8 @@ fn run_machine(
     if let Some(layout) = layout {
         log::debug!("Boot layout: {layout:x?}");
     }
-    let control = Arc::new(VmControl::new()?);
-    let mut event_loop = EventLoop::new(Arc::clone(&control), signals)?;
+    let control = Arc::new(ExitControl::new()?);
+    let mut event_loop = ControlLoop::new(Arc::clone(&control), signals)?;
     if console.reads_stdin() {
         event_loop.add(Box::new(ConsoleInput::new(
             libc::STDIN_FILENO,
@@ -225,7 +225,7 @@ fn run_machine(
         control: Arc::clone(&control),
         suspend: Arc::clone(&suspend),
     });
-    let mut threads: Vec<(Arc<VcpuKicker>, JoinHandle<()>)> = Vec::new();
+    let mut threads: Vec<(Arc<KvmVcpuKicker>, JoinHandle<()>)> = Vec::new();
     for vcpu in vcpus {
         let index = vcpu.index();
         let kicker = vcpu.kicker();
@@ -299,7 +299,7 @@ impl Drop for FlushOnExit {
 
 /// Kicks each vCPU (out of the guest, or out of its wait while it is off) until its thread
 /// has left the run loop, then joins it.
-fn stop_vcpus(threads: Vec<(Arc<VcpuKicker>, JoinHandle<()>)>, suspend: &SuspendCoordinator) {
+fn stop_vcpus(threads: Vec<(Arc<KvmVcpuKicker>, JoinHandle<()>)>, suspend: &SuspendCoordinator) {
     for (kicker, handle) in threads {
         while !handle.is_finished() {
             kicker.kick();

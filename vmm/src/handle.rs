@@ -11,9 +11,9 @@ use devices::{Pl061Gpio, Serial16550};
 use crate::boot_images::BootImages;
 use crate::config::CpuPowerMode;
 use crate::console::Console;
-use crate::control::{ExitReason, VmControl};
 use crate::events::WakeSource;
 use crate::events::{EventBus, EventReceiver};
+use crate::exit::{ExitControl, ExitReason};
 use crate::snapshot::state::VmSnapshot;
 use crate::snapshot::{SnapshotError, SnapshotPort, SnapshotRequest, SnapshotTaken};
 use crate::suspend::{PauseError, SuspendCoordinator, SuspendState, SuspendStats};
@@ -248,7 +248,7 @@ fn run_to_the_end(shared: &HandleShared, run: impl FnOnce() -> Result<ExitReason
 
 /// What a running boot exposes to the handle.
 pub(crate) struct BootControls {
-    pub control: Arc<VmControl>,
+    pub control: Arc<ExitControl>,
     pub gpio: Arc<Mutex<Pl061Gpio>>,
     pub serial: Arc<Mutex<Serial16550>>,
     pub suspend: Arc<SuspendCoordinator>,

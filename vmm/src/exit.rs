@@ -61,7 +61,7 @@ impl ExitReason {
 
 /// Failures creating the control block.
 #[derive(Debug, thiserror::Error)]
-pub enum ControlError {
+pub enum ExitControlError {
     /// The exit eventfd could not be created.
     #[error("Cannot create the VM exit eventfd")]
     EventFd(#[source] std::io::Error),
@@ -69,19 +69,19 @@ pub enum ControlError {
 
 /// Shared by every thread of one VM run.
 #[derive(Debug)]
-pub struct VmControl {
+pub struct ExitControl {
     stopping: AtomicBool,
     exit: Mutex<Option<ExitReason>>,
     exit_event: EventFd,
 }
 
-impl VmControl {
+impl ExitControl {
     /// A control block for a VM that is running.
-    pub fn new() -> Result<Self, ControlError> {
+    pub fn new() -> Result<Self, ExitControlError> {
         Ok(Self {
             stopping: AtomicBool::new(false),
             exit: Mutex::new(None),
-            exit_event: EventFd::new(EFD_NONBLOCK).map_err(ControlError::EventFd)?,
+            exit_event: EventFd::new(EFD_NONBLOCK).map_err(ExitControlError::EventFd)?,
         })
     }
 
@@ -120,7 +120,7 @@ mod tests {
 
     #[test]
     fn the_first_reason_wins_and_wakes_the_loop() {
-        let control = VmControl::new().unwrap();
+        let control = ExitControl::new().unwrap();
         assert!(!control.stopping());
         assert_eq!(control.exit_reason(), None);
         control.request_exit(ExitReason::PowerOff);

@@ -1,4 +1,4 @@
-//! The VMM's event loop (event-manager): console input, the RTC alarm timer, signals, and
+//! The running VM's control loop, on the VM thread (event-manager's epoll): console input, the RTC alarm timer, signals, and
 //! the VM's exit event. Device work that is not MMIO happens here, on one thread.
 
 use std::os::fd::{AsRawFd, RawFd};
@@ -10,14 +10,14 @@ use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, Subscrib
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::control::{ExitReason, VmControl};
+use crate::exit::{ExitControl, ExitReason};
 
 /// The RTC as the VMM builds it.
 pub type Rtc = Pl031Rtc<SystemClock, TimerFdAlarm>;
 
 /// Event loop failures.
 #[derive(Debug, thiserror::Error)]
-pub enum EventLoopError {
+pub enum ControlLoopError {
     /// event-manager failed to set up or poll.
     #[error("Event loop failed: {0:?}")]
     EventManager(event_manager::Error),
@@ -165,7 +165,7 @@ impl MutEventSubscriber for RtcAlarm {
 /// Turns SIGTERM and SIGINT into a clean VM exit.
 pub struct SignalWatcher {
     event: &'static EventFd,
-    control: Arc<VmControl>,
+    control: Arc<ExitControl>,
 }
 
 impl MutEventSubscriber for SignalWatcher {
@@ -185,7 +185,7 @@ impl MutEventSubscriber for SignalWatcher {
 
 /// Consumes the VM's exit event so that the loop wakes up and sees the exit reason.
 struct ExitWatcher {
-    control: Arc<VmControl>,
+    control: Arc<ExitControl>,
 }
 
 impl MutEventSubscriber for ExitWatcher {
@@ -201,20 +201,20 @@ impl MutEventSubscriber for ExitWatcher {
 }
 
 /// The subscribers of one VM run.
-pub struct EventLoop {
+pub struct ControlLoop {
     manager: EventManager<Box<dyn MutEventSubscriber>>,
-    control: Arc<VmControl>,
+    control: Arc<ExitControl>,
 }
 
-impl EventLoop {
+impl ControlLoop {
     /// A loop that ends when `control` records an exit; `signals` is the signal eventfd, when
     /// this VM owns the process's SIGTERM and SIGINT.
     pub fn new(
-        control: Arc<VmControl>,
+        control: Arc<ExitControl>,
         signals: Option<&'static EventFd>,
-    ) -> Result<Self, EventLoopError> {
+    ) -> Result<Self, ControlLoopError> {
         let mut manager: EventManager<Box<dyn MutEventSubscriber>> =
-            EventManager::new().map_err(EventLoopError::EventManager)?;
+            EventManager::new().map_err(ControlLoopError::EventManager)?;
         manager.add_subscriber(Box::new(ExitWatcher {
             control: Arc::clone(&control),
         }));
@@ -233,12 +233,12 @@ impl EventLoop {
     }
 
     /// Dispatches events until the VM exits, and returns why.
-    pub fn run(&mut self) -> Result<ExitReason, EventLoopError> {
+    pub fn run(&mut self) -> Result<ExitReason, ControlLoopError> {
         loop {
             if let Some(reason) = self.control.exit_reason() {
                 return Ok(reason);
             }
-            self.manager.run().map_err(EventLoopError::EventManager)?;
+            self.manager.run().map_err(ControlLoopError::EventManager)?;
         }
     }
 }
