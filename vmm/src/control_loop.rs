@@ -18,9 +18,9 @@ pub type Rtc = Pl031Rtc<SystemClock, TimerFdAlarm>;
 /// Event loop failures.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlLoopError {
-    /// event-manager failed to set up or poll.
-    #[error("Event loop failed: {0:?}")]
-    EventManager(event_manager::Error),
+    /// event-manager could not set up or poll its epoll.
+    #[error("Cannot run the control loop")]
+    EventManager(#[source] event_manager::Error),
 }
 
 /// Host bytes to the guest's serial port, with back-pressure: when the receive FIFO is full,

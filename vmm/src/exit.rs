@@ -1,7 +1,7 @@
 //! How the vCPU threads, the event loop and signal handlers agree that the VM is ending.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
@@ -24,8 +24,92 @@ pub enum ExitReason {
     Snapshotted(std::path::PathBuf),
     /// The guest reported a crash.
     GuestCrash,
-    /// A vCPU failed in a way the VMM cannot recover from.
-    Error(String),
+    /// The VM failed in a way the VMM cannot recover from; the chain says why.
+    Error(VmFailure),
+}
+
+/// Why a running VM failed, as a typed error chain. Cloned to every waiter, so the error is
+/// shared; two failures are equal when their chains read the same.
+#[derive(Clone, Debug)]
+pub struct VmFailure(Arc<VmFailureKind>);
+
+impl VmFailure {
+    /// What failed.
+    pub fn kind(&self) -> &VmFailureKind {
+        &self.0
+    }
+}
+
+impl<E: Into<VmFailureKind>> From<E> for VmFailure {
+    fn from(kind: E) -> Self {
+        Self(Arc::new(kind.into()))
+    }
+}
+
+impl std::fmt::Display for VmFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for VmFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl PartialEq for VmFailure {
+    fn eq(&self, other: &Self) -> bool {
+        crate::error_chain(self) == crate::error_chain(other)
+    }
+}
+
+impl Eq for VmFailure {}
+
+/// What failed in a running VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmFailureKind {
+    /// A vCPU thread panicked (with unwinding; the release profile aborts).
+    #[error("vCPU {index} panicked: {message}")]
+    VcpuPanicked {
+        /// The vCPU.
+        index: u32,
+        /// The panic's message.
+        message: String,
+    },
+    /// A vCPU left `KVM_RUN` for a reason the VMM does not handle.
+    #[error("vCPU {index} stopped on an exit the VMM does not handle: {exit}")]
+    UnhandledExit {
+        /// The vCPU.
+        index: u32,
+        /// The exit, as KVM reported it.
+        exit: String,
+    },
+    /// A vCPU operation failed (`KVM_RUN`, a register, the MP state).
+    #[error(transparent)]
+    Vcpu(#[from] hypervisor::VcpuError),
+    /// A suspend, resume or PSCI power call could not be carried out.
+    #[error(transparent)]
+    Suspend(#[from] crate::suspend::SuspendError),
+    /// A vCPU thread could not install its seccomp filter.
+    #[error("Cannot confine the thread of vCPU {index}")]
+    Seccomp {
+        /// The vCPU.
+        index: u32,
+        /// Why.
+        #[source]
+        source: crate::seccomp::SeccompError,
+    },
+    /// A vCPU thread could not be started.
+    #[error("Cannot start the thread of vCPU {index}")]
+    VcpuThread {
+        /// The vCPU.
+        index: u32,
+    },
+    /// The VM thread's control loop failed.
+    #[cfg(target_arch = "aarch64")]
+    #[error(transparent)]
+    ControlLoop(#[from] crate::control_loop::ControlLoopError),
 }
 
 impl ExitReason {
@@ -124,7 +208,9 @@ mod tests {
         assert!(!control.stopping());
         assert_eq!(control.exit_reason(), None);
         control.request_exit(ExitReason::PowerOff);
-        control.request_exit(ExitReason::Error("later".into()));
+        control.request_exit(ExitReason::Error(
+            VmFailureKind::VcpuThread { index: 1 }.into(),
+        ));
         assert!(control.stopping());
         assert_eq!(control.exit_reason(), Some(ExitReason::PowerOff));
         assert_eq!(control.exit_event().read().unwrap(), 2);
@@ -140,7 +226,10 @@ mod tests {
         );
         assert_eq!(ExitReason::Signal(15).exit_code(), 0);
         assert_eq!(ExitReason::GuestCrash.exit_code(), 1);
-        assert_eq!(ExitReason::Error("x".into()).exit_code(), 1);
+        assert_eq!(
+            ExitReason::Error(VmFailureKind::VcpuThread { index: 0 }.into()).exit_code(),
+            1
+        );
     }
 
     #[test]

@@ -46,7 +46,7 @@ pub use console::Console;
 #[cfg(target_arch = "aarch64")]
 pub use control_loop::ControlLoopError;
 pub use devices::virtio::DiskImageError;
-pub use exit::{ExitControlError, ExitReason};
+pub use exit::{ExitControlError, ExitReason, VmFailure, VmFailureKind};
 pub use handle::{HandleError, VcpuInfo, VcpuPower, Vm, VmHandle, VmInfo, VmState};
 pub use hypervisor::HypervisorError;
 #[cfg(target_arch = "aarch64")]

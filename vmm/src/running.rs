@@ -18,7 +18,7 @@ use crate::console::{Console, OUTPUT_QUEUE_BYTES, OutputQueue, QueueWriter};
 use crate::control_loop::{ConsoleInput, ControlLoop, RtcAlarm};
 use crate::events::VmEventKind;
 use crate::events::WakeSourceTracker;
-use crate::exit::{ExitControl, ExitReason};
+use crate::exit::{ExitControl, ExitReason, VmFailureKind};
 use crate::handle::{BootControls, HandleShared};
 use crate::seccomp::{Thread, VmFilters};
 use crate::snapshot::SnapshotPort;
@@ -235,8 +235,8 @@ fn run_machine(
         let spawned = std::thread::Builder::new()
             .name(format!("vcpu{index}"))
             .spawn(move || {
-                if let Err(err) = thread_filters.apply(Thread::Vcpu) {
-                    let reason = ExitReason::Error(crate::error_chain(&err));
+                if let Err(source) = thread_filters.apply(Thread::Vcpu) {
+                    let reason = ExitReason::Error(VmFailureKind::Seccomp { index, source }.into());
                     thread_context.control.request_exit(reason);
                     return;
                 }
@@ -245,7 +245,9 @@ fn run_machine(
         match spawned {
             Ok(handle) => threads.push((kicker, handle)),
             Err(source) => {
-                control.request_exit(ExitReason::Error(format!("vCPU {index} not started")));
+                control.request_exit(ExitReason::Error(
+                    VmFailureKind::VcpuThread { index }.into(),
+                ));
                 stop_vcpus(threads, &suspend);
                 return Err(VmmError::VcpuThread { index, source });
             }
@@ -271,13 +273,14 @@ fn run_machine(
     if shared.shutdown_requested() {
         control.request_exit(ExitReason::Shutdown);
     }
-    let result = event_loop.run();
+    let reason = event_loop.run().unwrap_or_else(|err| {
+        let reason = ExitReason::Error(err.into());
+        control.request_exit(reason.clone());
+        reason
+    });
     shared.set_boot(None);
-    if let Err(err) = &result {
-        control.request_exit(ExitReason::Error(err.to_string()));
-    }
     stop_vcpus(threads, &suspend);
-    Ok(result?)
+    Ok(reason)
 }
 
 /// Writes out what the guest printed last, for a while: a reader that stopped reading must

@@ -6,9 +6,8 @@ use std::sync::Arc;
 use devices::bus::MmioBus;
 use hypervisor::{SystemEvent, Vcpu, VcpuKick, VmExit};
 
-use crate::error_chain;
 use crate::events::VmEventKind;
-use crate::exit::{ExitControl, ExitReason};
+use crate::exit::{ExitControl, ExitReason, VmFailureKind};
 use crate::suspend::SuspendCoordinator;
 
 /// What a vCPU thread shares with the rest of the VM.
@@ -30,9 +29,9 @@ pub fn run_vcpu_guarded<V: Vcpu>(vcpu: V, kick: &dyn VcpuKick, context: &VcpuCon
         kick.unbind_thread();
         let message = crate::panic_message(payload.as_ref());
         log::error!("vCPU {index} panicked: {message}");
-        context.control.request_exit(ExitReason::Error(format!(
-            "vCPU {index} panicked: {message}"
-        )));
+        context.control.request_exit(ExitReason::Error(
+            VmFailureKind::VcpuPanicked { index, message }.into(),
+        ));
     }
 }
 
@@ -42,9 +41,7 @@ pub fn run_vcpu<V: Vcpu>(mut vcpu: V, kick: &dyn VcpuKick, context: &VcpuContext
     while !context.control.stopping() {
         // Another vCPU may be checking power states for SYSTEM_SUSPEND: stay out of KVM_RUN.
         if let Err(err) = context.suspend.park_if_requested(&vcpu) {
-            context
-                .control
-                .request_exit(ExitReason::Error(error_chain(&err)));
+            context.control.request_exit(ExitReason::Error(err.into()));
             continue;
         }
         // A vCPU that is off (when the VMM keeps the power states) waits here for its CPU_ON.
@@ -52,9 +49,7 @@ pub fn run_vcpu<V: Vcpu>(mut vcpu: V, kick: &dyn VcpuKick, context: &VcpuContext
             Ok(true) => {}
             Ok(false) => continue,
             Err(err) => {
-                context
-                    .control
-                    .request_exit(ExitReason::Error(error_chain(&err)));
+                context.control.request_exit(ExitReason::Error(err.into()));
                 continue;
             }
         }
@@ -71,7 +66,7 @@ fn step<V: Vcpu>(vcpu: &mut V, context: &VcpuContext) -> Option<ExitReason> {
     let index = vcpu.index();
     let exit = match vcpu.run() {
         Ok(exit) => exit,
-        Err(err) => return Some(ExitReason::Error(format!("{err}"))),
+        Err(err) => return Some(ExitReason::Error(err.into())),
     };
     match exit {
         VmExit::MmioRead { addr, len } => {
@@ -81,7 +76,7 @@ fn step<V: Vcpu>(vcpu: &mut V, context: &VcpuContext) -> Option<ExitReason> {
                 log::debug!("vCPU {index}: {err}");
             }
             if let Err(err) = vcpu.complete_mmio_read(data) {
-                return Some(ExitReason::Error(format!("{err}")));
+                return Some(ExitReason::Error(err.into()));
             }
         }
         VmExit::MmioWrite { addr, data } => {
@@ -101,24 +96,28 @@ fn step<V: Vcpu>(vcpu: &mut V, context: &VcpuContext) -> Option<ExitReason> {
         VmExit::SystemEvent(SystemEvent::Crash) => return Some(ExitReason::GuestCrash),
         VmExit::SystemEvent(SystemEvent::Suspend) => {
             if let Err(err) = context.suspend.on_suspend_exit(vcpu) {
-                return Some(ExitReason::Error(error_chain(&err)));
+                return Some(ExitReason::Error(err.into()));
             }
         }
         VmExit::SystemEvent(SystemEvent::Wakeup) => {
             if let Err(err) = context.suspend.on_wakeup_exit(vcpu) {
-                return Some(ExitReason::Error(error_chain(&err)));
+                return Some(ExitReason::Error(err.into()));
             }
         }
         VmExit::Hypercall { function_id, .. } => {
             if let Err(err) = context.suspend.on_power_call(vcpu, function_id) {
-                return Some(ExitReason::Error(error_chain(&err)));
+                return Some(ExitReason::Error(err.into()));
             }
         }
         VmExit::Interrupted => {}
         other => {
-            return Some(ExitReason::Error(format!(
-                "vCPU {index}: unexpected exit {other:?}"
-            )));
+            return Some(ExitReason::Error(
+                VmFailureKind::UnhandledExit {
+                    index,
+                    exit: format!("{other:?}"),
+                }
+                .into(),
+            ));
         }
     }
     None
@@ -220,11 +219,12 @@ mod tests {
         vcpu.push_panic();
         let context = context(&vcpu);
         run_vcpu_guarded(vcpu.clone(), &*vcpu.kicker(), &context);
-        assert_eq!(
-            context.control.exit_reason(),
-            Some(ExitReason::Error(
-                "vCPU 0 panicked: scripted vCPU panic".into()
-            ))
+        let Some(ExitReason::Error(failure)) = context.control.exit_reason() else {
+            panic!("{:?}", context.control.exit_reason());
+        };
+        assert!(
+            matches!(failure.kind(), VmFailureKind::VcpuPanicked { index: 0, message } if message == "scripted vCPU panic"),
+            "{failure:?}"
         );
     }
 
@@ -235,6 +235,12 @@ mod tests {
         let crash = run_script(vec![VmExit::SystemEvent(SystemEvent::Crash)]);
         assert_eq!(crash.0, Some(ExitReason::GuestCrash));
         let (reason, _) = run_script(vec![VmExit::InternalError]);
-        assert!(matches!(reason, Some(ExitReason::Error(text)) if text.contains("InternalError")));
+        let Some(ExitReason::Error(failure)) = reason else {
+            panic!("{reason:?}");
+        };
+        assert!(
+            matches!(failure.kind(), VmFailureKind::UnhandledExit { index: 0, exit } if exit == "InternalError"),
+            "{failure:?}"
+        );
     }
 }

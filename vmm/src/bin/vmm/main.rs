@@ -238,8 +238,8 @@ fn main() -> ExitCode {
         return ctl::run(args);
     }
     match run_vm(cli.run) {
-        Ok(ExitReason::Error(message)) => {
-            eprintln!("vmm: {message}");
+        Ok(ExitReason::Error(failure)) => {
+            eprintln!("vmm: {}", vmm::error_chain(&failure));
             ExitCode::FAILURE
         }
         Ok(ExitReason::GuestCrash) => {
