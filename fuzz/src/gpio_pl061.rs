@@ -14,12 +14,12 @@
 
 use std::sync::Arc;
 
+use devices::Pl061Gpio;
 use devices::bus::MmioDevice;
 use devices::gpio_pl061::PL061_PIN_COUNT;
-use devices::Pl061Gpio;
 use devices::test_utils::RecordingIrqLine;
 
-use crate::{Input, access_size};
+use crate::{Input, read_access, write_access};
 
 const MAX_OPS: usize = 4096;
 const GPIOMIS: u64 = 0x418;
@@ -62,16 +62,15 @@ pub fn run(data: &[u8]) {
         let Some(op) = input.u8() else { break };
         match op % 6 {
             0 => {
-                let (Some(offset), Some(size)) = (offset(&mut input), input.u8()) else {
+                let Some((offset, value)) = write_access(&mut input, offset) else {
                     break;
                 };
-                gpio.write(offset, input.up_to(access_size(size)));
+                gpio.write(offset, value);
             }
             1 => {
-                let (Some(offset), Some(size)) = (offset(&mut input), input.u8()) else {
+                let Some((offset, mut data)) = read_access(&mut input, offset) else {
                     break;
                 };
-                let mut data = vec![0xA5; access_size(size)];
                 gpio.read(offset, &mut data);
             }
             op @ (2 | 3) => {

@@ -9,10 +9,10 @@
 
 use std::io::{BufReader, Cursor};
 
+use vmm::api::Endpoint;
 use vmm::api::http::{
     MAX_BODY, MAX_HEADERS_SIZE, MAX_REQUEST_LINE, Request, read_request, write_json,
 };
-use vmm::api::Endpoint;
 
 /// The most a request can take: the request line, the headers, the blank line and the body.
 const MAX_CONSUMED: u64 = (MAX_REQUEST_LINE + 2 + MAX_HEADERS_SIZE + 2 + MAX_BODY) as u64;

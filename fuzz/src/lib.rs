@@ -92,6 +92,39 @@ pub fn access_size(selector: u8) -> usize {
     [1, 2, 4, 8, 0, 3][usize::from(selector % 6)]
 }
 
+/// A write the program asks for: the register `offset` (each target picks its own way), a size
+/// selector, then up to that many bytes of data.
+pub fn write_access<'a>(
+    input: &mut Input<'a>,
+    offset: impl FnOnce(&mut Input<'a>) -> Option<u64>,
+) -> Option<(u64, &'a [u8])> {
+    let offset = offset(input)?;
+    let size = input.u8()?;
+    Some((offset, input.up_to(access_size(size))))
+}
+
+/// A read the program asks for: the register `offset` and a buffer of the selected size,
+/// filled with 0xA5 so that bytes a device leaves unwritten show.
+pub fn read_access<'a>(
+    input: &mut Input<'a>,
+    offset: impl FnOnce(&mut Input<'a>) -> Option<u64>,
+) -> Option<(u64, Vec<u8>)> {
+    let offset = offset(input)?;
+    let size = input.u8()?;
+    Some((offset, vec![0xA5; access_size(size)]))
+}
+
+/// A split-virtqueue descriptor as the guest lays it out in memory (virtio 1.x, 2.7.5): buffer
+/// address, length, flags, next.
+pub fn descriptor(addr: u64, len: u32, flags: u16, next: u16) -> [u8; 16] {
+    let mut raw = [0u8; 16];
+    raw[..8].copy_from_slice(&addr.to_le_bytes());
+    raw[8..12].copy_from_slice(&len.to_le_bytes());
+    raw[12..14].copy_from_slice(&flags.to_le_bytes());
+    raw[14..16].copy_from_slice(&next.to_le_bytes());
+    raw
+}
+
 /// A `Write` sink that counts bytes and fails while `failing` is set (a console reader that
 /// went away).
 #[derive(Clone, Default)]

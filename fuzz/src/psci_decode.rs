@@ -12,8 +12,8 @@
 
 use arch_aarch64::layout::GuestRegion;
 use arch_aarch64::psci::{
-    CallWidth, PsciReturn, ResumeState, SYSTEM_SUSPEND_32, SYSTEM_SUSPEND_64,
-    SuspendDenial, SystemSuspendCall, validate_system_suspend,
+    CallWidth, PsciReturn, ResumeState, SYSTEM_SUSPEND_32, SYSTEM_SUSPEND_64, SuspendDenial,
+    SystemSuspendCall, validate_system_suspend,
 };
 
 use crate::Input;

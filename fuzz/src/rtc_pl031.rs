@@ -26,7 +26,7 @@ use devices::bus::MmioDevice;
 use devices::test_utils::{ManualClock, RecordingIrqLine};
 use devices::{AlarmTimer, Pl031Rtc};
 
-use crate::{Input, access_size};
+use crate::{Input, read_access, write_access};
 
 const MAX_OPS: usize = 4096;
 
@@ -93,16 +93,15 @@ pub fn run(data: &[u8]) {
         let Some(op) = input.u8() else { break };
         match op % 8 {
             0 => {
-                let (Some(offset), Some(size)) = (offset(&mut input), input.u8()) else {
+                let Some((offset, value)) = write_access(&mut input, offset) else {
                     break;
                 };
-                rtc.write(offset, input.up_to(access_size(size)));
+                rtc.write(offset, value);
             }
             1 => {
-                let (Some(offset), Some(size)) = (offset(&mut input), input.u8()) else {
+                let Some((offset, mut data)) = read_access(&mut input, offset) else {
                     break;
                 };
-                let mut data = vec![0xA5; access_size(size)];
                 rtc.read(offset, &mut data);
                 if data.len() != 4 || offset % 4 != 0 {
                     assert!(data.iter().all(|&b| b == 0), "{data:?} at {offset:#x}");

@@ -17,12 +17,12 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use devices::bus::MmioDevice;
 use devices::Serial16550;
+use devices::bus::MmioDevice;
 use devices::test_utils::RecordingIrqLine;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use crate::{Input, Sink, access_size};
+use crate::{Input, Sink, read_access, write_access};
 
 /// Operations per input: plenty to fill the FIFO and drain it again.
 const MAX_OPS: usize = 4096;
@@ -52,17 +52,15 @@ pub fn run(data: &[u8]) {
         let Some(op) = input.u8() else { break };
         match op % 7 {
             0 => {
-                let (Some(offset), Some(size)) = (offset(&mut input), input.u8()) else {
+                let Some((offset, value)) = write_access(&mut input, offset) else {
                     break;
                 };
-                let value = input.up_to(access_size(size));
                 serial.write(offset, value);
             }
             1 => {
-                let (Some(offset), Some(size)) = (offset(&mut input), input.u8()) else {
+                let Some((offset, mut data)) = read_access(&mut input, offset) else {
                     break;
                 };
-                let mut data = vec![0xA5; access_size(size)];
                 serial.read(offset, &mut data);
                 if data.len() != 1 || offset >= 8 {
                     assert!(data.iter().all(|&b| b == 0), "{data:?} at {offset:#x}");

@@ -30,7 +30,7 @@ use devices::virtio::fuzzing::BlockRequests;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::{Input, disk, known_bugs_reachable};
+use crate::{Input, descriptor, disk, known_bugs_reachable};
 
 /// Guest RAM: 64 KiB at 0.
 pub const MEMORY_SIZE: usize = 0x1_0000;
@@ -60,12 +60,12 @@ pub fn run(data: &[u8]) {
             let (Some(addr), Some(len), Some(next)) = (input.u16(), input.u16(), input.u8()) else {
                 break;
             };
-            let mut raw = [0u8; 16];
-            raw[..8].copy_from_slice(&u64::from(addr).to_le_bytes());
-            raw[8..12].copy_from_slice(&u32::from(len).to_le_bytes());
-            raw[12..14].copy_from_slice(&u16::from(flags & 7).to_le_bytes());
-            raw[14..16].copy_from_slice(&u16::from(next).to_le_bytes());
-            raw
+            descriptor(
+                u64::from(addr),
+                u32::from(len),
+                u16::from(flags & 7),
+                u16::from(next),
+            )
         };
         let _ = memory.write_slice(&raw, GuestAddress(desc + 16 * index));
     }

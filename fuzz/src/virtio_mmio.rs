@@ -56,7 +56,7 @@ use vmm_sys_util::eventfd::EventFd;
 use devices::bus::MmioDevice;
 use devices::virtio::{BlockDevice, MmioTransport, RngDevice, VirtioDevice};
 
-use crate::{Input, access_size, disk, known_bugs_reachable};
+use crate::{Input, access_size, descriptor, disk, known_bugs_reachable};
 
 /// Operations per input.
 pub const MAX_OPS: usize = 256;
@@ -506,11 +506,12 @@ pub fn run(data: &[u8]) {
                 else {
                     break;
                 };
-                let mut raw = [0u8; 16];
-                raw[..8].copy_from_slice(&u64::from(addr).to_le_bytes());
-                raw[8..12].copy_from_slice(&u32::from(len).to_le_bytes());
-                raw[12..14].copy_from_slice(&u16::from(flags & 7).to_le_bytes());
-                raw[14..16].copy_from_slice(&u16::from(next).to_le_bytes());
+                let raw = descriptor(
+                    u64::from(addr),
+                    u32::from(len),
+                    u16::from(flags & 7),
+                    u16::from(next),
+                );
                 let table = guest.ring.map_or(guest.raw_ring.desc, |ring| ring.desc);
                 guest.write_memory(table + 16 * u64::from(index), &raw);
             }
