@@ -19,18 +19,23 @@ use vmm::{CpuPowerMode, VcpuPower};
 
 const CYCLES: usize = 20;
 
-#[test]
-fn vm_info_every_10_ms_does_not_disturb_20_suspend_cycles() {
-    test_utils::require_kvm!();
-    let scratch = guest::scratch("linux-power-");
+/// A guest with `cpus` vCPUs that runs `cycles` suspends, each woken by an RTC alarm 3 s on.
+fn rtc_woken_guest(name: &str, cycles: usize, cpus: u32) -> Guest {
+    let scratch = guest::scratch(name);
     let config = guest::config(
         &scratch,
         "suspend-rtc",
-        &format!("cycles={CYCLES} wake=3"),
-        4,
+        &format!("cycles={cycles} wake=3"),
+        cpus,
         false,
     );
-    let guest = Guest::start(config, scratch);
+    Guest::start(config, scratch)
+}
+
+#[test]
+fn vm_info_every_10_ms_does_not_disturb_20_suspend_cycles() {
+    test_utils::require_kvm!();
+    let guest = rtc_woken_guest("linux-power-", CYCLES, 4);
     guest.wait_console("@@guest mem_sleep", Duration::from_secs(120));
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -125,15 +130,7 @@ fn vm_info_every_10_ms_does_not_disturb_20_suspend_cycles() {
 fn an_8_vcpu_linux_guest_suspends_with_its_secondaries_off_and_no_kick() {
     test_utils::require_kvm!();
     const CYCLES: usize = 2;
-    let scratch = guest::scratch("linux-power-8-");
-    let config = guest::config(
-        &scratch,
-        "suspend-rtc",
-        &format!("cycles={CYCLES} wake=3"),
-        8,
-        false,
-    );
-    let guest = Guest::start(config, scratch);
+    let guest = rtc_woken_guest("linux-power-8-", CYCLES, 8);
     // Asked while the guest boots: on the KVM path its census must not meet a suspend.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let keeper = loop {

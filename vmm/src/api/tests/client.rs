@@ -30,18 +30,19 @@ fn api_socket_mode_and_cleanup() {
     assert!(!path.exists());
 }
 
+fn info_status(path: &std::path::Path) -> u16 {
+    let (status, _) = ApiClient::new(path)
+        .request("GET", "/api/v1/vm.info", None)
+        .unwrap();
+    status
+}
+
 #[test]
 fn api_socket_replaces_stale_refuses_live() {
     let (_dir, path) = socket_path();
     drop(UnixListener::bind(&path).unwrap());
     let server = ApiServer::start(&path, Arc::new(TestRouter::default())).unwrap();
-    assert_eq!(
-        ApiClient::new(&path)
-            .request("GET", "/api/v1/vm.info", None)
-            .unwrap()
-            .0,
-        200
-    );
+    assert_eq!(info_status(&path), 200);
 
     let err = ApiServer::start(&path, Arc::new(TestRouter::default()))
         .err()
@@ -57,13 +58,7 @@ fn api_socket_replaces_stale_refuses_live() {
             path.display()
         )
     );
-    assert_eq!(
-        ApiClient::new(&path)
-            .request("GET", "/api/v1/vm.info", None)
-            .unwrap()
-            .0,
-        200
-    );
+    assert_eq!(info_status(&path), 200);
 
     // A successor's socket at the path is not removed by the old server.
     fs::remove_file(&path).unwrap();
