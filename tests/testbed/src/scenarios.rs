@@ -137,7 +137,7 @@ pub fn all() -> Vec<Scenario> {
         Scenario {
             name: "linux-disk",
             description: "virtio-blk and -rng: ext4 root, disk data through 20 suspends, read-only disk",
-            // About 320 s on a 7.x host; one test executable gets half the limit.
+            // About 305 s on a 7.x host; one test executable gets half the limit.
             timeout: Duration::from_secs(1200),
             steps: Steps::CargoTests(&[("vmm", "linux_disk")]),
             default: false,
@@ -168,7 +168,7 @@ pub fn all() -> Vec<Scenario> {
             description: "every crate's test executables on arm64, the KVM ones included",
             // About 850 s on a 7.x host before the linux-boot, -reboot, -suspend, -s2idle and
             // -disk scenarios became test executables, which it runs too (about 600 s more):
-            // linux_disk about 320 s, linux_net 213 s, linux_power and linux_hibernate 140 s
+            // linux_disk 305 s, linux_net 213 s, linux_power and linux_hibernate 140 s
             // each. One test executable gets half the limit.
             timeout: Duration::from_secs(2400),
             steps: Steps::CargoTests(&[]),
