@@ -5,9 +5,21 @@
 //! ```text
 //! suspend_wake KERNEL INITRAMFS [CMDLINE]
 //! ```
-//! Its own messages go to stderr, the guest's console to stdout. The guest must suspend on its
-//! own, e.g. run `echo mem > /sys/power/state` from its init (the
-//! testbed's guest does with `vmmtest=suspend-wait`, the default command line here).
+//! The guest's console goes to stdout. The guest must suspend on its own, e.g. run `echo mem >
+//! /sys/power/state` from its init (the testbed's guest does with `vmmtest=suspend-wait`, the
+//! default command line here).
+//!
+//! On stderr it reports each step as one line of `key=value` words after a kind, for scripts
+//! to read (the testbed's `example` scenario does), taken from the typed events and exit:
+//!
+//! ```text
+//! @@example suspended vcpu=0 latency_us=412
+//! @@example resumed vcpu=0 source=gpio latency_us=530
+//! @@example exit reason=poweroff
+//! ```
+//!
+//! `source` is the device that woke the guest (`rtc`, `gpio`, `serial`, `unknown`), as in the
+//! event stream. A failure is one `suspend_wake: MESSAGE` line instead, with exit status 1.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -52,18 +64,21 @@ fn run(config: VmConfig) -> Result<(), String> {
             .recv_timeout(LIMIT)
             .map_err(|_| "no event: the guest did not suspend in time".to_owned())?;
         match event.kind {
-            VmEventKind::Suspended { latency_us, .. } => {
-                eprintln!(
-                    "suspend_wake: guest suspended ({latency_us} us); pressing the wake button"
-                );
+            VmEventKind::Suspended { vcpu, latency_us } => {
+                eprintln!("@@example suspended vcpu={vcpu} latency_us={latency_us}");
                 handle
                     .press_wake_button()
                     .map_err(|err| vmm::error_chain(&err))?;
             }
             VmEventKind::Resumed {
-                source, latency_us, ..
+                vcpu,
+                latency_us,
+                source,
             } => {
-                eprintln!("suspend_wake: guest resumed (wakeup: {source}, {latency_us} us)");
+                eprintln!(
+                    "@@example resumed vcpu={vcpu} source={} latency_us={latency_us}",
+                    source.as_str()
+                );
                 break;
             }
             _ => {}
@@ -71,7 +86,7 @@ fn run(config: VmConfig) -> Result<(), String> {
     }
     match handle.wait_timeout(LIMIT) {
         Some(Ok(ExitReason::PowerOff)) => {
-            eprintln!("suspend_wake: guest powered off");
+            eprintln!("@@example exit reason=poweroff");
             Ok(())
         }
         Some(Ok(other)) => Err(format!("the VM stopped: {other:?}")),

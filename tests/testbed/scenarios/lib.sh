@@ -23,9 +23,3 @@ run_vmm() {
 field() {
     echo "$2" | sed -n "s/.*[[:space:]]$1=\([^[:space:]]*\).*/\1/p"
 }
-
-# latencies WHAT FILE: min/median/max of the "WHAT (in N us)" lines vmm logged in FILE.
-latencies() {
-    grep -F "] $1 (in " "$2" | sed -n 's/.*(in \([0-9]*\) us).*/\1/p' | sort -n | awk '
-        { v[NR] = $1 } END { if (NR) printf "%d/%d/%d", v[1], v[int((NR + 1) / 2)], v[NR]; else print "none" }'
-}

@@ -436,14 +436,15 @@ fn mke2fs(dir: &Path, image: &Path) -> Result<(), InitramfsError> {
 }
 
 /// Runs test executables one after the other; the libtest lines are the result lines. The
-/// vmm's own tests find the binary and a real kernel through the environment, which also says
+/// vmm's own tests find the binary, a real kernel and the host-side disk tools through the
+/// environment, which also says
 /// that KVM must be there: a KVM test fails here instead of skipping (`test_utils::kvm`). Each executable
 /// has `exec_limit` seconds, so that one that hangs is named and the rest still run (busybox's
 /// `timeout` exits 143 where GNU's exits 124). With `ignored`, only `#[ignore]`d tests run.
 fn cargo_tests_script(names: &[String], exec_limit: u64, ignored: bool) -> String {
     let only_ignored = if ignored { " --ignored" } else { "" };
     let mut script = String::from(
-        "#!/bin/sh\nrc=0\ncd /tmp\nexport VMM_BIN=\"$ROOT/bin/vmm\" VMM_TEST_KERNEL=\"$ROOT/guest/Image\" VMM_TEST_INITRD=\"$ROOT/guest/initrd.cpio\" VMM_TEST_ROOTFS=\"$ROOT/guest/rootfs.ext4\" VMM_TEST_KERNEL_7=\"$ROOT/guest/Image-7\" VMM_TEST_INITRD_7=\"$ROOT/guest/initrd-7.cpio\" VMM_TEST_REQUIRE_KVM=1\n",
+        "#!/bin/sh\nrc=0\ncd /tmp\nexport VMM_BIN=\"$ROOT/bin/vmm\" VMM_TEST_KERNEL=\"$ROOT/guest/Image\" VMM_TEST_INITRD=\"$ROOT/guest/initrd.cpio\" VMM_TEST_ROOTFS=\"$ROOT/guest/rootfs.ext4\" VMM_TEST_KERNEL_7=\"$ROOT/guest/Image-7\" VMM_TEST_INITRD_7=\"$ROOT/guest/initrd-7.cpio\" VMM_TEST_DISK_PATTERN=\"$ROOT/bin/disk-pattern\" VMM_TEST_E2FSCK=\"$ROOT/bin/e2fsck.static\" VMM_TEST_REQUIRE_KVM=1\n",
     );
     for name in names {
         let _ = writeln!(

@@ -1,11 +1,14 @@
 //! A Linux guest of the testbed booted through the library, with its console captured and its
 //! events subscribed to: what the tests that watch a real guest sleep and wake share.
 
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use vmm::events::{EventReceiver, VmEventKind};
-use vmm::{Console, DiskConfig, Vm, VmConfig, VmHandle};
+use vmm::events::{EventReceiver, VmEventKind, WakeSource};
+use vmm::{Console, DiskConfig, ExitReason, Vm, VmConfig, VmHandle};
 use vmm_sys_util::tempdir::TempDir;
 
 use super::guest_file;
@@ -196,6 +199,48 @@ impl Guest {
         text
     }
 
+    /// Waits up to `limit` for the VM to stop, taking every event on the way (a queue left
+    /// unread would drop this subscriber after [`vmm::events::EVENT_QUEUE_LIMIT`] events), and
+    /// returns how it ended with the events not taken before.
+    pub fn run_to_end(&self, limit: Duration) -> (ExitReason, Vec<VmEventKind>) {
+        let deadline = Instant::now() + limit;
+        let mut events = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(event) => {
+                    assert!(
+                        !matches!(event.kind, VmEventKind::Lagged { .. }),
+                        "events lost: {event:?}"
+                    );
+                    events.push(event.kind);
+                }
+                // The VM has stopped for good: its bus ended every subscription.
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    let diagnosis = self.diagnose();
+                    // Not left running into the next test.
+                    let _ = self.handle.shutdown();
+                    panic!(
+                        "the VM did not stop within {limit:?}\n{diagnosis}\nconsole:\n{}",
+                        self.console_text()
+                    )
+                }
+            }
+        }
+        let exit = self
+            .handle
+            .wait_timeout(Duration::from_secs(30))
+            .expect("the VM ended its events but not its run")
+            .unwrap_or_else(|err| panic!("the VM failed: {}", vmm::error_chain(err.as_ref())));
+        (exit, events)
+    }
+
+    /// The `@@guest` lines of the console so far.
+    pub fn reports(&self) -> Vec<Report> {
+        reports(&self.console_text())
+    }
+
     /// Waits for the guest to power off.
     pub fn powers_off(&self) {
         let exit = self
@@ -211,6 +256,147 @@ impl Guest {
 pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line.split_whitespace()
         .find_map(|word| word.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// One `@@guest KIND ...` line of the testbed guest's init, its words after the kind as
+/// `key=value` fields, e.g. `@@guest init uptime=2.31 nproc=4 ...` (kind `init`). A first word
+/// that is itself `key=value` gives the kind and a field: `@@guest cycle=3 rc=0 ...` is of
+/// kind `cycle`.
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub kind: String,
+    pub fields: BTreeMap<String, String>,
+    /// The whole line, for messages.
+    pub line: String,
+}
+
+impl Report {
+    /// Parses the words after `@@guest` in `line`, or `None` if it has none.
+    pub fn parse(line: &str) -> Option<Self> {
+        let (_, rest) = line.split_once("@@guest ")?;
+        let mut words = rest.split_whitespace().peekable();
+        let first = *words.peek()?;
+        let kind = first
+            .split_once('=')
+            .map_or(first, |(key, _)| key)
+            .to_owned();
+        let fields = words
+            .filter_map(|word| word.split_once('='))
+            .map(|(key, value)| (key.to_owned(), value.to_owned()))
+            .collect();
+        Some(Self {
+            kind,
+            fields,
+            line: line.trim_end().to_owned(),
+        })
+    }
+
+    pub fn is(&self, kind: &str) -> bool {
+        self.kind == kind
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.fields.get(key).map(String::as_str)
+    }
+
+    /// The value of `key`, which must be there and parse as a `T`.
+    pub fn value<T: FromStr>(&self, key: &str) -> T {
+        self.get(key)
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("no {key}= of that type in {:?}", self.line))
+    }
+}
+
+/// The `@@guest` lines of a console, in order, whole lines only (the last one may still be
+/// being written).
+pub fn reports(console: &str) -> Vec<Report> {
+    let complete = console.rsplit_once('\n').map_or("", |(whole, _)| whole);
+    complete.lines().filter_map(Report::parse).collect()
+}
+
+/// The one report of `kind`, which must be there.
+pub fn the_report<'a>(reports: &'a [Report], kind: &str) -> &'a Report {
+    let mut of_kind = reports.iter().filter(|report| report.is(kind));
+    let report = of_kind
+        .next()
+        .unwrap_or_else(|| panic!("no @@guest {kind} line among {reports:#?}"));
+    assert!(
+        of_kind.next().is_none(),
+        "more than one @@guest {kind} line"
+    );
+    report
+}
+
+/// The guest's `/sys/devices/system/cpu/online` with all of `cpus` online.
+pub fn all_online(cpus: u32) -> String {
+    if cpus == 1 {
+        "0".to_owned()
+    } else {
+        format!("0-{}", cpus - 1)
+    }
+}
+
+/// The `@@guest cycle=N` reports of `rtcwake -m mem` round trips (aborted attempts included),
+/// and how many of them succeeded, counted in `suspend_stats` and brought all `cpus` back.
+pub fn suspend_cycles(reports: &[Report], cpus: u32) -> (Vec<&Report>, usize) {
+    let cycles: Vec<&Report> = reports.iter().filter(|report| report.is("cycle")).collect();
+    let online = all_online(cpus);
+    let good = cycles
+        .iter()
+        .filter(|cycle| {
+            cycle.get("rc") == Some("0")
+                && cycle.value::<u64>("success_after") == cycle.value::<u64>("success_before") + 1
+                && cycle.get("online") == Some(online.as_str())
+        })
+        .count();
+    (cycles, good)
+}
+
+/// Checks that the VMM saw exactly `cycles` suspends, each followed by a resume that the RTC
+/// woke, and returns the VMM-side suspend and resume latencies as min/median/max in us.
+pub fn rtc_suspend_cycles(events: &[VmEventKind], cycles: usize) -> (String, String) {
+    let steps: Vec<&VmEventKind> = events
+        .iter()
+        .filter(|event| {
+            matches!(
+                event,
+                VmEventKind::Suspended { .. } | VmEventKind::Resumed { .. }
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps.len(),
+        2 * cycles,
+        "{cycles} suspends and resumes expected: {steps:#?}"
+    );
+    let (mut suspend_us, mut resume_us) = (Vec::new(), Vec::new());
+    for pair in steps.chunks(2) {
+        match pair {
+            [
+                VmEventKind::Suspended { latency_us: s, .. },
+                VmEventKind::Resumed {
+                    source: WakeSource::Rtc,
+                    latency_us: r,
+                    ..
+                },
+            ] => {
+                suspend_us.push(*s);
+                resume_us.push(*r);
+            }
+            other => panic!("not a suspend and an RTC resume: {other:?}"),
+        }
+    }
+    (spread(suspend_us), spread(resume_us))
+}
+
+/// Min/median/max of `values` as `a/b/c`, or `none`.
+pub fn spread(values: impl IntoIterator<Item = u64>) -> String {
+    let mut values: Vec<u64> = values.into_iter().collect();
+    values.sort_unstable();
+    match (values.first(), values.last()) {
+        (Some(min), Some(max)) => format!("{min}/{}/{max}", values[(values.len() - 1) / 2]),
+        _ => "none".to_owned(),
+    }
 }
 
 /// User plus system CPU time of this process, which is the VMM.
