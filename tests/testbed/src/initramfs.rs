@@ -179,7 +179,9 @@ pub fn stage(
     for scenario in scenarios {
         let limit = (scenario.timeout.as_secs_f64() * time_scale).ceil() as u64;
         let script = match scenario.steps {
-            Steps::CargoTests(selection) | Steps::IgnoredCargoTests(selection) => {
+            Steps::CargoTests(selection)
+            | Steps::IgnoredCargoTests(selection)
+            | Steps::CargoTestsWithoutKvm(selection) => {
                 let tests: Vec<_> = if selection.is_empty() {
                     artefacts.tests.iter().collect()
                 } else {
@@ -205,8 +207,13 @@ pub fn stage(
                     }
                     names.push(name);
                 }
-                let ignored = matches!(scenario.steps, Steps::IgnoredCargoTests(_));
-                cargo_tests_script(&names, limit / 2, ignored)
+                match scenario.steps {
+                    Steps::CargoTestsWithoutKvm(_) => {
+                        cargo_tests_without_kvm_script(&names, limit / 2)
+                    }
+                    Steps::IgnoredCargoTests(_) => cargo_tests_script(&names, limit / 2, true),
+                    _ => cargo_tests_script(&names, limit / 2, false),
+                }
             }
             Steps::Script(script) => script.to_owned(),
         };
@@ -441,11 +448,14 @@ fn mke2fs(dir: &Path, image: &Path) -> Result<(), InitramfsError> {
 /// that KVM must be there: a KVM test fails here instead of skipping (`test_utils::kvm`). Each executable
 /// has `exec_limit` seconds, so that one that hangs is named and the rest still run (busybox's
 /// `timeout` exits 143 where GNU's exits 124). With `ignored`, only `#[ignore]`d tests run.
+/// What the tests find through the environment: the `vmm` binary, the guest's kernel, initramfs
+/// and tools.
+const TEST_ENVIRONMENT: &str = "export VMM_BIN=\"$ROOT/bin/vmm\" VMM_TEST_KERNEL=\"$ROOT/guest/Image\" VMM_TEST_INITRD=\"$ROOT/guest/initrd.cpio\" VMM_TEST_ROOTFS=\"$ROOT/guest/rootfs.ext4\" VMM_TEST_KERNEL_7=\"$ROOT/guest/Image-7\" VMM_TEST_INITRD_7=\"$ROOT/guest/initrd-7.cpio\" VMM_TEST_DISK_PATTERN=\"$ROOT/bin/disk-pattern\" VMM_TEST_E2FSCK=\"$ROOT/bin/e2fsck.static\"\n";
+
 fn cargo_tests_script(names: &[String], exec_limit: u64, ignored: bool) -> String {
     let only_ignored = if ignored { " --ignored" } else { "" };
-    let mut script = String::from(
-        "#!/bin/sh\nrc=0\ncd /tmp\nexport VMM_BIN=\"$ROOT/bin/vmm\" VMM_TEST_KERNEL=\"$ROOT/guest/Image\" VMM_TEST_INITRD=\"$ROOT/guest/initrd.cpio\" VMM_TEST_ROOTFS=\"$ROOT/guest/rootfs.ext4\" VMM_TEST_KERNEL_7=\"$ROOT/guest/Image-7\" VMM_TEST_INITRD_7=\"$ROOT/guest/initrd-7.cpio\" VMM_TEST_DISK_PATTERN=\"$ROOT/bin/disk-pattern\" VMM_TEST_E2FSCK=\"$ROOT/bin/e2fsck.static\" VMM_TEST_REQUIRE_KVM=1\n",
-    );
+    let mut script =
+        format!("#!/bin/sh\nrc=0\ncd /tmp\n{TEST_ENVIRONMENT}export VMM_TEST_REQUIRE_KVM=1\n");
     for name in names {
         let _ = writeln!(
             script,
@@ -457,6 +467,45 @@ fn cargo_tests_script(names: &[String], exec_limit: u64, ignored: bool) -> Strin
         );
     }
     script.push_str("exit $rc\n");
+    script
+}
+
+/// Runs test executables as on an arm64 machine without KVM: `/dev/kvm` is moved aside for the
+/// run (and put back however the script ends). Every executable must pass; the KVM tests' skip
+/// lines are counted, and there must be some. Then one executable with skips runs again with
+/// `VMM_TEST_REQUIRE_KVM` set, and must fail: that is what keeps the other scenarios from
+/// skipping silently.
+fn cargo_tests_without_kvm_script(names: &[String], exec_limit: u64) -> String {
+    let mut script = format!(
+        "#!/bin/sh\nrc=0 skipped=0 with_skips=\ncd /tmp\n{TEST_ENVIRONMENT}\
+         mv /dev/kvm /dev/kvm.hidden || {{ echo \"@@result no-kvm-setup fail cannot hide /dev/kvm\"; exit 1; }}\n\
+         trap 'mv /dev/kvm.hidden /dev/kvm' EXIT\n\
+         trap 'exit 143' TERM\n"
+    );
+    for name in names {
+        let _ = writeln!(
+            script,
+            "echo \"@@testbed exec {name}\"\n\
+             timeout {exec_limit} \"$ROOT/tests/{name}\" --test-threads=1 --show-output >/tmp/no-kvm.out 2>&1\n\
+             status=$?\n\
+             cat /tmp/no-kvm.out\n\
+             [ $status = 0 ] || rc=1\n\
+             n=$(grep -c '^skipped ' /tmp/no-kvm.out)\n\
+             skipped=$((skipped + n))\n\
+             [ \"$n\" -gt 0 ] && [ -z \"$with_skips\" ] && with_skips={name}"
+        );
+    }
+    script.push_str(
+        "if [ \"$skipped\" -gt 0 ]; then\n\
+         \x20   echo \"@@result no-kvm-skips pass skipped=$skipped\"\n\
+         \x20   VMM_TEST_REQUIRE_KVM=1 timeout 300 \"$ROOT/tests/$with_skips\" --test-threads=1 >/tmp/no-kvm.out 2>&1\n\
+         \x20   if [ $? = 0 ]; then echo \"@@result no-kvm-required fail $with_skips passed with VMM_TEST_REQUIRE_KVM set\"; rc=1\n\
+         \x20   else echo \"@@result no-kvm-required pass $with_skips failed with VMM_TEST_REQUIRE_KVM set\"; fi\n\
+         else\n\
+         \x20   echo \"@@result no-kvm-skips fail no test said it skipped\"; rc=1\n\
+         fi\n\
+         exit $rc\n",
+    );
     script
 }
 

@@ -11,6 +11,9 @@ pub enum Steps {
     /// Only the `#[ignore]`d tests of these executables (long runs kept out of the default
     /// set), run with `--ignored`.
     IgnoredCargoTests(&'static [(&'static str, &'static str)]),
+    /// Cargo test executables on an arm64 host whose `/dev/kvm` is hidden for the run, as on a
+    /// machine without KVM: every test must pass, and the KVM tests must say they skipped.
+    CargoTestsWithoutKvm(&'static [(&'static str, &'static str)]),
     /// A shell script, which boots nested Linux guests: one of `tests/testbed/scenarios/`, or
     /// a harness's own (the benchmark's).
     Script(&'static str),
@@ -162,6 +165,13 @@ pub fn all() -> Vec<Scenario> {
             description: "1000 timer-woken bare-metal suspends and 200 Linux ones with the disk busy, 4 vCPUs; RSS and fds flat",
             timeout: Duration::from_secs(5400),
             steps: Steps::IgnoredCargoTests(&[("vmm", "soak")]),
+            default: false,
+        },
+        Scenario {
+            name: "no-kvm",
+            description: "every test executable with /dev/kvm hidden: all pass, the KVM tests skip and say so",
+            timeout: Duration::from_secs(1200),
+            steps: Steps::CargoTestsWithoutKvm(&[]),
             default: false,
         },
         Scenario {
