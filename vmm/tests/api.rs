@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use vmm::api::ApiClient;
-use vmm::api::server::MAX_CONNECTIONS;
+use vmm::api::server::MAX_EVENT_STREAMS;
 
 use common::process::{Vmm, follow_events, guest_args, wait_event};
 use common::{guest_file, vmm_binary};
@@ -207,23 +207,32 @@ fn bad_requests_get_clear_errors_and_the_guest_is_unaffected() {
     assert_eq!(raw(&socket, b""), 408, "silent client");
 
     // Clients that hang up in the middle of the event stream, as many at once as the server
-    // takes: each connection ends with its client, so none is left holding a slot.
+    // takes: one more stream is refused, while requests keep their own slots; each connection
+    // ends with its client, so none is left holding a slot.
     wait_connection_threads(&vmm, 0);
-    let streams: Vec<UnixStream> = (0..MAX_CONNECTIONS)
+    let events = b"GET /api/v1/vm.events HTTP/1.1\r\nHost: x\r\n\r\n";
+    let streams: Vec<UnixStream> = (0..MAX_EVENT_STREAMS)
         .map(|_| {
             let mut stream = UnixStream::connect(&socket).unwrap();
-            stream
-                .write_all(b"GET /api/v1/vm.events HTTP/1.1\r\nHost: x\r\n\r\n")
-                .unwrap();
+            stream.write_all(events).unwrap();
             let mut status = [0u8; 12];
             stream.read_exact(&mut status).unwrap();
             assert_eq!(&status, b"HTTP/1.1 200", "an event stream");
             stream
         })
         .collect();
-    assert_eq!(connection_threads(&vmm), MAX_CONNECTIONS);
+    assert_eq!(connection_threads(&vmm), MAX_EVENT_STREAMS);
+    assert_eq!(
+        raw(&socket, events),
+        503,
+        "an event stream beyond the limit"
+    );
     let info = b"GET /api/v1/vm.info HTTP/1.1\r\nHost: x\r\n\r\n";
-    assert_eq!(raw(&socket, info), 503, "a client beyond the limit");
+    assert_eq!(
+        raw(&socket, info),
+        200,
+        "a request while the streams are full"
+    );
     drop(streams);
     wait_connection_threads(&vmm, 0);
 
