@@ -403,7 +403,9 @@ snapshot)
     sleep 1
     alive=no
     kill -0 "$ticker" 2>/dev/null && alive=yes
-    echo "@@guest resumed rc=$rc pid=$ticker alive=$alive ticks=$ticks ticks_later=$(cat /mnt/memory/ticks) token=$(cat /snapshot-token) date=$(date +%s) pm_exit=$(dmesg | grep -c 'PM: suspend exit') online=$(cat /sys/devices/system/cpu/online)"
+    # The clock is read last, right before the line goes out: the host compares it with its own
+    # as it reads the line, and dmesg alone can take seconds in a loaded nested guest.
+    echo "@@guest resumed rc=$rc pid=$ticker alive=$alive ticks=$ticks ticks_later=$(cat /mnt/memory/ticks) token=$(cat /snapshot-token) pm_exit=$(dmesg | grep -c 'PM: suspend exit') online=$(cat /sys/devices/system/cpu/online) date=$(date +%s)"
     [ -n "$more" ] && suspend_cycles "$more"
     poweroff -f
     ;;
