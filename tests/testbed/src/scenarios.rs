@@ -168,6 +168,13 @@ pub fn all() -> Vec<Scenario> {
             default: false,
         },
         Scenario {
+            name: "stress",
+            description: "flake hunt (#12): 1-vCPU Linux boots and the psci_suspend suite in a loop for 30 min, with kernel stacks of every SIGSEGV, SIGBUS and SIGSYS; name kvm-suspend too, to stage the suite",
+            timeout: Duration::from_secs(2400),
+            steps: Steps::Script(include_str!("../scenarios/stress.sh")),
+            default: false,
+        },
+        Scenario {
             name: "no-kvm",
             description: "every test executable with /dev/kvm hidden: all pass, the KVM tests skip and say so",
             timeout: Duration::from_secs(1200),
