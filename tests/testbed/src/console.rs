@@ -66,9 +66,12 @@ pub fn run_emulated(
 /// on `serial`.
 fn qemu_command(host: &HostKernel, initramfs: &Path, serial: &str) -> Command {
     let memory_mib = std::env::var("TESTBED_HOST_MEMORY_MIB").unwrap_or_else(|_| "3072".into());
+    // QEMU's own hash for pointer authentication instead of QARMA: the architected behaviour
+    // stays, and TCG runs the PAC-built Debian kernels and binaries about 1.6x faster.
+    let cpu = std::env::var("TESTBED_HOST_CPU").unwrap_or_else(|_| "max,pauth-impdef=on".into());
     let mut command = Command::new("qemu-system-aarch64");
     command
-        .args(["-M", "virt,virtualization=on,gic-version=3", "-cpu", "max"])
+        .args(["-M", "virt,virtualization=on,gic-version=3", "-cpu", &cpu])
         .args(["-smp", "2", "-m", &memory_mib])
         .args(["-nodefaults", "-display", "none", "-serial", serial])
         .arg("-no-reboot")

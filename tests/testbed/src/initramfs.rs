@@ -509,17 +509,48 @@ fn cargo_tests_without_kvm_script(names: &[String], exec_limit: u64) -> String {
     script
 }
 
+/// Has the kernel record a stack for every SIGSEGV, SIGBUS and SIGSYS it generates, and log the
+/// registers of every fatal one and the PC and ESR of every user fault, so that a scenario that
+/// fails with a process killed by one shows how the signal came about (#12: a rare vCPU-thread
+/// crash that leaves no user-space report). Some scenarios raise these signals on purpose, so
+/// the stacks and the kernel log are printed only for a failed scenario.
+const FATAL_SIGNAL_TRACE: &str = r#"T=/sys/kernel/tracing
+[ -d "$T/events" ] || mount -t tracefs tracefs "$T" 2>/dev/null
+E="$T/events/signal/signal_generate"
+if [ -w "$E/enable" ]; then
+    echo 4096 > "$T/buffer_size_kb"
+    echo 'sig == 11 || sig == 7 || sig == 31' > "$E/filter"
+    echo stacktrace > "$E/trigger"
+    echo 1 > "$T/options/userstacktrace" 2>/dev/null
+    echo 1 > "$E/enable"
+else
+    echo "testbed: no signal tracing on this host kernel"
+fi
+echo 1 > /proc/sys/kernel/print-fatal-signals
+echo 1 > /proc/sys/debug/exception-trace 2>/dev/null
+"#;
+
 fn run_script(scenarios: &[(String, u64)]) -> String {
     let mut script = String::from(
         "#!/bin/sh\n# Runs each scenario under its time limit between begin and end markers; a vmm it\n\
          # left running must not load the next one.\n",
     );
+    script.push_str(FATAL_SIGNAL_TRACE);
     for (name, limit) in scenarios {
         let _ = writeln!(
             script,
-            "echo \"@@testbed begin {name} limit={limit}\"\n\
+            "echo > \"$T/trace\" 2>/dev/null\n\
+             dmesg -c >/dev/null\n\
+             echo \"@@testbed begin {name} limit={limit}\"\n\
              ROOT=\"$ROOT\" timeout {limit} sh \"$ROOT/testbed/scenarios/{name}.sh\"\n\
-             echo \"@@testbed end {name} rc=$?\"\n\
+             rc=$?\n\
+             echo \"@@testbed end {name} rc=$rc\"\n\
+             if [ $rc != 0 ] && grep -q signal_generate \"$T/trace\" 2>/dev/null; then\n\
+             \x20   echo \"testbed: the fatal signals generated during {name}, with kernel and user stacks:\"\n\
+             \x20   grep -v '^#' \"$T/trace\" | tail -n 300\n\
+             \x20   echo \"testbed: the host kernel's log during {name}:\"\n\
+             \x20   dmesg | tail -n 100\n\
+             fi\n\
              killall -KILL vmm 2>/dev/null && echo \"testbed: killed a vmm that {name} left running\""
         );
     }
