@@ -157,10 +157,28 @@ fn boot_with(name: &str, main: &Assembler, cpus: u32, suspend: bool, mode: CpuPo
         if let Some(exit) = handle.wait_timeout(Duration::from_millis(20)) {
             break exit.expect("the VM failed");
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the guest did not power off within 60 s"
-        );
+        if std::time::Instant::now() >= deadline {
+            // Where it stopped: the guest's reports, the VMM's events and states (the census
+            // kicks the vCPUs, which no longer matters).
+            let bytes = output.lock().unwrap().clone();
+            let reports: Vec<(char, u64)> = bytes
+                .chunks(9)
+                .filter(|chunk| chunk.len() == 9)
+                .map(|c| {
+                    (
+                        char::from(c[0]),
+                        u64::from_le_bytes(c[1..9].try_into().unwrap()),
+                    )
+                })
+                .collect();
+            let events: Vec<VmEventKind> = events.try_iter().map(|event| event.kind).collect();
+            panic!(
+                "{mode:?}: the guest did not power off within 60 s\nreports: {reports:x?}\n\
+                 events: {events:?}\nstats: {:?}\ninfo: {:?}",
+                handle.suspend_stats(),
+                handle.info()
+            );
+        }
     };
     let bytes = output.lock().unwrap().clone();
     assert_eq!(bytes.len() % 9, 0, "torn reports: {bytes:x?}");

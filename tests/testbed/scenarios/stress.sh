@@ -2,23 +2,17 @@
 # Flake hunt (not a default scenario): boots a 1-vCPU Linux guest and runs the psci_suspend
 # suite (staged by naming kvm-suspend too: `testbed run kvm-suspend stress`) over and over for
 # 30 minutes, with the kernel recording a stack for every SIGSEGV, SIGBUS and SIGSYS it
-# generates; a failure prints vmm's fault report, the trace and dmesg. For #12's rare vCPU crash.
+# generates (the runner sets that up for every scenario); a failure prints vmm's fault report,
+# the trace and dmesg. For #12's rare vCPU crash.
 . "$ROOT/testbed/lib.sh"
 T=/sys/kernel/tracing
-[ -d "$T/events" ] || mount -t tracefs tracefs "$T"
-echo 0 > "$T/tracing_on"
-echo 2048 > "$T/buffer_size_kb"
-echo 'sig == 11 || sig == 7 || sig == 31' > "$T/events/signal/signal_generate/filter"
-echo 'stacktrace' > "$T/events/signal/signal_generate/trigger"
-echo 1 > "$T/events/signal/signal_generate/enable"
-echo 1 > "$T/tracing_on"
 end=$(( $(date +%s) + ${STRESS_SECONDS:-1800} ))
 n=0 bad=0
 report() {
     bad=$((bad + 1))
     echo "@@stress failure $1 run=$n status=$2"
     grep -a "vmm: fatal\|seccomp\|panicked" "$3" | tail -5
-    tail -n 15 "$3"
+    tail -n 40 "$3"
     echo "--- trace"; tail -n 80 "$T/trace"
     echo "--- dmesg"; dmesg | tail -n 20
 }

@@ -519,8 +519,9 @@ const FATAL_SIGNAL_TRACE: &str = r#"T=/sys/kernel/tracing
 E="$T/events/signal/signal_generate"
 if [ -w "$E/enable" ]; then
     echo 4096 > "$T/buffer_size_kb"
+    # A trigger has its own condition: the event's filter does not apply to it.
     echo 'sig == 11 || sig == 7 || sig == 31' > "$E/filter"
-    echo stacktrace > "$E/trigger"
+    echo 'stacktrace if sig == 11 || sig == 7 || sig == 31' > "$E/trigger"
     echo 1 > "$T/options/userstacktrace" 2>/dev/null
     echo 1 > "$E/enable"
 else
