@@ -56,9 +56,17 @@ fn enable_spi(asm: &mut Assembler, intid: u32) {
 /// Arms the PL031 alarm two seconds ahead with its interrupt unmasked.
 fn arm_rtc_alarm(asm: &mut Assembler) {
     asm.mov_imm(12, RTC_BASE);
+    let arm = asm.offset();
     asm.ldr_w(13, 12, 0x00); // RTCDR
     asm.add_imm(13, 13, 2);
     asm.str_w(13, 12, 0x04); // RTCMR
+    // A PL031 match fires when the counter reaches MR, so an MR the counter has already
+    // passed fires only after the counter wraps: if the vCPU was held off for 2 s between the
+    // read and the write (a loaded emulated host), arm again.
+    asm.ldr_w(15, 12, 0x00);
+    asm.sub(15, 13, 15); // MR - counter, negative once the counter is past MR
+    asm.lsr_imm(15, 15, 63);
+    asm.cbnz_to(15, arm);
     asm.mov_imm(14, 1);
     asm.str_w(14, 12, 0x10); // RTCIMSC
 }

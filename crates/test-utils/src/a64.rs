@@ -95,6 +95,11 @@ impl Assembler {
         self.word(0xD100_0000 | (imm12 << 10) | (rn << 5) | rd)
     }
 
+    /// `sub xd, xn, xm`.
+    pub fn sub(&mut self, rd: Reg, rn: Reg, rm: Reg) -> &mut Self {
+        self.word(0xCB00_0000 | (rm << 16) | (rn << 5) | rd)
+    }
+
     /// `str xt, [xn, #offset]`, `offset` a multiple of 8 below 32 KiB.
     pub fn str_x(&mut self, rt: Reg, rn: Reg, offset: u32) -> &mut Self {
         assert!(
@@ -255,6 +260,7 @@ mod tests {
         assert_eq!(one(|a| a.mov(1, 2)), 0xaa02_03e1); // mov x1, x2
         assert_eq!(one(|a| a.add_imm(3, 4, 16)), 0x9100_4083); // add x3, x4, #0x10
         assert_eq!(one(|a| a.sub_imm(3, 4, 16)), 0xd100_4083); // sub x3, x4, #0x10
+        assert_eq!(one(|a| a.sub(15, 13, 15)), 0xcb0f_01af); // sub x15, x13, x15
         assert_eq!(one(|a| a.str_x(0, 9, 0)), 0xf900_0120); // str x0, [x9]
         assert_eq!(one(|a| a.str_x(1, 9, 8)), 0xf900_0521); // str x1, [x9, #8]
         assert_eq!(one(|a| a.str_w(1, 9, 4)), 0xb900_0521); // str w1, [x9, #4]
