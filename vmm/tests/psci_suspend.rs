@@ -136,6 +136,15 @@ impl Run {
     }
 }
 
+/// The guest's UART reports: a tag byte and 8 little-endian bytes each; a torn last one is left
+/// out.
+fn parse_reports(bytes: &[u8]) -> Vec<(u8, u64)> {
+    bytes
+        .chunks_exact(9)
+        .map(|chunk| (chunk[0], u64::from_le_bytes(chunk[1..].try_into().unwrap())))
+        .collect()
+}
+
 fn boot(name: &str, main: &Assembler, cpus: u32, suspend: bool) -> Run {
     boot_with(name, main, cpus, suspend, CpuPowerMode::Auto)
 }
@@ -168,17 +177,7 @@ fn boot_with(name: &str, main: &Assembler, cpus: u32, suspend: bool, mode: CpuPo
         if std::time::Instant::now() >= deadline {
             // Where it stopped: the guest's reports, the VMM's events and states (the census
             // kicks the vCPUs, which no longer matters).
-            let bytes = output.lock().unwrap().clone();
-            let reports: Vec<(char, u64)> = bytes
-                .chunks(9)
-                .filter(|chunk| chunk.len() == 9)
-                .map(|c| {
-                    (
-                        char::from(c[0]),
-                        u64::from_le_bytes(c[1..9].try_into().unwrap()),
-                    )
-                })
-                .collect();
+            let reports = parse_reports(&output.lock().unwrap());
             let events: Vec<VmEventKind> = events.try_iter().map(|event| event.kind).collect();
             panic!(
                 "{mode:?}: the guest did not power off within 60 s\nreports: {reports:x?}\n\
@@ -190,15 +189,7 @@ fn boot_with(name: &str, main: &Assembler, cpus: u32, suspend: bool, mode: CpuPo
     };
     let bytes = output.lock().unwrap().clone();
     assert_eq!(bytes.len() % 9, 0, "torn reports: {bytes:x?}");
-    let reports = bytes
-        .chunks(9)
-        .map(|chunk| {
-            (
-                chunk[0],
-                u64::from_le_bytes(chunk[1..9].try_into().unwrap()),
-            )
-        })
-        .collect();
+    let reports = parse_reports(&bytes);
     Run {
         reports,
         events: events.try_iter().map(|event| event.kind).collect(),

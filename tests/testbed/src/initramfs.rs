@@ -519,9 +519,10 @@ const FATAL_SIGNAL_TRACE: &str = r#"T=/sys/kernel/tracing
 E="$T/events/signal/signal_generate"
 if [ -w "$E/enable" ]; then
     echo 4096 > "$T/buffer_size_kb"
+    fatal='sig == 11 || sig == 7 || sig == 31'
+    echo "$fatal" > "$E/filter"
     # A trigger has its own condition: the event's filter does not apply to it.
-    echo 'sig == 11 || sig == 7 || sig == 31' > "$E/filter"
-    echo 'stacktrace if sig == 11 || sig == 7 || sig == 31' > "$E/trigger"
+    echo "stacktrace if $fatal" > "$E/trigger"
     echo 1 > "$T/options/userstacktrace" 2>/dev/null
     echo 1 > "$E/enable"
 else
