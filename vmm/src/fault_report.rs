@@ -5,6 +5,10 @@
 //! fault on a vCPU thread ended as "Bad system call", with no address and no thread. This
 //! handler makes no forbidden call: `SA_RESETHAND` restores the default action in the kernel,
 //! the handler writes one line with `write(2)`, and the faulting instruction runs again.
+//!
+//! The line's first words are written straight from a constant, before anything is copied or
+//! formatted (which calls libc's `memcpy` and `memset`): if that faults too, the process dies
+//! at once of the default action, and the words already written still name the signal.
 
 use std::sync::Once;
 
@@ -88,16 +92,19 @@ fn pc_and_sp(context: *mut libc::c_void) -> Option<(u64, u64)> {
     }
 }
 
-/// The report for one fault.
-fn describe(signal: i32, code: i32, address: u64, tid: i64, pc_sp: Option<(u64, u64)>) -> Line {
+/// The start of the report for `signal`: a constant, written before anything is formatted.
+fn report_start(signal: i32) -> &'static [u8] {
+    if signal == libc::SIGBUS {
+        b"vmm: fatal SIGBUS"
+    } else {
+        b"vmm: fatal SIGSEGV"
+    }
+}
+
+/// The rest of the report for one fault, after [`report_start`].
+fn describe(code: i32, address: u64, tid: i64, pc_sp: Option<(u64, u64)>) -> Line {
     let mut line = Line::new();
-    line.put(b"vmm: fatal ")
-        .put(if signal == libc::SIGBUS {
-            b"SIGBUS"
-        } else {
-            b"SIGSEGV"
-        })
-        .put(b" (code ")
+    line.put(b" (code ")
         .decimal(i64::from(code))
         .put(b") at address ")
         .hex(address)
@@ -118,11 +125,14 @@ extern "C" fn on_fault(
     info: *mut libc::siginfo_t,
     context: *mut libc::c_void,
 ) {
+    let start = report_start(signal);
+    // SAFETY: writes a constant's bytes.
+    unsafe { libc::write(libc::STDERR_FILENO, start.as_ptr().cast(), start.len()) };
     // SAFETY: the kernel passes a valid siginfo_t; for SIGSEGV and SIGBUS `si_addr` is set.
     let (code, address) = unsafe { ((*info).si_code, (*info).si_addr() as u64) };
     // SAFETY: gettid has no preconditions.
     let tid = i64::from(unsafe { libc::gettid() });
-    describe(signal, code, address, tid, pc_and_sp(context)).write_to_stderr();
+    describe(code, address, tid, pc_and_sp(context)).write_to_stderr();
     if code <= 0 {
         // Sent by a process, not raised by an instruction: returning would not fault again.
         // SAFETY: async-signal-safe calls without pointers; the action is the default again.
@@ -164,17 +174,18 @@ mod tests {
 
     #[test]
     fn a_fault_report_names_the_signal_address_thread_pc_and_sp() {
-        let line = describe(libc::SIGSEGV, 1, 0x10, 42, Some((0x40_1000, 0x7fff_0000)));
+        let line = describe(1, 0x10, 42, Some((0x40_1000, 0x7fff_0000)));
         assert_eq!(
-            line.as_bytes(),
+            [report_start(libc::SIGSEGV), line.as_bytes()].concat(),
             b"vmm: fatal SIGSEGV (code 1) at address 0x10 on thread 42, pc 0x401000, sp 0x7fff0000\n"
         );
     }
 
     #[test]
     fn a_fault_just_below_the_stack_pointer_is_called_a_stack_overflow() {
-        let line = describe(libc::SIGBUS, 2, 0x7ffe_f000, -1, Some((0, 0x7fff_0000)));
-        let text = String::from_utf8(line.as_bytes().to_vec()).unwrap();
+        let line = describe(2, 0x7ffe_f000, -1, Some((0, 0x7fff_0000)));
+        let text =
+            String::from_utf8([report_start(libc::SIGBUS), line.as_bytes()].concat()).unwrap();
         assert!(text.starts_with("vmm: fatal SIGBUS (code 2) at address 0x7ffef000 on thread -1"));
         assert!(text.ends_with(": the thread ran off its stack\n"), "{text}");
     }
