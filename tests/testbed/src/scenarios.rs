@@ -175,6 +175,13 @@ pub fn all() -> Vec<Scenario> {
             default: false,
         },
         Scenario {
+            name: "register-torture",
+            description: "host check (#12): vCPU threads keep their SIMD and general registers and SVE vector length across KVM_RUN and kicks (about 9 min)",
+            timeout: Duration::from_secs(2400),
+            steps: Steps::IgnoredCargoTests(&[("hypervisor", "register_torture")]),
+            default: false,
+        },
+        Scenario {
             name: "no-kvm",
             description: "every test executable with /dev/kvm hidden: all pass, the KVM tests skip and say so",
             timeout: Duration::from_secs(1200),
