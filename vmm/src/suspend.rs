@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use arch_aarch64::cpu_power::CpuPowerTable;
 use arch_aarch64::layout::GuestRegion;
 use arch_aarch64::psci::{ResumeState, SystemSuspendCall, validate_system_suspend};
-use arch_aarch64::regs::{PC, PSTATE, xreg};
+use arch_aarch64::regs::{PC, PSTATE, PSTATE_EL1H_DAIF_MASKED, xreg};
 use hypervisor::{MpState, Vcpu, VcpuError, VcpuKick};
 use serde::{Deserialize, Serialize};
 
@@ -655,12 +655,16 @@ impl SuspendCoordinator {
 
 /// Puts `vcpu` in the state PSCI requires at the resume entry point.
 fn restore<V: Vcpu + ?Sized>(vcpu: &mut V, resume: &ResumeState) -> Result<(), VcpuError> {
-    // KVM_ARM_VCPU_INIT again: MMU and caches off, RUNNABLE.
+    // KVM_ARM_VCPU_INIT again: MMU and caches off, RUNNABLE, PSTATE EL1h with DAIF masked
+    // (the kvm-suspend tests see EL1 and the MMU off at the entry on real KVM).
     vcpu.reset()?;
     vcpu.set_reg(PC, resume.pc)?;
     vcpu.set_reg(xreg(0), resume.x0)?;
-    // The reset already gives it; set it so that the resume does not depend on that.
-    vcpu.set_reg(PSTATE, resume.pstate)
+    // Each ioctl is on the resume's critical path: write PSTATE only if the reset's differs.
+    if resume.pstate != PSTATE_EL1H_DAIF_MASKED {
+        vcpu.set_reg(PSTATE, resume.pstate)?;
+    }
+    Ok(())
 }
 
 fn micros_since(start: Instant) -> u64 {

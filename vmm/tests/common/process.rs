@@ -130,7 +130,35 @@ impl Vmm {
     pub fn call(&self, method: &str, endpoint: &str) -> (u16, Value) {
         self.client()
             .request(method, &format!("/api/v1/{endpoint}"), None)
-            .unwrap_or_else(|err| panic!("{method} {endpoint}: {err}"))
+            .unwrap_or_else(|err| {
+                panic!(
+                    "{method} {endpoint}: {} ({}); its stderr:\n{}",
+                    vmm::error_chain(&err),
+                    self.status(),
+                    self.stderr()
+                )
+            })
+    }
+
+    /// Whether `vmm` still runs, or how it ended, without reaping it (`Drop` does that).
+    pub fn status(&self) -> String {
+        // SAFETY: a zeroed siginfo_t is valid; waitid writes it for our own child, and
+        // WNOWAIT leaves the child to be waited for again.
+        let info = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+            if libc::waitid(libc::P_PID, self.child.id(), &mut info, flags) != 0 {
+                return format!("vmm state unknown: {}", std::io::Error::last_os_error());
+            }
+            info
+        };
+        // SAFETY: for a child that ended, waitid filled in si_pid and si_status.
+        let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
+        match info.si_code {
+            _ if pid == 0 => "vmm still runs".to_owned(),
+            libc::CLD_EXITED => format!("vmm exited with status {status}"),
+            _ => format!("vmm was killed by signal {status}"),
+        }
     }
 
     pub fn console_text(&self) -> String {
