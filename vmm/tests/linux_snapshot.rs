@@ -135,6 +135,10 @@ fn boot_and_save(scratch: &Scratch, name: &str, cpus: u32, extra: &str, sleep: S
         Sleep::SleepButton => format!("{extra} sleepkey=1"),
     };
     let mut first = boot(scratch, &format!("{name}-first"), cpus, &extra);
+    // The suspend is awaited on the event stream, not by polling `vm.info`: where KVM keeps the
+    // power states (6.1), each `vm.info` is a census that denies a SYSTEM_SUSPEND it meets
+    // (docs/power.md), and this guest powers off when its one suspend fails.
+    let early_events = follow_events(&first.socket);
     let first_line = match sleep {
         Sleep::ByItself => "@@guest suspending",
         Sleep::SleepButton => "@@guest waiting-for-sleep-key",
@@ -143,7 +147,7 @@ fn boot_and_save(scratch: &Scratch, name: &str, cpus: u32, extra: &str, sleep: S
     first.wait_console(first_line, Duration::from_secs(180));
     let at = Instant::now();
     if sleep == Sleep::ByItself {
-        wait_state(&first, "suspended", Duration::from_secs(60));
+        wait_event(&early_events, "suspended", Duration::from_secs(60));
         // A first snapshot that keeps the guest asleep here; the one below replaces it.
         let body = json!({ "destination": scratch.snapshot(), "then": "stay" }).to_string();
         let (status, reply) = first
