@@ -92,34 +92,18 @@ fn boot(scratch: &Scratch, name: &str, cpus: u32, extra: &str) -> Vmm {
     Vmm::start(name, &args)
 }
 
-/// Waits for `vm.info` to say `state`.
-fn wait_state(vmm: &Vmm, state: &str, limit: Duration) -> Value {
+/// Polls `vm.info` until `done` holds for it (`what` names that in the failure), and returns
+/// it; fails if the VM stops first.
+fn wait_info(vmm: &Vmm, what: &str, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + limit;
     loop {
         let (status, info) = vmm.call("GET", "vm.info");
-        if status == 200 && info["state"] == state {
-            return info;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not {state} within {limit:?}: {info}\n{}",
-            vmm.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Polls `vm.info` until it names a wake source, and returns it; fails if the VM stops first.
-fn wait_woken(vmm: &Vmm, limit: Duration) -> Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        let (status, info) = vmm.call("GET", "vm.info");
-        if status == 200 && info["last_wake_source"].is_string() {
+        if status == 200 && done(&info) {
             return info;
         }
         assert!(
             info["state"] != "stopped" && Instant::now() < deadline,
-            "no wake source within {limit:?}: {info}\n{}",
+            "not {what} within {limit:?}: {info}\n{}",
             vmm.stderr()
         );
         std::thread::sleep(Duration::from_millis(100));
@@ -243,7 +227,9 @@ fn cpu_ticks(pid: u32) -> u64 {
 fn restore(snapshot: &Path, name: &str, stdin: Stdio) -> Vmm {
     progress!("snapshot test {name}: restoring");
     let restored = Vmm::start_with_stdin(name, &["--restore", path_text(snapshot)], stdin);
-    let info = wait_state(&restored, "suspended", Duration::from_secs(60));
+    let info = wait_info(&restored, "suspended", Duration::from_secs(60), |info| {
+        info["state"] == "suspended"
+    });
     assert_eq!(info["restored_from"], json!(snapshot), "{info}");
     let start = cpu_ticks(restored.child.id());
     std::thread::sleep(Duration::from_secs(5));
@@ -352,7 +338,9 @@ fn an_rtc_alarm_that_fell_due_on_disk_wakes_the_guest_as_soon_as_it_is_restored(
     // Nobody presses anything: the alarm is due and fires at once. The wake source is read
     // while the guest still runs: it powers off a second after its resume, and a stopped VM's
     // `vm.info` has no suspend figures.
-    let info = wait_woken(&restored, Duration::from_secs(120));
+    let info = wait_info(&restored, "woken", Duration::from_secs(120), |info| {
+        info["last_wake_source"].is_string()
+    });
     assert_eq!(info["last_wake_source"], "rtc", "{info}");
     check_resumed(&mut restored, &before, 1);
     assert_eq!(restored.wait_exit(Duration::from_secs(60)), 0);
