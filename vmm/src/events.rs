@@ -85,7 +85,7 @@ pub enum Denial {
         /// The rejected entry point.
         entry: u64,
     },
-    /// Another suspend, a host pause or a census was in progress (PSCI `DENIED`).
+    /// Another suspend or a host pause was in progress (PSCI `DENIED`).
     Busy,
     /// The VM started stopping during the check (PSCI `DENIED`).
     Stopping,
@@ -121,7 +121,7 @@ impl fmt::Display for Denial {
         match self {
             Self::OtherCpusOn { count } => write!(f, "{count} other vCPU(s) on"),
             Self::InvalidEntry { entry } => write!(f, "invalid entry point {entry:#x}"),
-            Self::Busy => f.write_str("another suspend, a pause or a census is in progress"),
+            Self::Busy => f.write_str("another suspend or a pause is in progress"),
             Self::Stopping => f.write_str("the VM is stopping"),
             Self::NotSystemSuspend { function_id } => {
                 write!(f, "function {function_id:#x} is not SYSTEM_SUSPEND")

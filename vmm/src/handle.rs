@@ -96,7 +96,8 @@ pub struct VmInfo {
     pub last_suspend_latency_us: Option<u64>,
     /// VMM-side latency of the last resume: wakeup exit to the vCPU ready to run.
     pub last_resume_latency_us: Option<u64>,
-    /// The virtio devices of the running boot, with their counters since it started.
+    /// The virtio devices of the running boot, with their counters since it started; once it
+    /// ended, its final figures.
     pub devices: Vec<DeviceInfo>,
     /// Guest console bytes dropped because the console's reader did not keep up.
     pub console_dropped_bytes: u64,
@@ -246,6 +247,12 @@ fn run_to_the_end(shared: &HandleShared, run: impl FnOnce() -> Result<ExitReason
     shared.finish(result);
 }
 
+/// What `vm.info` keeps of a boot that ended.
+struct EndedBoot {
+    stats: SuspendStats,
+    devices: Vec<DeviceInfo>,
+}
+
 /// What a running boot exposes to the handle.
 pub(crate) struct BootControls {
     pub control: Arc<ExitControl>,
@@ -293,6 +300,9 @@ pub(crate) struct HandleShared {
     vcpu_count: u32,
     boots: std::sync::atomic::AtomicU32,
     boot: Mutex<Option<BootControls>>,
+    /// The final figures of the boot that ended last, for `vm.info` between boots and after
+    /// the VM stopped.
+    ended: Mutex<Option<EndedBoot>>,
     /// The snapshot this VM was restored from.
     restored_from: Mutex<Option<PathBuf>>,
     shutdown: AtomicBool,
@@ -310,6 +320,7 @@ impl HandleShared {
             vcpu_count,
             boots: Default::default(),
             boot: Mutex::default(),
+            ended: Mutex::default(),
             restored_from: Mutex::default(),
             shutdown: AtomicBool::default(),
             exit: Mutex::default(),
@@ -317,12 +328,27 @@ impl HandleShared {
         }
     }
 
-    /// Publishes the controls of a boot that starts, or clears them when it ends.
+    /// Publishes the controls of a boot that starts, or clears them when it ends, keeping its
+    /// final figures.
     pub(crate) fn set_boot(&self, boot: Option<BootControls>) {
         if boot.is_some() {
             self.boots.fetch_add(1, Ordering::SeqCst);
         }
-        *self.boot.lock().unwrap_or_else(|e| e.into_inner()) = boot;
+        let mut current = self.boot.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ending) = current.as_ref().filter(|_| boot.is_none()) {
+            let figures = EndedBoot {
+                stats: ending.suspend.stats(),
+                devices: ending.devices.iter().map(AttachedDevice::info).collect(),
+            };
+            *self.ended.lock().unwrap_or_else(|e| e.into_inner()) = Some(figures);
+        }
+        *current = boot;
+    }
+
+    /// The final figures of the boot that ended last, if one did.
+    fn ended<T>(&self, pick: impl FnOnce(&EndedBoot) -> T) -> Option<T> {
+        let ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+        ended.as_ref().map(pick)
     }
 
     /// The VM's event hub, shared by every boot.
@@ -446,9 +472,13 @@ impl VmHandle {
             })
     }
 
-    /// Suspend counters of the current boot, if one runs.
+    /// Suspend counters of the current boot; between boots and once the VM has stopped, the
+    /// final ones of the boot that ended last. `None` before the first boot.
     pub fn suspend_stats(&self) -> Option<SuspendStats> {
-        self.shared.with_boot(|boot| boot.suspend.stats()).ok()
+        let running = self.shared.with_boot(|boot| boot.suspend.stats());
+        running
+            .ok()
+            .or_else(|| self.shared.ended(|boot| boot.stats))
     }
 
     /// Stops the VM now, as SIGTERM does. Returns at once; use [`VmHandle::wait`]. Fails only
@@ -562,10 +592,15 @@ impl VmHandle {
         }
     }
 
-    /// The virtio devices of the running boot and their counters; empty when not running.
+    /// The virtio devices of the running boot and their counters; between boots and once the
+    /// VM has stopped, the final ones of the boot that ended last; empty before the first boot.
     pub fn devices(&self) -> Vec<DeviceInfo> {
-        self.shared
-            .with_boot(|boot| boot.devices.iter().map(AttachedDevice::info).collect())
+        let running = self
+            .shared
+            .with_boot(|boot| boot.devices.iter().map(AttachedDevice::info).collect());
+        running
+            .ok()
+            .or_else(|| self.shared.ended(|boot| boot.devices.clone()))
             .unwrap_or_default()
     }
 

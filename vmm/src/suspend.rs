@@ -19,8 +19,9 @@
 //! They meet only through the single park round that may exist at a time:
 //!
 //! * a host operation waits for a suspend decision (Suspending, Resuming) to end first;
-//! * a SYSTEM_SUSPEND exit while a host round is in progress is refused with `DENIED`, as any
-//!   busy call; once paused no vCPU runs, so none can call;
+//! * a SYSTEM_SUSPEND exit during a census parks for it like any vCPU and is decided after it;
+//!   during a pause it is refused with `DENIED`, as any busy call, so that a snapshot finds it
+//!   answered; once paused no vCPU runs, so none can call;
 //! * a paused SUSPENDED vCPU keeps that MP state and re-enters `KVM_RUN` still SUSPENDED, so the
 //!   guest sleeps on after the resume; an interrupt raised meanwhile wakes it then;
 //! * a wakeup exit that races a pause is handled before its vCPU parks, so a pause asked for
@@ -344,7 +345,7 @@ impl SuspendCoordinator {
     ///
     /// An `x0` that is not a SYSTEM_SUSPEND id (KVM never exits so) gets `NOT_SUPPORTED`,
     /// as KVM answers unknown PSCI calls. A call while another is in progress, or while the
-    /// host is parking the vCPUs, gets `DENIED`.
+    /// host pauses the vCPUs, gets `DENIED`; a call during a census waits for it to end.
     pub fn on_suspend_exit<V: Vcpu + ?Sized>(
         &self,
         vcpu: &mut V,
@@ -359,6 +360,21 @@ impl SuspendCoordinator {
         };
 
         let mut inner = self.lock();
+        // A census holds the vCPUs for a moment only: this one parks for it as any other, and
+        // its call is decided after. (A pause is refused: it may be for a snapshot, which must
+        // find the call answered.)
+        while inner.hold == Hold::Census && inner.state == SuspendState::Running {
+            drop(inner);
+            let parked = self.park_if_requested(vcpu)?;
+            inner = self.lock();
+            if !parked {
+                break;
+            }
+        }
+        if self.control.stopping() {
+            drop(inner);
+            return self.refuse(vcpu, Denial::Stopping);
+        }
         if inner.state != SuspendState::Running || inner.park.is_some() {
             drop(inner);
             return self.refuse(vcpu, Denial::Busy);

@@ -336,8 +336,8 @@ fn an_rtc_alarm_that_fell_due_on_disk_wakes_the_guest_as_soon_as_it_is_restored(
         &["--restore", path_text(&scratch.snapshot())],
     );
     // Nobody presses anything: the alarm is due and fires at once. The wake source is read
-    // while the guest still runs: it powers off a second after its resume, and a stopped VM's
-    // `vm.info` has no suspend figures.
+    // while the guest still runs: it powers off a second after its resume, and `vmm` exits
+    // with it, taking its API socket along.
     let info = wait_info(&restored, "woken", Duration::from_secs(120), |info| {
         info["last_wake_source"].is_string()
     });

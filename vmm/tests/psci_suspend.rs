@@ -16,7 +16,7 @@ use test_utils::a64::{Assembler, CURRENT_EL, SCTLR_EL1};
 use test_utils::image::{LOAD, kernel_image, write_kernel};
 use test_utils::kvm::host_kernel;
 use vmm::events::{VmEventKind, WakeSource};
-use vmm::{Console, CpuPowerMode, DiskConfig, ExitReason, Vm, VmConfig};
+use vmm::{Console, CpuPowerMode, DiskConfig, ExitReason, Vm, VmConfig, VmInfo, VmState};
 use vmm_sys_util::tempdir::TempDir;
 
 /// Offsets in the image of the resume entry point, the secondary's spin loop, and a secondary
@@ -114,8 +114,8 @@ struct Run {
     reports: Vec<(u8, u64)>,
     events: Vec<VmEventKind>,
     exit: ExitReason,
-    /// The suspend figures' vCPU kick count, last read while the VM ran.
-    kicks: u64,
+    /// What `vm.info` says once the VM has stopped: the last boot's final figures.
+    info: VmInfo,
 }
 
 /// Whether `mode` has the VMM keep the power states on this host.
@@ -164,13 +164,9 @@ fn boot_with(name: &str, main: &Assembler, cpus: u32, suspend: bool, mode: CpuPo
         .with_console(Console::Writer(output.clone()));
     let events = vm.subscribe();
     let handle = vm.start().expect("start the VM");
-    // The figures only, never `info`: its census would itself kick the vCPUs on the KVM path.
-    let mut kicks = 0;
+    // Never `info` while it runs: its census would itself kick the vCPUs on the KVM path.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let exit = loop {
-        if let Some(stats) = handle.suspend_stats() {
-            kicks = stats.vcpu_kicks;
-        }
         if let Some(exit) = handle.wait_timeout(Duration::from_millis(20)) {
             break exit.expect("the VM failed");
         }
@@ -194,7 +190,7 @@ fn boot_with(name: &str, main: &Assembler, cpus: u32, suspend: bool, mode: CpuPo
         reports,
         events: events.try_iter().map(|event| event.kind).collect(),
         exit,
-        kicks,
+        info: handle.info(),
     }
 }
 
@@ -246,6 +242,12 @@ fn suspend_and_wake_by_rtc(name: &str, function: u32, context_id: u64) {
             "{:?}",
             run.events
         );
+        // The stopped VM still tells what its boot did.
+        let info = &run.info;
+        assert_eq!(info.state, VmState::Stopped);
+        assert_eq!(info.suspend_count, 1);
+        assert_eq!(info.last_wake_source, Some(WakeSource::Rtc));
+        assert!(info.last_resume_latency_us.is_some(), "{info:?}");
     }
 }
 
@@ -410,10 +412,14 @@ fn seven_secondaries_off_again_and_the_suspend_is_decided_without_a_kick() {
                 .rposition(|e| matches!(e, VmEventKind::CpuOff { .. }))
                 .unwrap();
             assert!(last_off < suspended, "{:?}", run.events);
-            assert_eq!(run.kicks, 0, "the VMM kicked a vCPU to decide");
+            assert_eq!(run.info.vcpu_kicks, 0, "the VMM kicked a vCPU to decide");
         } else {
             assert_eq!(count(|e| matches!(e, VmEventKind::CpuOn { .. })), 0);
-            assert!(run.kicks >= 7, "KVM path: {} kicks", run.kicks);
+            assert!(
+                run.info.vcpu_kicks >= 7,
+                "KVM path: {} kicks",
+                run.info.vcpu_kicks
+            );
         }
     }
 }

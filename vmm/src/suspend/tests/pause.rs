@@ -319,6 +319,32 @@ fn while_pausing_suspend_is_denied_and_resume_waits() {
     rig.stop(others);
 }
 
+/// `vm.info` counts the vCPUs on the KVM path: a guest that suspends meanwhile must not be
+/// refused for it (6.1 guests failed `echo mem` while a client polled).
+#[test]
+fn a_suspend_exit_during_a_census_parks_for_it_and_is_decided_after() {
+    let rig = Rig::new(&[MpState::Stopped, MpState::Runnable]);
+    // vCPU 1 has no thread, so the census waits for it.
+    let (other, census) = rig.start_hold_without_vcpu_1(SuspendCoordinator::census);
+    let others = vec![other];
+    assert!(still_blocked(&census));
+
+    // vCPU 1 leaves KVM_RUN with a SYSTEM_SUSPEND exit: it reports to the census first.
+    guest_calls(&rig.vcpus[1], 0xC400_000E, ENTRY, CONTEXT);
+    let (vcpu, outcome) = suspend(&rig, rig.vcpu(1));
+    assert_eq!(outcome.unwrap(), SuspendOutcome::Suspended);
+    let seen = vec![Some(MpState::Stopped), Some(MpState::Runnable)];
+    assert_eq!(done(&census), Ok(seen));
+    assert_eq!(vcpu.peek_mp_state(), MpState::Suspended);
+    assert_eq!(vcpu.peek_reg(xreg(0)), 0xC400_000E, "no PSCI error written");
+    let stats = rig.coordinator.stats();
+    assert_eq!(stats.state, SuspendState::Suspended);
+    assert_eq!((stats.suspend_count, stats.denied_count), (1, 0));
+    // vCPU 0 parked twice: for the census, then for the decision.
+    assert_eq!(rig.mp_reads()[0], 2);
+    rig.stop(others);
+}
+
 #[test]
 fn pause_and_census_wait_for_a_suspend_decision() {
     let rig = Rig::new(&[MpState::Runnable, MpState::Stopped, MpState::Stopped]);
