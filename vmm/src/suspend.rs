@@ -231,6 +231,16 @@ struct Inner {
     stats: SuspendStats,
     /// Every vCPU's power state, when the VMM keeps them; `None` when KVM does.
     power: Option<CpuPowerTable>,
+    /// Threads waiting on `changed` and on `parked`. A notify costs a futex syscall even with
+    /// nobody waiting, and a suspend or resume notifies up to four times.
+    waiting: Waiting,
+}
+
+/// How many threads wait on each condvar of the coordinator, counted under its lock.
+#[derive(Default)]
+struct Waiting {
+    changed: usize,
+    parked: usize,
 }
 
 /// The VM-wide SYSTEM_SUSPEND state machine; one per VM, shared by the vCPU threads.
@@ -284,6 +294,7 @@ impl SuspendCoordinator {
                 accepted: None,
                 stats: SuspendStats::default(),
                 power: None,
+                waiting: Waiting::default(),
             }),
             changed: Condvar::new(),
             parked: Condvar::new(),
@@ -514,7 +525,7 @@ impl SuspendCoordinator {
             };
             park.slots[index] = Slot::Parked(state);
             parked = true;
-            self.parked.notify_all();
+            self.notify_parked(&inner);
             while !self.control.stopping() {
                 match inner.park.as_ref().filter(|park| park.id == round) {
                     Some(park) if park.slots[index] == Slot::Asked => continue 'read,
@@ -604,11 +615,13 @@ impl SuspendCoordinator {
                 Some(park) if park.complete() => return (inner, true),
                 Some(_) => {}
             }
+            inner.waiting.parked += 1;
             let (guard, wait) = self
                 .parked
                 .wait_timeout(inner, POLL)
                 .unwrap_or_else(|e| e.into_inner());
             inner = guard;
+            inner.waiting.parked -= 1;
             if wait.timed_out() {
                 drop(inner);
                 self.kick_pending();
@@ -621,8 +634,8 @@ impl SuspendCoordinator {
     fn release(&self, inner: &mut Inner) {
         inner.park = None;
         self.park_requested.store(false, Ordering::SeqCst);
-        self.changed.notify_all();
-        self.parked.notify_all();
+        self.notify_changed(inner);
+        self.notify_parked(inner);
     }
 
     /// Kicks the vCPUs of the current round that have not parked yet.
@@ -652,16 +665,34 @@ impl SuspendCoordinator {
         log::debug!("Suspend state {from:?} -> {to:?}");
         inner.state = to;
         // Host operations wait for a suspend decision to end.
-        self.changed.notify_all();
+        self.notify_changed(inner);
     }
 
     fn wait<'a>(
         &self,
-        inner: MutexGuard<'a, Inner>,
+        mut inner: MutexGuard<'a, Inner>,
     ) -> (MutexGuard<'a, Inner>, std::sync::WaitTimeoutResult) {
-        self.changed
+        inner.waiting.changed += 1;
+        let (mut inner, result) = self
+            .changed
             .wait_timeout(inner, POLL)
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(|e| e.into_inner());
+        inner.waiting.changed -= 1;
+        (inner, result)
+    }
+
+    /// Wakes the threads waiting on `changed`, if any. Call with the lock held.
+    fn notify_changed(&self, inner: &Inner) {
+        if inner.waiting.changed > 0 {
+            self.changed.notify_all();
+        }
+    }
+
+    /// Wakes the thread waiting for a round's vCPUs to park, if any. Call with the lock held.
+    fn notify_parked(&self, inner: &Inner) {
+        if inner.waiting.parked > 0 {
+            self.parked.notify_all();
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {

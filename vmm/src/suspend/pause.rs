@@ -136,7 +136,7 @@ impl SuspendCoordinator {
                         }
                     }
                     let round = park.id;
-                    self.changed.notify_all();
+                    self.notify_changed(&inner);
                     let (guard, read) = self.await_round(inner, round);
                     if read {
                         return Ok(states(&guard));
@@ -174,7 +174,7 @@ impl SuspendCoordinator {
         }
         log::debug!("Host hold {from:?} -> {to:?}");
         inner.hold = to;
-        self.changed.notify_all();
+        self.notify_changed(inner);
     }
 }
 
