@@ -55,7 +55,13 @@ analyse() {
         name = text; sub(/[(: ].*/, "", name)
         return 1
     }
-    function cmd(   c) { if (!match(text, /cmd: [0-9a-f]+/)) return ""; return substr(text, RSTART + 5, RLENGTH - 5) }
+    # A syscall argument in hex, without the 0x that newer kernels (7.3.4, not 6.1) print.
+    function arg(key,   v) {
+        if (!match(text, key ": (0x)?[0-9a-f]+")) return ""
+        v = substr(text, RSTART + length(key) + 2, RLENGTH - length(key) - 2); sub(/^0x/, "", v)
+        return v
+    }
+    function cmd() { return arg("cmd") }
     function window_of(   w) { for (w = 1; w <= nw; w++) if (ts >= start[w] && ts <= end[w]) return w; return 0 }
     FNR == 1 { pass++ }
     /^#/ || !parse() { next }
@@ -84,8 +90,8 @@ analyse() {
         else if (text ~ /^sys_[a-z0-9_]+\(/) {
             calls[w, name]++
             if (tid == owner[w]) entered[w, name] = ts
-            if (name == "sys_tgkill" && match(text, /pid: [0-9a-f]+/)) {
-                target = hex(substr(text, RSTART + 5, RLENGTH - 5))
+            if (name == "sys_tgkill" && arg("pid") != "") {
+                target = hex(arg("pid"))
                 if (!((w, target) in kicked)) kicked[w, target] = ts
                 if (!first_kick[w]) first_kick[w] = ts
             }
