@@ -269,6 +269,13 @@ pub(crate) struct BootControls {
     pub snapshots: Arc<SnapshotPort>,
 }
 
+impl BootControls {
+    /// Its virtio devices and their counters now.
+    fn device_infos(&self) -> Vec<DeviceInfo> {
+        self.devices.iter().map(AttachedDevice::info).collect()
+    }
+}
+
 /// The VM's state as the host sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -338,17 +345,25 @@ impl HandleShared {
         if let Some(ending) = current.as_ref().filter(|_| boot.is_none()) {
             let figures = EndedBoot {
                 stats: ending.suspend.stats(),
-                devices: ending.devices.iter().map(AttachedDevice::info).collect(),
+                devices: ending.device_infos(),
             };
             *self.ended.lock().unwrap_or_else(|e| e.into_inner()) = Some(figures);
         }
         *current = boot;
     }
 
-    /// The final figures of the boot that ended last, if one did.
-    fn ended<T>(&self, pick: impl FnOnce(&EndedBoot) -> T) -> Option<T> {
-        let ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
-        ended.as_ref().map(pick)
+    /// A figure of the running boot; between boots and once the VM has stopped, the same
+    /// figure of the boot that ended last; `None` before the first boot.
+    fn running_or_ended<T>(
+        &self,
+        running: impl FnOnce(&BootControls) -> T,
+        ended: impl FnOnce(&EndedBoot) -> T,
+    ) -> Option<T> {
+        if let Ok(figure) = self.with_boot(running) {
+            return Some(figure);
+        }
+        let last = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+        last.as_ref().map(ended)
     }
 
     /// The VM's event hub, shared by every boot.
@@ -475,10 +490,8 @@ impl VmHandle {
     /// Suspend counters of the current boot; between boots and once the VM has stopped, the
     /// final ones of the boot that ended last. `None` before the first boot.
     pub fn suspend_stats(&self) -> Option<SuspendStats> {
-        let running = self.shared.with_boot(|boot| boot.suspend.stats());
-        running
-            .ok()
-            .or_else(|| self.shared.ended(|boot| boot.stats))
+        self.shared
+            .running_or_ended(|boot| boot.suspend.stats(), |ended| ended.stats)
     }
 
     /// Stops the VM now, as SIGTERM does. Returns at once; use [`VmHandle::wait`]. Fails only
@@ -595,12 +608,8 @@ impl VmHandle {
     /// The virtio devices of the running boot and their counters; between boots and once the
     /// VM has stopped, the final ones of the boot that ended last; empty before the first boot.
     pub fn devices(&self) -> Vec<DeviceInfo> {
-        let running = self
-            .shared
-            .with_boot(|boot| boot.devices.iter().map(AttachedDevice::info).collect());
-        running
-            .ok()
-            .or_else(|| self.shared.ended(|boot| boot.devices.clone()))
+        self.shared
+            .running_or_ended(BootControls::device_infos, |ended| ended.devices.clone())
             .unwrap_or_default()
     }
 

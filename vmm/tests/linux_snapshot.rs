@@ -137,8 +137,7 @@ fn boot_and_save(scratch: &Scratch, name: &str, cpus: u32, extra: &str, sleep: S
     };
     let mut first = boot(scratch, &format!("{name}-first"), cpus, &extra);
     // The suspend is awaited on the event stream, not by polling `vm.info`: where KVM keeps the
-    // power states (6.1), each `vm.info` is a census that denies a SYSTEM_SUSPEND it meets
-    // (docs/power.md), and this guest powers off when its one suspend fails.
+    // power states (6.1), each `vm.info` parks every vCPU for a census (docs/power.md).
     let early_events = follow_events(&first.socket);
     let first_line = match sleep {
         Sleep::ByItself => "@@guest suspending",
